@@ -1,0 +1,452 @@
+#include "conn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents);
+
+void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->loop = loop;
+    ctx->rbuf = rbuf;
+    ctx->rbuf_len = rbuf_len;
+    ctx->high_water = 256 * 1024;
+    ctx->low_water = 64 * 1024;
+    ctx->max_buffer = 64u * 1024 * 1024;
+    ctx->next_id = 1;
+    ev_idle_init(&ctx->reaper, reaper_cb);
+}
+
+static void list_unlink(struct conn **head, struct conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_push(struct conn **head, struct conn *c)
+{
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+}
+
+/* Reading runs exactly when nothing holds it back; the watcher is touched only
+ * when that changes, so there is no epoll_ctl churn per message. */
+static void update_read(struct conn *c)
+{
+    int want = !(c->flags & (CONN_PAUSED | CONN_BP | CONN_HOLD | CONN_EOF | CONN_CLOSING |
+                             CONN_DEAD | CONN_CONNECTING));
+    if (want && !(c->flags & CONN_READING)) {
+        ev_io_start(c->ctx->loop, &c->rio);
+        c->flags |= CONN_READING;
+    } else if (!want && (c->flags & CONN_READING)) {
+        ev_io_stop(c->ctx->loop, &c->rio);
+        c->flags &= ~CONN_READING;
+    }
+}
+
+/* Back-pressure: src stops reading until target drains to low water. */
+static void bp_release(struct conn *src)
+{
+    struct conn *t = src->bp_target;
+    if (!t)
+        return;
+    if (src->wprev)
+        src->wprev->wnext = src->wnext;
+    else
+        t->waiters = src->wnext;
+    if (src->wnext)
+        src->wnext->wprev = src->wprev;
+    src->wprev = src->wnext = NULL;
+    src->bp_target = NULL;
+    src->flags &= ~CONN_BP;
+    update_read(src);
+}
+
+static void bp_wait(struct conn *src, struct conn *target)
+{
+    if (src->bp_target == target)
+        return;
+    bp_release(src);
+    src->bp_target = target;
+    src->wprev = NULL;
+    src->wnext = target->waiters;
+    if (target->waiters)
+        target->waiters->wprev = src;
+    target->waiters = src;
+    src->flags |= CONN_BP;
+    update_read(src);
+}
+
+static void bp_wake_waiters(struct conn *c)
+{
+    while (c->waiters)
+        bp_release(c->waiters);
+}
+
+static const char *errno_reason(int err)
+{
+    switch (err) {
+    case ECONNRESET:
+    case EPIPE:
+        return "reset";
+    case ECONNREFUSED:
+        return "refused";
+    case ETIMEDOUT:
+        return "timeout";
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+        return "unreachable";
+    default:
+        return NULL;
+    }
+}
+
+static void abort_errno(struct conn *c, int err)
+{
+    const char *r = errno_reason(err);
+    if (r) {
+        conn_abort(c, r, 0);
+    } else {
+        char buf[128];
+        snprintf(buf, sizeof buf, "error: %s", strerror(err));
+        conn_abort(c, buf, 0);
+    }
+}
+
+static void do_shutdown(struct conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    c->flags = (c->flags & ~CONN_SHUT_WANT) | CONN_SHUT_DONE;
+    if (c->flags & CONN_EOF)
+        conn_abort(c, NULL, 0);
+}
+
+/* The queue just emptied: finish a pending close or half-close. */
+static void after_flush(struct conn *c)
+{
+    if (c->flags & CONN_CLOSING)
+        conn_abort(c, NULL, 0);
+    else if (c->flags & CONN_SHUT_WANT)
+        do_shutdown(c);
+}
+
+static void drained(struct conn *c)
+{
+    c->flags &= ~CONN_WANT_DRAIN;
+    bp_wake_waiters(c);
+    if (c->ops->on_drain && !(c->flags & CONN_DEAD))
+        c->ops->on_drain(c);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct conn *c = container_of(w, struct conn, idle);
+    /* ev.pod "be smart about timeouts": activity only moves a timestamp; the
+     * timer is re-armed here for what is left. */
+    ev_tstamp left = c->last_active + c->timeout - ev_now(loop);
+    if (left <= 0) {
+        conn_abort(c, "timeout", 0);
+        return;
+    }
+    w->repeat = left;
+    ev_timer_again(loop, w);
+}
+
+#define ACTIVE(c) ((c)->last_active = ev_now((c)->ctx->loop))
+
+static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = container_of(w, struct conn, wio);
+    if (c->flags & CONN_CONNECTING) {
+        int err = net_socket_error(c->fd);
+        if (err) {
+            abort_errno(c, err);
+            return;
+        }
+        c->flags &= ~CONN_CONNECTING;
+        ACTIVE(c);
+        update_read(c);
+        if (c->ops->on_connect)
+            c->ops->on_connect(c);
+        if (c->flags & CONN_DEAD)
+            return;
+        if (!c->out.len) {
+            ev_io_stop(loop, w);
+            after_flush(c);
+            return;
+        }
+    }
+    ssize_t n = outq_write(&c->out, c->fd);
+    if (n < 0) {
+        abort_errno(c, errno);
+        return;
+    }
+    if (n > 0) {
+        c->bytes_out += (uint64_t)n;
+        c->ctx->stats.bytes_out += (uint64_t)n;
+        ACTIVE(c);
+    }
+    if (!c->out.len) {
+        ev_io_stop(loop, w);
+        after_flush(c);
+        if (c->flags & CONN_DEAD)
+            return;
+    }
+    if ((c->flags & CONN_WANT_DRAIN) && c->out.len <= c->ctx->low_water)
+        drained(c);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = container_of(w, struct conn, rio);
+    struct conn_ctx *ctx = c->ctx;
+    ssize_t n = read(c->fd, ctx->rbuf, ctx->rbuf_len);
+    if (n > 0) {
+        c->bytes_in += (uint64_t)n;
+        ctx->stats.bytes_in += (uint64_t)n;
+        ACTIVE(c);
+        struct conn *prev = ctx->source;
+        ctx->source = c;
+        c->ops->on_data(c, ctx->rbuf, (size_t)n);
+        ctx->source = prev;
+        return;
+    }
+    if (n == 0) {
+        c->flags |= CONN_EOF;
+        update_read(c);
+        if (c->ops->on_eof)
+            c->ops->on_eof(c);
+        if ((c->flags & CONN_SHUT_DONE) && !(c->flags & CONN_DEAD))
+            conn_abort(c, NULL, 0);
+        return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return;
+    abort_errno(c, errno);
+}
+
+struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                      const struct net_addr *peer, int connecting)
+{
+    struct conn *c = calloc(1, size);
+    if (!c)
+        return NULL;
+    c->ctx = ctx;
+    c->ops = ops;
+    c->fd = fd;
+    c->refs = 1;
+    c->id = ctx->next_id++;
+    ev_io_init(&c->rio, on_readable, fd, EV_READ);
+    ev_io_init(&c->wio, on_writable, fd, EV_WRITE);
+    ev_init(&c->idle, idle_cb);
+    if (peer && peer->len <= sizeof c->peer) {
+        memcpy(&c->peer, &peer->ss, peer->len);
+        c->peer_len = peer->len;
+    } else if (peer) {
+        c->peer.sa.sa_family = peer->ss.ss_family; /* unix: path not kept */
+        c->peer_len = sizeof(sa_family_t);
+    }
+    list_push(&ctx->all, c);
+    ctx->stats.open++;
+    ctx->stats.total++;
+    c->created = c->last_active = ev_now(ctx->loop);
+    if (connecting) {
+        c->flags |= CONN_CONNECTING;
+        ev_io_start(ctx->loop, &c->wio);
+    } else {
+        update_read(c);
+    }
+    if (ctx->idle_timeout > 0)
+        conn_set_timeout(c, ctx->idle_timeout);
+    return c;
+}
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    if (--c->refs > 0)
+        return;
+    if (c->ops->on_free)
+        c->ops->on_free(c);
+    free(c->reason);
+    free(c);
+}
+
+int conn_write(struct conn *c, const void *data, size_t len)
+{
+    struct conn_ctx *ctx = c->ctx;
+    if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
+        return -1;
+    if (len == 0)
+        return c->out.len > ctx->high_water ? 0 : 1;
+    if (c->out.len + len > ctx->max_buffer) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "error: output buffer limit of %zu bytes exceeded",
+                 ctx->max_buffer);
+        conn_abort(c, msg, 1);
+        return -2;
+    }
+    const char *p = data;
+    if (!c->out.len && !(c->flags & CONN_CONNECTING)) {
+        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                abort_errno(c, errno);
+                return -1;
+            }
+            n = 0;
+        }
+        if (n > 0) {
+            c->bytes_out += (uint64_t)n;
+            ctx->stats.bytes_out += (uint64_t)n;
+            ACTIVE(c);
+        }
+        if ((size_t)n == len)
+            return 1;
+        p += n;
+        len -= (size_t)n;
+    }
+    int was_empty = !c->out.len;
+    if (outq_append(&c->out, p, len) < 0) {
+        conn_abort(c, "error: out of memory", 1);
+        return -1;
+    }
+    if (was_empty && !(c->flags & CONN_CONNECTING))
+        ev_io_start(ctx->loop, &c->wio);
+    if (c->out.len > ctx->high_water) {
+        c->flags |= CONN_WANT_DRAIN;
+        if (ctx->source && !(ctx->source->flags & CONN_DEAD))
+            bp_wait(ctx->source, c);
+        return 0;
+    }
+    return 1;
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->flags & (CONN_DEAD | CONN_CLOSING))
+        return;
+    c->flags |= CONN_CLOSING;
+    update_read(c);
+    if (!c->out.len && !(c->flags & CONN_CONNECTING))
+        conn_abort(c, NULL, 0);
+}
+
+void conn_shutdown(struct conn *c)
+{
+    if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
+        return;
+    c->flags |= CONN_SHUT_WANT;
+    if (!c->out.len && !(c->flags & CONN_CONNECTING))
+        do_shutdown(c);
+}
+
+static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    struct conn_ctx *ctx = container_of(w, struct conn_ctx, reaper);
+    while (ctx->reap) {
+        struct conn *c = ctx->reap;
+        list_unlink(&ctx->reap, c);
+        ctx->stats.open--;
+        if (c->ops->on_close)
+            c->ops->on_close(c, c->reason);
+        conn_unref(c);
+        if (ctx->on_reaped)
+            ctx->on_reaped(ctx);
+    }
+    ev_idle_stop(loop, w);
+}
+
+void conn_abort(struct conn *c, const char *reason, int rst)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    struct conn_ctx *ctx = c->ctx;
+    c->flags |= CONN_DEAD;
+    update_read(c);
+    ev_io_stop(ctx->loop, &c->wio);
+    ev_timer_stop(ctx->loop, &c->idle);
+    if (rst)
+        net_set_reset(c->fd);
+    close(c->fd);
+    c->fd = -1;
+    outq_clear(&c->out);
+    bp_wake_waiters(c);
+    bp_release(c);
+    if (reason) {
+        c->reason = strdup(reason);
+        if (strncmp(reason, "error", 5) == 0)
+            ctx->stats.errors++;
+    }
+    list_unlink(&ctx->all, c);
+    list_push(&ctx->reap, c);
+    ev_idle_start(ctx->loop, &ctx->reaper);
+}
+
+void conn_set_paused(struct conn *c, int paused)
+{
+    if (paused)
+        c->flags |= CONN_PAUSED;
+    else
+        c->flags &= ~CONN_PAUSED;
+    update_read(c);
+}
+
+void conn_set_hold(struct conn *c, int hold)
+{
+    if (hold)
+        c->flags |= CONN_HOLD;
+    else
+        c->flags &= ~CONN_HOLD;
+    update_read(c);
+}
+
+void conn_set_timeout(struct conn *c, double seconds)
+{
+    c->timeout = seconds;
+    if (c->flags & CONN_DEAD)
+        return;
+    if (seconds <= 0) {
+        ev_timer_stop(c->ctx->loop, &c->idle);
+        return;
+    }
+    ACTIVE(c);
+    c->idle.repeat = seconds;
+    ev_timer_again(c->ctx->loop, &c->idle);
+}
+
+const char *conn_label(const struct conn *c, char *buf, size_t cap)
+{
+    char addr[160];
+    if (c->peer_len && c->peer.sa.sa_family != AF_UNIX)
+        net_addr_format(&c->peer.sa, c->peer_len, addr, sizeof addr);
+    else
+        snprintf(addr, sizeof addr, "unix");
+    snprintf(buf, cap, "[conn %llu %s]", (unsigned long long)c->id, addr);
+    return buf;
+}
+
+void conn_abort_all(struct conn_ctx *ctx, const char *reason)
+{
+    while (ctx->all)
+        conn_abort(ctx->all, reason, 0);
+}

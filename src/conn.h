@@ -1,0 +1,135 @@
+#ifndef ECHOKIT_CONN_H
+#define ECHOKIT_CONN_H
+/* A connection: fd, embedded libev watchers, output queue with water marks,
+ * half-close, idle timeout, deferred teardown. No Lua.
+ *
+ * Lifetime: conn_new() returns a connection holding one reference for being
+ * open. Teardown (conn_abort, or a graceful close once flushed) stops the
+ * watchers and closes the fd at once, but ops->on_close runs from the loop's
+ * reaper, never from inside another callback of the same connection, and the
+ * struct is freed when the last reference (conn_ref) is dropped. */
+#include <ev.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net.h"
+#include "outq.h"
+
+struct conn;
+
+struct conn_ops {
+    /* Bytes arrived; buf is the loop's shared buffer, valid during the call. */
+    void (*on_data)(struct conn *c, const char *buf, size_t len);
+    /* The peer half-closed. The connection stays open (reading stops). */
+    void (*on_eof)(struct conn *c);
+    /* The output queue fell to the low-water mark after a write above high water. */
+    void (*on_drain)(struct conn *c);
+    /* An outbound connection is established (or failed: then on_close follows). */
+    void (*on_connect)(struct conn *c);
+    /* Exactly once. reason is NULL for a clean close. */
+    void (*on_close)(struct conn *c, const char *reason);
+    /* The struct is about to be freed. */
+    void (*on_free)(struct conn *c);
+};
+
+struct conn_stats {
+    uint64_t open, total, bytes_in, bytes_out, errors;
+};
+
+/* Shared by every connection of a loop. */
+struct conn_ctx {
+    struct ev_loop *loop;
+    char *rbuf;
+    size_t rbuf_len;
+    size_t high_water, low_water; /* conn_write returns 0 above high water */
+    size_t max_buffer;            /* hard per-connection cap */
+    double idle_timeout;          /* default for new connections; 0 = none */
+    struct conn_stats stats;
+    uint64_t next_id;
+    struct conn *all;             /* every connection not yet reaped */
+    struct conn *reap;            /* torn down, on_close pending */
+    struct conn *source;          /* whose input is being handled now */
+    ev_idle reaper;
+    void (*on_reaped)(struct conn_ctx *ctx); /* after each reaped connection */
+};
+
+enum {
+    CONN_PAUSED = 1u << 0,     /* the handler paused reading */
+    CONN_BP = 1u << 1,         /* a write this input caused is above high water */
+    CONN_HOLD = 1u << 2,       /* the upper layer holds enough unread input */
+    CONN_EOF = 1u << 3,        /* peer half-closed */
+    CONN_SHUT_WANT = 1u << 4,  /* shutdown once flushed */
+    CONN_SHUT_DONE = 1u << 5,
+    CONN_CLOSING = 1u << 6,    /* close once flushed */
+    CONN_DEAD = 1u << 7,       /* torn down; on_close pending or done */
+    CONN_WANT_DRAIN = 1u << 8, /* a write returned 0: call on_drain */
+    CONN_CONNECTING = 1u << 9,
+    CONN_READING = 1u << 10,   /* read watcher active */
+};
+
+struct conn {
+    struct conn_ctx *ctx;
+    const struct conn_ops *ops;
+    int fd;
+    unsigned flags;
+    int refs;
+    uint64_t id;
+    ev_io rio, wio;
+    ev_timer idle;
+    double timeout;
+    struct outq out;
+    uint64_t bytes_in, bytes_out;
+    ev_tstamp created, last_active;
+    char *reason;                  /* teardown reason, owned */
+    struct conn *prev, *next;      /* ctx->all, or ctx->reap once dead */
+    struct conn *bp_target;        /* the connection whose drain we await */
+    struct conn *waiters;          /* connections waiting for our drain */
+    struct conn *wprev, *wnext;    /* in bp_target->waiters */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
+    socklen_t peer_len;
+};
+
+void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len);
+
+/* Wraps an open, non-blocking socket; size >= sizeof(struct conn) lets the
+ * upper layer embed the connection in its own struct. Returns NULL when out of
+ * memory (fd left open). Reading starts at once unless connecting is set
+ * (outbound: on_connect fires when the socket turns writable). */
+struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                      const struct net_addr *peer, int connecting);
+
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c); /* may free */
+
+/* Queues len bytes, writing at once when nothing is queued. Returns 1, or 0
+ * when the queue is now above high water (bytes still queued), -1 if the
+ * connection is closed or closing, -2 if the bytes would exceed max_buffer
+ * (the connection is then torn down with an error). */
+int conn_write(struct conn *c, const void *data, size_t len);
+
+void conn_close(struct conn *c);    /* after the queue is flushed */
+void conn_shutdown(struct conn *c); /* half-close once flushed */
+/* Tears down now: reason NULL = clean; rst sends a TCP RST. Idempotent. */
+void conn_abort(struct conn *c, const char *reason, int rst);
+
+void conn_set_paused(struct conn *c, int paused);
+void conn_set_hold(struct conn *c, int hold);
+void conn_set_timeout(struct conn *c, double seconds); /* 0 = none */
+
+static inline int conn_is_open(const struct conn *c)
+{
+    return !(c->flags & (CONN_DEAD | CONN_CLOSING));
+}
+
+/* "[conn 7 127.0.0.1:51514]" */
+const char *conn_label(const struct conn *c, char *buf, size_t cap);
+
+/* Aborts every live connection with reason (shutdown). */
+void conn_abort_all(struct conn_ctx *ctx, const char *reason);
+
+#endif

@@ -1,0 +1,681 @@
+/* The connection as Lua sees it: a table handle with the methods of API.md,
+ * the callbacks dispatched to the handler, and the serve coroutine.
+ *
+ * The handle is a plain table (user fields are ordinary fields, methods come
+ * from the metatable's __index table without a C call); C finds its
+ * connection under a private light-userdata key. The connection owns one
+ * registry reference to the handle while open; at close the key is cleared,
+ * so the handle then points at nothing and every method answers "closed". */
+#include <errno.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "script.h"
+
+#define CONN_MT "echokit.conn"
+
+enum wait { WAIT_NONE, WAIT_LINE, WAIT_N, WAIT_ALL, WAIT_ANY, WAIT_SEND, WAIT_SLEEP };
+
+struct lconn {
+    struct conn c; /* first: the conn layer allocates the whole struct */
+    struct script *S;
+    const struct handler *h;
+    int ud_ref;   /* the handle */
+    int co_ref;   /* the serve coroutine */
+    lua_State *co;
+    enum wait wait;
+    size_t want;
+    char *in;     /* unread input (serve style only) */
+    size_t in_off, in_len, in_cap;
+    ev_timer sleep;
+};
+
+static const char handle_key = 'k'; /* its address is the private key */
+
+static inline struct lconn *lconn_of(struct conn *c)
+{
+    return (struct lconn *)c;
+}
+
+/* [-0, +1, -] */
+static void push_handle(struct lconn *lc)
+{
+    lua_rawgeti(lc->S->L, LUA_REGISTRYINDEX, lc->ud_ref);
+}
+
+/* The live connection behind argument idx, or NULL if it is closed. Raises if
+ * idx is not a connection at all (misuse). */
+static struct lconn *check_conn(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TTABLE) {
+        lua_rawgetp(L, idx, &handle_key);
+        struct lconn *lc = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        if (lc)
+            return lc;
+        if (lua_getmetatable(L, idx)) {
+            luaL_getmetatable(L, CONN_MT);
+            int same = lua_rawequal(L, -1, -2);
+            lua_pop(L, 2);
+            if (same)
+                return NULL;
+        }
+    }
+    luaL_typeerror(L, idx, "connection");
+    return NULL;
+}
+
+static int closed(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+}
+
+/* Calls callback cb with the handle and nextra values already pushed. */
+static void call_cb(struct lconn *lc, enum script_cb cb, const char *what, int nextra)
+{
+    lua_State *L = lc->S->L;
+    /* stack: ..., extra */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->h->cb[cb]);
+    push_handle(lc);
+    /* stack: ..., extra, fn, handle -> fn, handle, extra */
+    if (nextra) {
+        lua_rotate(L, -(nextra + 2), 2);
+    }
+    script_call(lc->S, 1 + nextra, what, lc->c.ctx && !(lc->c.flags & CONN_DEAD) ? &lc->c : NULL);
+}
+
+/* ---- serve: input buffer ------------------------------------------------ */
+
+static size_t unread(const struct lconn *lc)
+{
+    return lc->in_len - lc->in_off;
+}
+
+/* Appends to the unread input; -1 (connection torn down) past max_buffer. */
+static int in_append(struct lconn *lc, const char *p, size_t n)
+{
+    size_t have = unread(lc);
+    if (have + n > lc->c.ctx->max_buffer) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "error: input buffer limit of %zu bytes exceeded",
+                 lc->c.ctx->max_buffer);
+        char label[200];
+        log_msg(LOG_WARN, "%s %s", conn_label(&lc->c, label, sizeof label), msg);
+        conn_abort(&lc->c, msg, 1);
+        return -1;
+    }
+    if (lc->in_off && lc->in_len + n > lc->in_cap) {
+        memmove(lc->in, lc->in + lc->in_off, have);
+        lc->in_off = 0;
+        lc->in_len = have;
+    }
+    if (lc->in_len + n > lc->in_cap) {
+        size_t cap = lc->in_cap ? lc->in_cap : 4096;
+        while (cap < lc->in_len + n)
+            cap *= 2;
+        char *nb = realloc(lc->in, cap);
+        if (!nb) {
+            conn_abort(&lc->c, "error: out of memory", 1);
+            return -1;
+        }
+        lc->in = nb;
+        lc->in_cap = cap;
+    }
+    memcpy(lc->in + lc->in_len, p, n);
+    lc->in_len += n;
+    return 0;
+}
+
+static void in_consume(struct lconn *lc, size_t n)
+{
+    lc->in_off += n;
+    if (lc->in_off == lc->in_len) {
+        /* Nothing unread: give the memory back, idle connections hold none. */
+        free(lc->in);
+        lc->in = NULL;
+        lc->in_off = lc->in_len = lc->in_cap = 0;
+    }
+}
+
+/* Stop reading while enough unread input waits for a coroutine that is not
+ * receiving; a receiving coroutine always gets more (max_buffer bounds it). */
+static void update_hold(struct lconn *lc)
+{
+    if (lc->c.flags & CONN_DEAD)
+        return;
+    int receiving = lc->wait >= WAIT_LINE && lc->wait <= WAIT_ANY;
+    int hold = !receiving && unread(lc) >= lc->c.ctx->high_water;
+    if (hold != !!(lc->c.flags & CONN_HOLD))
+        conn_set_hold(&lc->c, hold);
+}
+
+static const char *end_reason(const struct lconn *lc)
+{
+    const char *r = lc->c.reason;
+    return r && !strcmp(r, "timeout") ? "timeout" : "closed";
+}
+
+/* Tries to answer the pending receive from p[0..len). Pushes the results on
+ * co and returns how many (0: wait for more); *used is what was taken. */
+static int satisfy(struct lconn *lc, lua_State *co, const char *p, size_t len, size_t *used)
+{
+    int ended = (lc->c.flags & (CONN_EOF | CONN_DEAD)) != 0;
+    *used = 0;
+    switch (lc->wait) {
+    case WAIT_LINE: {
+        const char *nl = memchr(p, '\n', len);
+        if (nl) {
+            size_t l = (size_t)(nl - p);
+            *used = l + 1;
+            if (l && p[l - 1] == '\r')
+                l--;
+            lua_pushlstring(co, p, l);
+            return 1;
+        }
+        break;
+    }
+    case WAIT_N:
+        if (len >= lc->want) {
+            lua_pushlstring(co, p, lc->want);
+            *used = lc->want;
+            return 1;
+        }
+        break;
+    case WAIT_ALL:
+        if (ended) {
+            lua_pushlstring(co, p, len);
+            *used = len;
+            return 1;
+        }
+        return 0;
+    case WAIT_ANY:
+        if (len) {
+            *used = len < lc->want ? len : lc->want;
+            lua_pushlstring(co, p, *used);
+            return 1;
+        }
+        break;
+    default:
+        return 0;
+    }
+    if (!ended)
+        return 0;
+    lua_pushnil(co);
+    lua_pushstring(co, end_reason(lc));
+    lua_pushlstring(co, p, len);
+    *used = len;
+    return 3;
+}
+
+static void release_co(struct lconn *lc)
+{
+    if (!lc->co)
+        return;
+    *(struct lconn **)lua_getextraspace(lc->co) = NULL;
+    lc->co = NULL;
+    script_unref(lc->S, &lc->co_ref);
+}
+
+/* Resumes the serve coroutine with nargs values pushed on it. */
+static void resume(struct lconn *lc, int nargs)
+{
+    struct conn_ctx *ctx = lc->c.ctx;
+    struct conn *prev = ctx->source;
+    lc->wait = WAIT_NONE;
+    /* Writes made by the coroutine are this connection's doing (back-pressure). */
+    ctx->source = (lc->c.flags & CONN_DEAD) ? NULL : &lc->c;
+    int rc = script_resume(lc->S, lc->co, nargs, "serve", &lc->c);
+    ctx->source = prev;
+    if (rc == LUA_YIELD && lc->wait == WAIT_NONE) {
+        script_fail(lc->S, "serve", &lc->c,
+                    "serve yielded outside receive/send/sleep (coroutines of its own must "
+                    "not yield across echokit calls)");
+        rc = LUA_ERRRUN;
+    }
+    if (rc != LUA_YIELD) {
+        release_co(lc);
+        if (rc == LUA_OK)
+            conn_close(&lc->c); /* returning from serve closes */
+    }
+    update_hold(lc);
+}
+
+/* New input or an end for a waiting receive. p/len is data not yet buffered. */
+static void serve_input(struct lconn *lc, const char *p, size_t len)
+{
+    if (!p)
+        p = "";
+    int receiving = lc->wait >= WAIT_LINE && lc->wait <= WAIT_ANY;
+    if (unread(lc)) {
+        if (len && in_append(lc, p, len) < 0)
+            return;
+        p = lc->in + lc->in_off;
+        len = unread(lc);
+        if (receiving) {
+            size_t used;
+            int n = satisfy(lc, lc->co, p, len, &used);
+            if (n) {
+                in_consume(lc, used);
+                resume(lc, n);
+                return;
+            }
+        }
+        update_hold(lc);
+        return;
+    }
+    /* Nothing buffered: answer straight from the loop's buffer, keep the rest. */
+    size_t used = 0;
+    int n = receiving ? satisfy(lc, lc->co, p, len, &used) : 0;
+    if (len > used && in_append(lc, p + used, len - used) < 0)
+        return;
+    if (n)
+        resume(lc, n);
+    else
+        update_hold(lc);
+}
+
+static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lconn *lc = container_of(w, struct lconn, sleep);
+    if (lc->wait == WAIT_SLEEP && lc->co) {
+        lua_pushboolean(lc->co, 1);
+        resume(lc, 1);
+    }
+}
+
+/* ---- conn_ops ------------------------------------------------------------ */
+
+static void op_data(struct conn *c, const char *buf, size_t len)
+{
+    struct lconn *lc = lconn_of(c);
+    if (lc->co) {
+        serve_input(lc, buf, len);
+        return;
+    }
+    if (lc->h->cb[CB_DATA] == LUA_NOREF)
+        return; /* no reader: input is discarded */
+    lua_State *L = lc->S->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->h->cb[CB_DATA]);
+    push_handle(lc);
+    lua_pushlstring(L, buf, len);
+    script_call(lc->S, 2, "on_data", c);
+}
+
+static void op_eof(struct conn *c)
+{
+    struct lconn *lc = lconn_of(c);
+    if (lc->co) {
+        serve_input(lc, NULL, 0); /* a waiting receive learns of the end */
+        return;
+    }
+    if (lc->h->cb[CB_EOF] != LUA_NOREF)
+        call_cb(lc, CB_EOF, "on_eof", 0);
+    else
+        conn_close(c);
+}
+
+static void op_drain(struct conn *c)
+{
+    struct lconn *lc = lconn_of(c);
+    if (lc->co && lc->wait == WAIT_SEND) {
+        lua_pushboolean(lc->co, 1);
+        resume(lc, 1);
+    }
+    if (lc->h->cb[CB_DRAIN] != LUA_NOREF && !(c->flags & CONN_DEAD))
+        call_cb(lc, CB_DRAIN, "on_drain", 0);
+}
+
+static void op_close(struct conn *c, const char *reason)
+{
+    struct lconn *lc = lconn_of(c);
+    struct script *S = lc->S;
+    lua_State *L = S->L;
+    if (log_enabled(LOG_DEBUG)) {
+        char label[200];
+        log_msg(LOG_DEBUG, "%s closed (%s) after %.3fs, %llu bytes in, %llu out",
+                conn_label(c, label, sizeof label), reason ? reason : "clean",
+                ev_now(c->ctx->loop) - c->created, (unsigned long long)c->bytes_in,
+                (unsigned long long)c->bytes_out);
+    }
+    ev_timer_stop(c->ctx->loop, &lc->sleep);
+    /* A waiting coroutine hears of the end first, as LuaSocket would tell it. */
+    if (lc->co) {
+        switch (lc->wait) {
+        case WAIT_LINE:
+        case WAIT_N:
+        case WAIT_ALL:
+        case WAIT_ANY:
+            serve_input(lc, NULL, 0);
+            break;
+        case WAIT_SEND:
+        case WAIT_SLEEP:
+            lua_pushnil(lc->co);
+            lua_pushstring(lc->co, end_reason(lc));
+            resume(lc, 2);
+            break;
+        default:
+            break;
+        }
+    }
+    if (lc->h->cb[CB_CLOSE] != LUA_NOREF) {
+        if (reason)
+            lua_pushstring(L, reason);
+        else
+            lua_pushnil(L);
+        call_cb(lc, CB_CLOSE, "on_close", 1);
+    }
+    push_handle(lc);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, &handle_key);
+    lua_pop(L, 1);
+    script_unref(S, &lc->ud_ref);
+    release_co(lc);
+    free(lc->in);
+    lc->in = NULL;
+    lc->in_off = lc->in_len = lc->in_cap = 0;
+}
+
+static const struct conn_ops lconn_ops = {
+    .on_data = op_data,
+    .on_eof = op_eof,
+    .on_drain = op_drain,
+    .on_close = op_close,
+};
+
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
+{
+    struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
+    if (!c) {
+        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
+        close(fd);
+        return;
+    }
+    struct lconn *lc = lconn_of(c);
+    lua_State *L = S->L;
+    lc->S = S;
+    lc->h = &S->handler;
+    lc->co_ref = LUA_NOREF;
+    ev_init(&lc->sleep, sleep_cb);
+
+    lua_createtable(L, 0, 2);
+    luaL_setmetatable(L, CONN_MT);
+    lua_pushlightuserdata(L, lc);
+    lua_rawsetp(L, -2, &handle_key);
+    lua_pushinteger(L, (lua_Integer)c->id);
+    lua_setfield(L, -2, "id");
+    lc->ud_ref = script_ref(S);
+
+    if (log_enabled(LOG_DEBUG)) {
+        char label[200];
+        log_msg(LOG_DEBUG, "%s open", conn_label(c, label, sizeof label));
+    }
+    if (lc->h->cb[CB_CONNECT] != LUA_NOREF)
+        call_cb(lc, CB_CONNECT, "on_connect", 0);
+    if (lc->h->cb[CB_SERVE] != LUA_NOREF && !(c->flags & CONN_DEAD)) {
+        lua_State *co = lua_newthread(L);
+        lc->co_ref = script_ref(S);
+        lc->co = co;
+        *(struct lconn **)lua_getextraspace(co) = lc;
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->h->cb[CB_SERVE]);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->ud_ref);
+        resume(lc, 1);
+    }
+}
+
+/* ---- methods -------------------------------------------------------------- */
+
+static int m_write(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    if (!lc)
+        return closed(L);
+    int rc = conn_write(&lc->c, data, len);
+    if (rc >= 0) {
+        lua_pushboolean(L, rc);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, rc == -2 ? "output buffer limit exceeded" : "closed");
+    return 2;
+}
+
+/* The serve coroutine of lc, if L is it. */
+static int in_serve(struct lconn *lc, lua_State *L)
+{
+    return lc->co == L;
+}
+
+static int m_send(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    if (!lc)
+        return closed(L);
+    int rc = conn_write(&lc->c, data, len);
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, rc == -2 ? "output buffer limit exceeded" : "closed");
+        return 2;
+    }
+    if (rc == 0 && in_serve(lc, L)) {
+        lc->wait = WAIT_SEND;
+        return lua_yield(L, 0); /* resumed by on_drain or the close */
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int start_receive(lua_State *L, struct lconn *lc, enum wait w, size_t want)
+{
+    if (!in_serve(lc, L))
+        return luaL_error(L, "receive: call it from this connection's serve coroutine");
+    lc->wait = w;
+    lc->want = want;
+    size_t used;
+    int n = satisfy(lc, L, lc->in ? lc->in + lc->in_off : "", unread(lc), &used);
+    if (n) {
+        lc->wait = WAIT_NONE;
+        in_consume(lc, used);
+        update_hold(lc);
+        return n;
+    }
+    update_hold(lc);
+    return lua_yield(L, 0); /* resumed by serve_input or the close */
+}
+
+static int m_receive(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    enum wait w = WAIT_LINE;
+    size_t want = 0;
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        lua_Integer n = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+        w = WAIT_N;
+        want = (size_t)n;
+    } else if (!lua_isnoneornil(L, 2)) {
+        const char *pat = luaL_checkstring(L, 2);
+        if (pat[0] == '*')
+            pat++;
+        if (!strcmp(pat, "l"))
+            w = WAIT_LINE;
+        else if (!strcmp(pat, "a"))
+            w = WAIT_ALL;
+        else
+            return luaL_argerror(L, 2, "expected \"*l\", \"*a\" or a byte count");
+    }
+    if (!lc) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        lua_pushliteral(L, "");
+        return 3;
+    }
+    return start_receive(L, lc, w, want);
+}
+
+static int m_receiveany(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    lua_Integer max = luaL_optinteger(L, 2, 65536);
+    luaL_argcheck(L, max > 0, 2, "max must be > 0");
+    if (!lc) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        lua_pushliteral(L, "");
+        return 3;
+    }
+    return start_receive(L, lc, WAIT_ANY, (size_t)max);
+}
+
+int lconn_sleep(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0, 1, "seconds must be >= 0");
+    struct lconn *lc = *(struct lconn **)lua_getextraspace(L);
+    if (!lc || lc->co != L)
+        return luaL_error(L, "echokit.sleep: only inside serve (use echokit.timer in callbacks)");
+    if (lc->c.flags & CONN_DEAD)
+        return closed(L);
+    lc->wait = WAIT_SLEEP;
+    ev_timer_set(&lc->sleep, s, 0);
+    ev_timer_start(lc->c.ctx->loop, &lc->sleep);
+    return lua_yield(L, 0);
+}
+
+static int m_close(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (lc)
+        conn_close(&lc->c);
+    return 0;
+}
+
+static int m_reset(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (lc)
+        conn_abort(&lc->c, "reset", 1);
+    return 0;
+}
+
+static int m_shutdown(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (!lc)
+        return closed(L);
+    conn_shutdown(&lc->c);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_pause(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (lc)
+        conn_set_paused(&lc->c, 1);
+    return 0;
+}
+
+static int m_resume(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (lc)
+        conn_set_paused(&lc->c, 0);
+    return 0;
+}
+
+static int push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len)
+{
+    char host[128];
+    int port;
+    net_addr_split(sa, len, host, sizeof host, &port);
+    lua_pushstring(L, host);
+    if (sa->sa_family == AF_UNIX)
+        return 1;
+    lua_pushinteger(L, port);
+    return 2;
+}
+
+static int m_sockname(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (!lc)
+        return closed(L);
+    struct net_addr a;
+    if (net_local_addr(lc->c.fd, &a) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    return push_addr(L, (struct sockaddr *)&a.ss, a.len);
+}
+
+static int m_peer(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (!lc)
+        return closed(L);
+    if (lc->c.peer.sa.sa_family == AF_UNIX)
+        return m_sockname(L); /* unix peers are unnamed: the path they reached */
+    return push_addr(L, &lc->c.peer.sa, lc->c.peer_len);
+}
+
+static int m_buffered(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    lua_pushinteger(L, lc ? (lua_Integer)lc->c.out.len : 0);
+    return 1;
+}
+
+static int m_set_timeout(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    double s = luaL_optnumber(L, 2, 0);
+    luaL_argcheck(L, s >= 0, 2, "seconds must be >= 0 (nil for none)");
+    if (!lc)
+        return closed(L);
+    conn_set_timeout(&lc->c, s);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_tostring(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    lua_getfield(L, 1, "id");
+    if (!lc) {
+        lua_pushfstring(L, "conn %s (closed)", luaL_tolstring(L, -1, NULL));
+        return 1;
+    }
+    char label[200];
+    conn_label(&lc->c, label, sizeof label);
+    lua_pushstring(L, label);
+    return 1;
+}
+
+void lconn_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"write", m_write},       {"send", m_send},         {"receive", m_receive},
+        {"receiveany", m_receiveany}, {"close", m_close},   {"reset", m_reset},
+        {"shutdown", m_shutdown}, {"pause", m_pause},       {"resume", m_resume},
+        {"peer", m_peer},         {"sockname", m_sockname}, {"buffered", m_buffered},
+        {"set_timeout", m_set_timeout}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, CONN_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, m_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+}

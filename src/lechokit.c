@@ -1,0 +1,97 @@
+/* require "echokit": the module table. */
+#include <lauxlib.h>
+#include <stdlib.h>
+
+#include "hexdump.h"
+#include "log.h"
+#include "script.h"
+
+static int e_now(lua_State *L)
+{
+    lua_pushnumber(L, ev_now(script_of(L)->ctx->loop));
+    return 1;
+}
+
+/* echokit.log(level, fmt, ...): formatted with string.format (upvalue 1). */
+static int e_log(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int level = log_level_parse(name);
+    if (level < 0)
+        return luaL_argerror(L, 1, "level must be \"debug\", \"info\", \"warn\" or \"error\"");
+    if (!log_enabled((enum log_level)level))
+        return 0;
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_rotate(L, 2, 1);
+    /* stack: level, format, fmt, args... */
+    lua_call(L, n - 1, 1);
+    log_msg((enum log_level)level, "%s", lua_tostring(L, -1));
+    return 0;
+}
+
+static int e_hexdump(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    lua_Integer off = luaL_optinteger(L, 2, 0);
+    luaL_argcheck(L, off >= 0, 2, "offset must be >= 0");
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, hexdump_bound(len));
+    size_t n = hexdump_format((const unsigned char *)data, len, (size_t)off, out);
+    luaL_pushresultsize(&b, n);
+    return 1;
+}
+
+static int e_stop(lua_State *L)
+{
+    struct script *S = script_of(L);
+    if (S->on_stop)
+        S->on_stop(S);
+    return 0;
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static int e_stats(lua_State *L)
+{
+    struct script *S = script_of(L);
+    const struct conn_stats *st = &S->ctx->stats;
+    lua_createtable(L, 0, 7);
+    set_int(L, "connections_open", (lua_Integer)st->open);
+    set_int(L, "connections_total", (lua_Integer)st->total);
+    set_int(L, "bytes_in", (lua_Integer)st->bytes_in);
+    set_int(L, "bytes_out", (lua_Integer)st->bytes_out);
+    set_int(L, "errors", (lua_Integer)st->errors);
+    set_int(L, "refs", (lua_Integer)S->refs);
+    set_int(L, "lua_memory", (lua_Integer)S->mem_used);
+    return 1;
+}
+
+int lechokit_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"now", e_now},     {"hexdump", e_hexdump},   {"stop", e_stop},
+        {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
+        {"sleep", lconn_sleep}, {NULL, NULL},
+    };
+    struct script *S = script_of(L);
+    luaL_newlib(L, funcs);
+    lua_getglobal(L, "string");
+    lua_getfield(L, -1, "format");
+    lua_remove(L, -2);
+    lua_pushcclosure(L, e_log, 1);
+    lua_setfield(L, -2, "log");
+    if (S->args_ref != LUA_NOREF)
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->args_ref);
+    else
+        lua_newtable(L);
+    lua_setfield(L, -2, "args");
+    lua_pushliteral(L, ECHOKIT_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}

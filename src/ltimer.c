@@ -1,0 +1,102 @@
+/* echokit.timer / echokit.every: a userdata with an embedded ev_timer. An
+ * active timer holds a registry reference to itself and one to its function,
+ * so the collector cannot take it while libev may still call it; both are
+ * released when it fires for the last time or is cancelled. */
+#include <lauxlib.h>
+
+#include "log.h"
+#include "script.h"
+
+#define TIMER_MT "echokit.timer"
+
+struct ltimer {
+    ev_timer w;
+    struct script *S;
+    int fn_ref, self_ref;
+    int repeat;
+};
+
+static void ltimer_release(struct ltimer *t)
+{
+    ev_timer_stop(t->S->ctx->loop, &t->w);
+    script_unref(t->S, &t->fn_ref);
+    script_unref(t->S, &t->self_ref);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct ltimer *t = container_of(w, struct ltimer, w);
+    struct script *S = t->S;
+    lua_State *L = S->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
+    /* stack: fn, timer. The timer object stays alive on the stack even if
+     * released below. */
+    if (!t->repeat)
+        ltimer_release(t);
+    if (script_call(S, 1, t->repeat ? "every" : "timer", NULL) < 0 && t->repeat) {
+        log_msg(LOG_WARN, "echokit.every: timer cancelled after the error above");
+        ltimer_release(t);
+    }
+}
+
+static int new_timer(lua_State *L, int repeat)
+{
+    double s = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (repeat)
+        luaL_argcheck(L, s > 0, 1, "interval must be > 0 seconds");
+    else
+        luaL_argcheck(L, s >= 0, 1, "seconds must be >= 0");
+    struct script *S = script_of(L);
+    struct ltimer *t = lua_newuserdatauv(L, sizeof *t, 0);
+    t->S = S;
+    t->repeat = repeat;
+    t->fn_ref = t->self_ref = LUA_NOREF;
+    ev_timer_init(&t->w, timer_cb, s, repeat ? s : 0);
+    luaL_setmetatable(L, TIMER_MT);
+    lua_pushvalue(L, 2);
+    t->fn_ref = script_ref(S);
+    lua_pushvalue(L, -1);
+    t->self_ref = script_ref(S);
+    ev_timer_start(S->ctx->loop, &t->w);
+    return 1;
+}
+
+int ltimer_timer(lua_State *L)
+{
+    return new_timer(L, 0);
+}
+
+int ltimer_every(lua_State *L)
+{
+    return new_timer(L, 1);
+}
+
+static int t_cancel(lua_State *L)
+{
+    struct ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+    int was = ev_is_active(&t->w);
+    ltimer_release(t);
+    lua_pushboolean(L, was);
+    return 1;
+}
+
+static int t_gc(lua_State *L)
+{
+    struct ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+    /* Only an inactive timer can be collected, but lua_close collects all. */
+    ev_timer_stop(t->S->ctx->loop, &t->w);
+    return 0;
+}
+
+void ltimer_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {{"cancel", t_cancel}, {NULL, NULL}};
+    luaL_newmetatable(L, TIMER_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, t_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+}

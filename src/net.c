@@ -1,0 +1,262 @@
+#include "net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static int parse_port(const char *s, int *port)
+{
+    char *end;
+    if (!*s)
+        return -1;
+    long v = strtol(s, &end, 10);
+    if (*end || v < 0 || v > 65535 || *s < '0' || *s > '9')
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *err)
+{
+    memset(out, 0, sizeof *out);
+    if (strncmp(spec, "unix:", 5) == 0) {
+        const char *path = spec + 5;
+        struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
+        size_t n = strlen(path);
+        if (n == 0) {
+            snprintf(err, ECHOKIT_ERR_LEN, "%s: empty unix socket path", spec);
+            return -1;
+        }
+        if (n >= sizeof un->sun_path) {
+            snprintf(err, ECHOKIT_ERR_LEN, "%s: unix socket path longer than %zu bytes", spec,
+                     sizeof un->sun_path - 1);
+            return -1;
+        }
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, path, n + 1);
+        out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+        return 0;
+    }
+
+    char host[256];
+    const char *portstr;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || close[1] != ':') {
+            snprintf(err, ECHOKIT_ERR_LEN, "%s: expected [IPV6]:PORT", spec);
+            return -1;
+        }
+        size_t n = (size_t)(close - spec - 1);
+        if (n >= sizeof host)
+            n = sizeof host - 1;
+        memcpy(host, spec + 1, n);
+        host[n] = '\0';
+        portstr = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon) {
+            strcpy(host, "127.0.0.1");
+            portstr = spec;
+        } else {
+            if (memchr(spec, ':', (size_t)(colon - spec))) {
+                snprintf(err, ECHOKIT_ERR_LEN, "%s: IPv6 addresses need brackets: [V6]:PORT", spec);
+                return -1;
+            }
+            size_t n = (size_t)(colon - spec);
+            if (n >= sizeof host) {
+                snprintf(err, ECHOKIT_ERR_LEN, "%s: host name too long", spec);
+                return -1;
+            }
+            memcpy(host, spec, n);
+            host[n] = '\0';
+            portstr = colon + 1;
+        }
+    }
+    int port;
+    if (parse_port(portstr, &port) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: bad port '%s' (expected HOST:PORT, [V6]:PORT or unix:/path)",
+                 spec, portstr);
+        return -1;
+    }
+    if (!host[0] || strcmp(host, "*") == 0)
+        strcpy(host, "0.0.0.0");
+
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&out->ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->ss;
+    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        out->len = sizeof *in4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        out->len = sizeof *in6;
+        return 0;
+    }
+    if (!resolve) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: '%s' is not a numeric address", spec, host);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: cannot resolve '%s': %s", spec, host, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
+    out->len = res->ai_addrlen;
+    freeaddrinfo(res);
+    if (out->ss.ss_family == AF_INET)
+        in4->sin_port = htons((uint16_t)port);
+    else
+        in6->sin6_port = htons((uint16_t)port);
+    return 0;
+}
+
+void net_addr_split(const struct sockaddr *sa, socklen_t len, char *host, size_t cap, int *port)
+{
+    *port = 0;
+    host[0] = '\0';
+    switch (sa->sa_family) {
+    case AF_INET: {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in4->sin_addr, host, (socklen_t)cap);
+        *port = ntohs(in4->sin_port);
+        break;
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, (socklen_t)cap);
+        *port = ntohs(in6->sin6_port);
+        break;
+    }
+    case AF_UNIX: {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        size_t n = len > off ? strnlen(un->sun_path, (size_t)len - off) : 0;
+        if (n >= cap)
+            n = cap - 1;
+        memcpy(host, un->sun_path, n);
+        host[n] = '\0';
+        break;
+    }
+    default:
+        snprintf(host, cap, "?");
+    }
+}
+
+char *net_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN + 110];
+    int port;
+    net_addr_split(sa, len, host, sizeof host, &port);
+    if (sa->sa_family == AF_UNIX)
+        snprintf(buf, cap, "unix:%s", host[0] ? host : "(unnamed)");
+    else if (sa->sa_family == AF_INET6)
+        snprintf(buf, cap, "[%s]:%d", host, port);
+    else
+        snprintf(buf, cap, "%s:%d", host, port);
+    return buf;
+}
+
+int net_listen(const struct net_addr *addr, int backlog, char *err)
+{
+    char name[160];
+    net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
+    int family = addr->ss.ss_family;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: socket: %s", name, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    if (family == AF_UNIX) {
+        /* Replace a stale socket file, never a regular file. */
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&addr->ss;
+        struct stat st;
+        if (lstat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(un->sun_path);
+    } else {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    }
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: bind: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, backlog) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "%s: listen: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int net_accept(int lfd, struct net_addr *peer)
+{
+    peer->len = sizeof peer->ss;
+    int fd = accept4(lfd, (struct sockaddr *)&peer->ss, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0 && peer->ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    return fd;
+}
+
+int net_connect(const struct net_addr *addr, int *in_progress, char *err)
+{
+    *in_progress = 0;
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "socket: %s", strerror(errno));
+        return -1;
+    }
+    if (addr->ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
+        if (errno == EINPROGRESS) {
+            *in_progress = 1;
+            return fd;
+        }
+        snprintf(err, ECHOKIT_ERR_LEN, "connect: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int net_socket_error(int fd)
+{
+    int e = 0;
+    socklen_t l = sizeof e;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0)
+        return errno;
+    return e;
+}
+
+void net_set_reset(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+int net_local_addr(int fd, struct net_addr *out)
+{
+    out->len = sizeof out->ss;
+    return getsockname(fd, (struct sockaddr *)&out->ss, &out->len);
+}

@@ -1,0 +1,46 @@
+#ifndef ECHOKIT_NET_H
+#define ECHOKIT_NET_H
+/* Socket helpers. No libev, no Lua: each returns -1 with a message in err
+ * (ECHOKIT_ERR_LEN bytes) on failure. */
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "util.h"
+
+struct net_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+/* Parses "HOST:PORT", "[V6]:PORT", "unix:/path" or a bare "PORT" (loopback).
+ * HOST must be numeric unless resolve is set, in which case getaddrinfo() is
+ * used (blocking: start-up only). */
+int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *err);
+
+/* "127.0.0.1:7000", "[::1]:7000", "unix:/path". Returns buf. */
+char *net_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap);
+
+/* Host and port (or unix path and 0) of an address, for Lua. */
+void net_addr_split(const struct sockaddr *sa, socklen_t len, char *host, size_t cap, int *port);
+
+/* Non-blocking, close-on-exec listening socket (SO_REUSEADDR; for unix paths a
+ * stale socket file is replaced). Returns the fd. */
+int net_listen(const struct net_addr *addr, int backlog, char *err);
+
+/* accept4() non-blocking + close-on-exec, TCP_NODELAY on TCP sockets.
+ * Returns the fd, or -1 with errno set (EAGAIN when nothing is pending). */
+int net_accept(int lfd, struct net_addr *peer);
+
+/* Starts a non-blocking connect. Returns the fd; *in_progress is set when the
+ * result will be known once the socket turns writable. */
+int net_connect(const struct net_addr *addr, int *in_progress, char *err);
+
+/* The pending error of a socket (SO_ERROR), 0 when none. */
+int net_socket_error(int fd);
+
+/* Arms SO_LINGER {1, 0} so that close() sends a RST. */
+void net_set_reset(int fd);
+
+int net_local_addr(int fd, struct net_addr *out);
+
+#endif

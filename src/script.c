@@ -1,0 +1,467 @@
+#include "script.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "embed.h"
+#include "log.h"
+
+/* Instructions between two looks at the clock while a callback runs. A
+ * callback shorter than this never reads the clock at all. */
+#define HOOK_COUNT 20000
+
+static const char *const cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
+                                               "on_drain",   "on_close", "serve"};
+
+struct script *script_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Counts Lua's memory so --lua-memory can refuse allocations past the cap;
+ * Lua turns the refusal into a "not enough memory" error in the caller. */
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct script *S = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        S->mem_used -= old;
+        return NULL;
+    }
+    if (S->mem_limit && nsize > old && S->mem_used + (nsize - old) > S->mem_limit)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        S->mem_used = S->mem_used - old + nsize;
+    return p;
+}
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The budget hook. Once a call is over budget it raises on every instruction,
+ * so a pcall inside the handler cannot swallow the error for long: the first
+ * instruction outside that pcall raises again. */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    struct script *S = script_of(L);
+    if (!S->in_call)
+        return;
+    double now = cpu_now();
+    if (S->deadline == 0) {
+        S->deadline = now + S->budget;
+        return;
+    }
+    if (now > S->deadline) {
+        if (!S->overrun) {
+            S->overrun = 1;
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        }
+        luaL_error(L, "CPU budget of %gs per callback exceeded", S->budget);
+    }
+}
+
+static void budget_begin(struct script *S)
+{
+    S->in_call = 1;
+    S->deadline = 0;
+}
+
+static void budget_end(struct script *S, lua_State *L)
+{
+    S->in_call = 0;
+    if (S->overrun) {
+        S->overrun = 0;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    }
+}
+
+/* Message handler: the error as a string with a traceback. [-1, +1, m] */
+static int msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int script_ref(struct script *S)
+{
+    S->refs++;
+    return luaL_ref(S->L, LUA_REGISTRYINDEX);
+}
+
+void script_unref(struct script *S, int *ref)
+{
+    if (*ref == LUA_NOREF || *ref == LUA_REFNIL) {
+        *ref = LUA_NOREF;
+        return;
+    }
+    luaL_unref(S->L, LUA_REGISTRYINDEX, *ref);
+    S->refs--;
+    *ref = LUA_NOREF;
+}
+
+void script_fail(struct script *S, const char *what, struct conn *c, const char *msg)
+{
+    char label[200] = "";
+    if (c)
+        conn_label(c, label, sizeof label);
+    log_msg(LOG_ERROR, "%s%s%s: %s", label, c ? " " : "", what, msg);
+    if (!c)
+        return;
+    /* The reason carries the message's first line, not the traceback. */
+    char reason[300];
+    size_t n = strcspn(msg, "\n");
+    snprintf(reason, sizeof reason, "error: %.*s", (int)(n > 280 ? 280 : n), msg);
+    conn_abort(c, reason, 0);
+}
+
+int script_call(struct script *S, int nargs, const char *what, struct conn *c)
+{
+    lua_State *L = S->L;
+    budget_begin(S);
+    /* stack: msgh(1), ..., fn, args */
+    int rc = lua_pcall(L, nargs, 0, 1);
+    budget_end(S, L);
+    if (rc == LUA_OK)
+        return 0;
+    script_fail(S, what, c, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return -1;
+}
+
+int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c)
+{
+    int nres;
+    budget_begin(S);
+    int rc = lua_resume(co, S->L, nargs, &nres);
+    budget_end(S, co);
+    if (rc == LUA_OK || rc == LUA_YIELD) {
+        lua_pop(co, nres);
+        return rc;
+    }
+    const char *msg = lua_tostring(co, -1);
+    if (!msg)
+        msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
+    luaL_traceback(S->L, co, msg, 0);
+    script_fail(S, what, c, lua_tostring(S->L, -1));
+    lua_pop(S->L, 1);
+    return rc;
+}
+
+/* package.searchers entry for modules compiled into the binary:
+ * require "echokit.x" finds lua/echokit/x.lua. [-1, +2|1, e] */
+static int embedded_searcher(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    char path[256];
+    int n = snprintf(path, sizeof path, "lua/%s.lua", name);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return 0;
+    for (char *p = path + 4; *p && p < path + n - 4; p++)
+        if (*p == '.')
+            *p = '/';
+    for (const struct embed_file *f = embed_files; f->name; f++) {
+        if (strcmp(f->name, path) != 0)
+            continue;
+        char chunk[260];
+        snprintf(chunk, sizeof chunk, "@%s", path);
+        if (luaL_loadbufferx(L, f->data, f->len, chunk, "t") != LUA_OK)
+            return luaL_error(L, "error loading embedded module '%s': %s", name, lua_tostring(L, -1));
+        lua_pushstring(L, path);
+        return 2;
+    }
+    lua_pushfstring(L, "no embedded module '%s'", path);
+    return 1;
+}
+
+static void install_searcher(lua_State *L)
+{
+    /* stack: msgh */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchers");
+    /* stack: msgh, package, searchers */
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = n; i >= 2; i--) {
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, embedded_searcher);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, lechokit_open);
+    lua_setfield(L, -2, "echokit");
+    lua_pop(L, 2);
+}
+
+struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
+{
+    struct script *S = calloc(1, sizeof *S);
+    if (!S)
+        return NULL;
+    S->ctx = ctx;
+    S->budget = budget;
+    S->args_ref = LUA_NOREF;
+    for (int i = 0; i < CB_COUNT; i++)
+        S->handler.cb[i] = LUA_NOREF;
+    lua_State *L = lua_newstate(l_alloc, S);
+    if (!L) {
+        free(S);
+        return NULL;
+    }
+    /* The limit applies to handlers, not to the runtime's own set-up. */
+    S->L = L;
+    /* Threads copy the main thread's extra space: NULL means "no serve conn". */
+    *(void **)lua_getextraspace(L) = NULL;
+    luaL_openlibs(L);
+    lua_pushcfunction(L, msgh); /* stays at index 1: every call's handler */
+    install_searcher(L);
+    lconn_open(L);
+    ltimer_open(L);
+    S->mem_limit = mem_limit;
+    if (budget > 0)
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    return S;
+}
+
+void script_free(struct script *S)
+{
+    if (!S)
+        return;
+    lua_close(S->L);
+    free(S);
+}
+
+/* Built-in names that differ from their file's stem. */
+static const struct {
+    const char *name, *file;
+} aliases[] = {
+    {NULL, NULL},
+};
+
+static const struct embed_file *find_builtin(const char *name)
+{
+    char path[128];
+    const char *stem = name;
+    for (int i = 0; aliases[i].name; i++)
+        if (strcmp(aliases[i].name, name) == 0)
+            stem = aliases[i].file;
+    snprintf(path, sizeof path, "handlers/%s.lua", stem);
+    for (const struct embed_file *f = embed_files; f->name; f++)
+        if (strcmp(f->name, path) == 0)
+            return f;
+    return NULL;
+}
+
+static void builtin_names(char *buf, size_t cap)
+{
+    size_t pos = 0;
+    buf[0] = '\0';
+    for (const struct embed_file *f = embed_files; f->name; f++) {
+        if (strncmp(f->name, "handlers/", 9) != 0)
+            continue;
+        size_t n = strlen(f->name) - 9 - 4;
+        pos += (size_t)snprintf(buf + pos, cap - pos, "%s%.*s", pos ? ", " : "", (int)n,
+                                f->name + 9);
+        if (pos >= cap)
+            break;
+    }
+}
+
+static char *read_file(const char *path, size_t *len, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errcap, "cannot open handler '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (!buf || failed) {
+        snprintf(err, errcap, "cannot read handler '%s': %s", path,
+                 buf ? strerror(errno) : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* Puts the handler file's folder first on package.path, so a handler can
+ * require modules that sit beside it. */
+static void add_handler_dir(lua_State *L, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char prefix[1024];
+    if (slash)
+        snprintf(prefix, sizeof prefix, "%.*s/?.lua;", (int)(slash - path), path);
+    else
+        snprintf(prefix, sizeof prefix, "./?.lua;");
+    lua_getglobal(L, "package");
+    lua_pushstring(L, prefix);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+/* [-0, +1, m] the argument table: "k=v" -> t.k = "v", bare words -> t[i]. */
+static void push_args(lua_State *L, char **argv, int argc)
+{
+    lua_createtable(L, 0, argc);
+    lua_Integer seq = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        if (eq && eq != argv[i]) {
+            lua_pushlstring(L, argv[i], (size_t)(eq - argv[i]));
+            lua_pushstring(L, eq + 1);
+            lua_rawset(L, -3);
+        } else {
+            lua_pushstring(L, argv[i]);
+            lua_rawseti(L, -2, seq++);
+        }
+    }
+}
+
+/* One line of a load error: the message up to its first newline. */
+static void first_line(char *err, size_t errcap, const char *msg)
+{
+    size_t n = strcspn(msg, "\n");
+    snprintf(err, errcap, "%.*s", (int)n, msg);
+}
+
+/* Message handler for the load: the bare message, no traceback (user error
+ * gets one line). */
+static int load_msgh(lua_State *L)
+{
+    if (!lua_isstring(L, 1))
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    return 1;
+}
+
+int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
+                size_t errcap)
+{
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    const char *data;
+    size_t len;
+    char *owned = NULL;
+    char chunk[512];
+    int is_file = strchr(spec, '/') || (strlen(spec) > 4 && !strcmp(spec + strlen(spec) - 4, ".lua"));
+    const struct embed_file *bf = is_file ? NULL : find_builtin(spec);
+    if (bf) {
+        data = bf->data;
+        len = bf->len;
+        snprintf(chunk, sizeof chunk, "@%s", bf->name);
+    } else if (is_file) {
+        owned = read_file(spec, &len, err, errcap);
+        if (!owned)
+            return -1;
+        data = owned;
+        snprintf(chunk, sizeof chunk, "@%s", spec);
+        add_handler_dir(L, spec);
+    } else {
+        char names[256];
+        builtin_names(names, sizeof names);
+        snprintf(err, errcap, "no built-in handler '%s' (built-in: %s; or give a file path)",
+                 spec, names);
+        return -1;
+    }
+    S->handler_name = spec;
+
+    lua_pushcfunction(L, load_msgh);
+    int rc = luaL_loadbufferx(L, data, len, chunk, "t");
+    free(owned);
+    if (rc != LUA_OK) {
+        first_line(err, errcap, lua_tostring(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    push_args(L, argv, argc);
+    lua_pushvalue(L, -1);
+    S->args_ref = script_ref(S);
+    /* stack: load_msgh, chunk, args */
+    if (lua_pcall(L, 1, 1, top + 1) != LUA_OK) {
+        first_line(err, errcap, lua_tostring(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    const char *where = chunk + 1;
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errcap, "%s: handler must return a table of callbacks (got %s)", where,
+                 luaL_typename(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    /* stack: load_msgh, handler */
+    for (int i = 0; i < CB_COUNT; i++) {
+        lua_getfield(L, -1, cb_names[i]);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (!lua_isfunction(L, -1)) {
+            snprintf(err, errcap, "%s: '%s' must be a function (got %s)", where, cb_names[i],
+                     luaL_typename(L, -1));
+            lua_settop(L, top);
+            return -1;
+        }
+        S->handler.cb[i] = script_ref(S);
+    }
+    if (S->handler.cb[CB_SERVE] != LUA_NOREF && S->handler.cb[CB_DATA] != LUA_NOREF) {
+        snprintf(err, errcap, "%s: 'serve' and 'on_data' exclude each other; keep one", where);
+        lua_settop(L, top);
+        return -1;
+    }
+    /* Catch typos such as on_dta, which would otherwise do nothing silently. */
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            continue;
+        const char *k = lua_tostring(L, -1);
+        int known = 0;
+        for (int i = 0; i < CB_COUNT; i++)
+            known |= !strcmp(k, cb_names[i]);
+        if (!known && !strncmp(k, "on_", 3))
+            log_msg(LOG_WARN, "%s: unknown callback '%s' is never called (known: on_connect, "
+                              "on_data, on_eof, on_drain, on_close, serve)", where, k);
+    }
+    lua_settop(L, top);
+    return 0;
+}

@@ -1,0 +1,80 @@
+#ifndef ECHOKIT_SCRIPT_H
+#define ECHOKIT_SCRIPT_H
+/* The lua_State: loading handlers, the one protected-call path, budgets, and
+ * the registry references the runtime holds. Only script.c and l*.c include
+ * Lua headers. */
+#include <lua.h>
+#include <stddef.h>
+
+#include "conn.h"
+#include "server.h"
+
+enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_COUNT };
+
+/* A handler's callbacks, as registry references (LUA_NOREF = absent). */
+struct handler {
+    int cb[CB_COUNT];
+};
+
+struct script {
+    lua_State *L;
+    struct conn_ctx *ctx;
+    struct handler handler;     /* the one accepted connections use */
+    const char *handler_name;   /* as given on the command line */
+    int args_ref;               /* handler-argument table */
+    long refs;                  /* registry references held (for leak checks) */
+    double budget;              /* CPU seconds per callback, 0 = none */
+    double deadline;            /* set by the hook once a call runs long */
+    int in_call;                /* a budgeted call is running */
+    int overrun;
+    size_t mem_limit, mem_used; /* bytes, 0 = no limit */
+    void (*on_stop)(struct script *S); /* echokit.stop() */
+    void *data;
+};
+
+/* Creates the state with the echokit module and the embedded library.
+ * Returns NULL when out of memory. */
+struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit);
+void script_free(struct script *S);
+
+/* The script a Lua state belongs to. */
+struct script *script_of(lua_State *L);
+
+/* Loads a handler by built-in name or file path, calls it with the argument
+ * list ("k=v" or bare words) and keeps its callbacks. Returns 0, or -1 with a
+ * one-line message (file, line, cause) in err. */
+int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
+                size_t errcap);
+
+/* Registry references with one owner: counted so tests can see leaks.
+ * script_ref: [-1, +0, m]; script_unref takes LUA_NOREF/LUA_REFNIL happily and
+ * sets *ref to LUA_NOREF. */
+int script_ref(struct script *S);
+void script_unref(struct script *S, int *ref);
+
+/* The one protected-call path. Stack: fn, nargs arguments (above the message
+ * handler kept at index 1). Runs under the CPU budget; on error logs label,
+ * what, the message and a traceback, and tears down c (if not NULL) with
+ * "error: <message>". Returns 0 or -1. [-(nargs+1), +0, -] */
+int script_call(struct script *S, int nargs, const char *what, struct conn *c);
+
+/* Resumes a coroutine under the same budget and error policy. On an error
+ * or a finished coroutine, *status tells which (LUA_OK, LUA_YIELD or error).
+ * Results of the coroutine are popped. */
+int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c);
+
+/* Logs a failure of a callback and tears down c with "error: ...". */
+void script_fail(struct script *S, const char *what, struct conn *c, const char *msg);
+
+/* Opens the Lua-facing modules (lconn.c, lechokit.c, ltimer.c). */
+void lconn_open(lua_State *L);
+int lechokit_open(lua_State *L);
+void ltimer_open(lua_State *L);
+int ltimer_timer(lua_State *L); /* echokit.timer */
+int ltimer_every(lua_State *L); /* echokit.every */
+int lconn_sleep(lua_State *L);  /* echokit.sleep */
+
+/* Accepted socket -> connection running the script's handler (lconn.c). */
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer);
+
+#endif

@@ -1,0 +1,54 @@
+#ifndef ECHOKIT_SERVER_H
+#define ECHOKIT_SERVER_H
+/* Listeners and the accept loop. Hands each accepted socket to on_accept. */
+#include <ev.h>
+#include <stddef.h>
+
+#include "conn.h"
+#include "net.h"
+
+#define SERVER_MAX_LISTENERS 16
+
+struct server;
+
+struct listener {
+    ev_io io;
+    int fd;
+    struct net_addr addr; /* as bound (port 0 resolved) */
+    struct server *srv;
+};
+
+struct server {
+    struct conn_ctx *ctx;
+    struct listener ls[SERVER_MAX_LISTENERS];
+    int nls;
+    int running;      /* listeners wanted (not stopped for shutdown) */
+    int accepting;    /* watchers active */
+    size_t max_conns; /* 0 = no limit */
+    ev_timer backoff; /* fd exhaustion: retry accepting later */
+    /* Called with each accepted socket; it owns fd from then on. */
+    void (*on_accept)(struct server *srv, int fd, const struct net_addr *peer);
+    void *data;
+};
+
+void server_init(struct server *srv, struct conn_ctx *ctx);
+
+/* Binds and listens on spec; returns 0, or -1 with err filled. */
+int server_listen(struct server *srv, const char *spec, char *err);
+
+/* "127.0.0.1:7000" for listener i, as bound. */
+char *server_listener_name(const struct server *srv, int i, char *buf, size_t cap);
+
+void server_start(struct server *srv);
+
+/* Stops accepting and closes the listeners (unix socket files are removed). */
+void server_stop(struct server *srv);
+
+/* Removes unix socket files. Only the process that created them calls it:
+ * workers share the listeners and must not unlink them under each other. */
+void server_unlink_unix(struct server *srv);
+
+/* A connection went away: accepting may resume if a limit held it back. */
+void server_conn_closed(struct server *srv);
+
+#endif
