@@ -105,13 +105,13 @@ int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *er
         return 0;
     }
     if (!resolve) {
-        snprintf(err, ECHOKIT_ERR_LEN, "%s: '%s' is not a numeric address", spec, host);
+        snprintf(err, ECHOKIT_ERR_LEN, "%.100s: '%.100s' is not a numeric address", spec, host);
         return -1;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "%s: cannot resolve '%s': %s", spec, host, gai_strerror(rc));
+        snprintf(err, ECHOKIT_ERR_LEN, "%.100s: cannot resolve '%.100s': %s", spec, host, gai_strerror(rc));
         return -1;
     }
     memcpy(&out->ss, res->ai_addr, res->ai_addrlen);

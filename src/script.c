@@ -69,7 +69,15 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
             S->overrun = 1;
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         }
-        luaL_error(L, "CPU budget of %gs per callback exceeded", S->budget);
+        char msg[LUA_IDSIZE + 80];
+        lua_getinfo(L, "Sl", ar);
+        if (ar->currentline > 0)
+            snprintf(msg, sizeof msg, "%s:%d: CPU budget of %gs per callback exceeded",
+                     ar->short_src, ar->currentline, S->budget);
+        else
+            snprintf(msg, sizeof msg, "CPU budget of %gs per callback exceeded", S->budget);
+        lua_pushstring(L, msg);
+        lua_error(L);
     }
 }
 

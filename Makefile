@@ -1,0 +1,52 @@
+# A thin wrapper over CMake (the one source of truth). Each target installs
+# missing Debian packages first (scripts/deps.sh), then builds.
+BUILD   ?= build
+ASAN    ?= build-asan
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+ARGS    ?=
+WERROR  := $(if $(CI),ON,OFF)
+CMAKE   := cmake -DECHOKIT_WERROR=$(WERROR)
+
+.PHONY: all deps test-deps build run test test-fast test-valgrind install clean
+
+all: build
+
+deps:
+	@scripts/deps.sh build
+
+build: deps
+	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+# echo on 127.0.0.1:7000; pass options with ARGS="-H lines -l 127.0.0.1:7001"
+run: build
+	./$(BUILD)/echokit $(ARGS)
+
+# The whole suite twice: the release build, then built with ASan+UBSan.
+test: test-deps
+	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j2
+	@$(CMAKE) -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DECHOKIT_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN) -j$(JOBS)
+	cd $(ASAN) && ctest --output-on-failure -j2
+
+# The release build only: the quick loop while developing.
+test-fast: test-deps
+	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j2
+
+# The functional suite with every server under valgrind's memcheck.
+test-valgrind: test-deps build
+	cd $(BUILD) && ECHOKIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" \
+		ctest --output-on-failure -R functional
+
+test-deps:
+	@scripts/deps.sh test
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN)

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Installs what echokit needs to build and test on Debian 12, and only what is
+# missing. Run as root (or with sudo available). Usage: scripts/deps.sh [build|test|bench]
+set -eu
+
+build="gcc make cmake pkg-config liblua5.4-dev libev-dev"
+test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind"
+
+case "${1:-test}" in
+  build) want="$build" ;;
+  test)  want="$build $test" ;;
+  *) echo "usage: $0 [build|test]" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing$missing" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=""
+elif command -v sudo >/dev/null 2>&1; then
+  sudo="sudo"
+else
+  echo "deps: missing$missing; run this script as root to install them" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
