@@ -301,9 +301,6 @@ static void record_signal(int sig)
 /* The parent of N workers: forwards SIGINT/SIGTERM and waits for them all. */
 static int supervise(pid_t *pids, long n)
 {
-    struct sigaction sa = {.sa_handler = record_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     int status = 0;
     long left = n;
     while (left) {
@@ -410,6 +407,11 @@ int main(int argc, char **argv)
     if (o.workers > 1) {
         pid_t *pids = calloc((size_t)o.workers, sizeof *pids);
         pid_t parent = getpid();
+        /* Caught from before the first fork, so a signal that comes while the
+         * workers start is still forwarded to them. */
+        struct sigaction sa = {.sa_handler = record_signal};
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
         for (long i = 0; i < o.workers && pids; i++) {
             pid_t p = fork();
             if (p < 0) {
@@ -419,6 +421,8 @@ int main(int argc, char **argv)
             if (p == 0) {
                 free(pids);
                 pids = NULL;
+                signal(SIGINT, SIG_DFL);
+                signal(SIGTERM, SIG_DFL);
                 prctl(PR_SET_PDEATHSIG, SIGTERM);
                 if (getppid() != parent)
                     _exit(0);
