@@ -158,8 +158,10 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct conn *c = container_of(w, struct conn, idle);
     /* ev.pod "be smart about timeouts": activity only moves a timestamp; the
      * timer is re-armed here for what is left. */
-    ev_tstamp left = c->last_active + c->timeout - ev_now(loop);
-    if (left <= 0) {
+    int connecting = (c->flags & CONN_CONNECTING) != 0;
+    ev_tstamp limit = connecting ? c->ctx->connect_timeout : c->timeout;
+    ev_tstamp left = c->last_active + limit - ev_now(loop);
+    if (left <= 0 || limit <= 0) {
         conn_abort(c, "timeout", 0);
         return;
     }
@@ -169,18 +171,42 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 #define ACTIVE(c) ((c)->last_active = ev_now((c)->ctx->loop))
 
+static void start_connect(struct conn *c);
+
+/* A connect attempt failed: try the next address if the failure was about
+ * this address, else give up with the reason. */
+static void connect_failed(struct conn *c, int err)
+{
+    if (c->naddrs > 1 && (err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
+                          err == EADDRNOTAVAIL || err == EAFNOSUPPORT)) {
+        ev_io_stop(c->ctx->loop, &c->wio);
+        close(c->fd);
+        c->fd = -1;
+        memmove(c->addrs, c->addrs + 1, (size_t)(c->naddrs - 1) * sizeof *c->addrs);
+        c->naddrs--;
+        start_connect(c);
+        return;
+    }
+    abort_errno(c, err == ENOENT ? ECONNREFUSED : err);
+}
+
 static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = container_of(w, struct conn, wio);
     if (c->flags & CONN_CONNECTING) {
         int err = net_socket_error(c->fd);
         if (err) {
-            abort_errno(c, err);
+            connect_failed(c, err);
             return;
         }
         c->flags &= ~CONN_CONNECTING;
+        free(c->addrs);
+        c->addrs = NULL;
+        c->naddrs = 0;
         ACTIVE(c);
         update_read(c);
+        /* From now on the timer measures idleness, if asked for. */
+        conn_set_timeout(c, c->timeout);
         if (c->ops->on_connect)
             c->ops->on_connect(c);
         if (c->flags & CONN_DEAD)
@@ -222,14 +248,23 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         ACTIVE(c);
         struct conn *prev = ctx->source;
         ctx->source = c;
-        c->ops->on_data(c, ctx->rbuf, (size_t)n);
+        if (c->pipe_to) {
+            if (c->flags & CONN_TAP)
+                c->ops->on_tap(c, ctx->rbuf, (size_t)n);
+            if (c->pipe_to && !(c->flags & CONN_DEAD))
+                conn_write(c->pipe_to, ctx->rbuf, (size_t)n);
+        } else {
+            c->ops->on_data(c, ctx->rbuf, (size_t)n);
+        }
         ctx->source = prev;
         return;
     }
     if (n == 0) {
         c->flags |= CONN_EOF;
         update_read(c);
-        if (c->ops->on_eof)
+        if (c->pipe_to)
+            conn_shutdown(c->pipe_to);
+        else if (c->ops->on_eof)
             c->ops->on_eof(c);
         if ((c->flags & CONN_SHUT_DONE) && !(c->flags & CONN_DEAD))
             conn_abort(c, NULL, 0);
@@ -267,13 +302,78 @@ struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct co
     c->created = c->last_active = ev_now(ctx->loop);
     if (connecting) {
         c->flags |= CONN_CONNECTING;
-        ev_io_start(ctx->loop, &c->wio);
+        if (fd >= 0)
+            ev_io_start(ctx->loop, &c->wio);
     } else {
         update_read(c);
     }
     if (ctx->idle_timeout > 0)
         conn_set_timeout(c, ctx->idle_timeout);
     return c;
+}
+
+struct conn *conn_new_outbound(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops)
+{
+    struct conn *c = conn_new(ctx, -1, size, ops, NULL, 1);
+    if (c && ctx->connect_timeout > 0) {
+        c->idle.repeat = ctx->connect_timeout;
+        ev_timer_again(ctx->loop, &c->idle);
+    }
+    return c;
+}
+
+static void start_connect(struct conn *c)
+{
+    char err[ECHOKIT_ERR_LEN];
+    int in_progress;
+    int fd = net_connect(&c->addrs[0], &in_progress, err);
+    if (fd < 0) {
+        connect_failed(c, errno);
+        return;
+    }
+    c->fd = fd;
+    c->peer_len = 0;
+    if (c->addrs[0].len <= sizeof c->peer) {
+        memcpy(&c->peer, &c->addrs[0].ss, c->addrs[0].len);
+        c->peer_len = c->addrs[0].len;
+    }
+    ev_io_set(&c->rio, fd, EV_READ);
+    ev_io_set(&c->wio, fd, EV_WRITE);
+    /* Connected or not, the writable event finishes the job in one place. */
+    ev_io_start(c->ctx->loop, &c->wio);
+}
+
+void conn_connect(struct conn *c, const struct net_addr *addrs, int n)
+{
+    if (c->flags & CONN_DEAD)
+        return;
+    c->addrs = malloc((size_t)n * sizeof *addrs);
+    if (!c->addrs || n < 1) {
+        conn_abort(c, n < 1 ? "error: no address" : "error: out of memory", 0);
+        return;
+    }
+    memcpy(c->addrs, addrs, (size_t)n * sizeof *addrs);
+    c->naddrs = n;
+    start_connect(c);
+}
+
+int conn_pipe(struct conn *src, struct conn *dst)
+{
+    if (dst->pipe_from && dst->pipe_from != src)
+        return -1;
+    conn_unpipe(src);
+    src->pipe_to = dst;
+    dst->pipe_from = src;
+    return 0;
+}
+
+void conn_unpipe(struct conn *src)
+{
+    if (!src->pipe_to)
+        return;
+    src->pipe_to->pipe_from = NULL;
+    src->pipe_to = NULL;
+    src->flags &= ~CONN_TAP;
 }
 
 void conn_ref(struct conn *c)
@@ -347,7 +447,8 @@ void conn_close(struct conn *c)
         return;
     c->flags |= CONN_CLOSING;
     update_read(c);
-    if (!c->out.len && !(c->flags & CONN_CONNECTING))
+    /* Nothing to deliver: no need to finish a pending connect either. */
+    if (!c->out.len)
         conn_abort(c, NULL, 0);
 }
 
@@ -385,13 +486,29 @@ void conn_abort(struct conn *c, const char *reason, int rst)
     update_read(c);
     ev_io_stop(ctx->loop, &c->wio);
     ev_timer_stop(ctx->loop, &c->idle);
-    if (rst)
-        net_set_reset(c->fd);
-    close(c->fd);
-    c->fd = -1;
+    if (c->fd >= 0) {
+        if (rst)
+            net_set_reset(c->fd);
+        close(c->fd);
+        c->fd = -1;
+    }
     outq_clear(&c->out);
+    free(c->addrs);
+    c->addrs = NULL;
+    c->naddrs = 0;
     bp_wake_waiters(c);
     bp_release(c);
+    /* A pipe ties both ends: the other side is closed once it has flushed
+     * what it already holds, so nothing received is lost. */
+    struct conn *to = c->pipe_to, *from = c->pipe_from;
+    if (to)
+        conn_unpipe(c);
+    if (from)
+        conn_unpipe(from);
+    if (to)
+        conn_close(to);
+    if (from)
+        conn_close(from);
     if (reason) {
         c->reason = strdup(reason);
         if (strncmp(reason, "error", 5) == 0)
@@ -423,8 +540,8 @@ void conn_set_hold(struct conn *c, int hold)
 void conn_set_timeout(struct conn *c, double seconds)
 {
     c->timeout = seconds;
-    if (c->flags & CONN_DEAD)
-        return;
+    if (c->flags & (CONN_DEAD | CONN_CONNECTING))
+        return; /* the connect timeout runs; this applies once connected */
     if (seconds <= 0) {
         ev_timer_stop(c->ctx->loop, &c->idle);
         return;

@@ -31,6 +31,8 @@ struct conn_ops {
     void (*on_close)(struct conn *c, const char *reason);
     /* The struct is about to be freed. */
     void (*on_free)(struct conn *c);
+    /* A piped chunk passes (only with CONN_TAP set), before it is relayed. */
+    void (*on_tap)(struct conn *c, const char *buf, size_t len);
 };
 
 struct conn_stats {
@@ -45,6 +47,7 @@ struct conn_ctx {
     size_t high_water, low_water; /* conn_write returns 0 above high water */
     size_t max_buffer;            /* hard per-connection cap */
     double idle_timeout;          /* default for new connections; 0 = none */
+    double connect_timeout;       /* outbound connects; 0 = none */
     struct conn_stats stats;
     uint64_t next_id;
     struct conn *all;             /* every connection not yet reaped */
@@ -66,6 +69,7 @@ enum {
     CONN_WANT_DRAIN = 1u << 8, /* a write returned 0: call on_drain */
     CONN_CONNECTING = 1u << 9,
     CONN_READING = 1u << 10,   /* read watcher active */
+    CONN_TAP = 1u << 11,       /* call ops->on_tap for piped chunks */
 };
 
 struct conn {
@@ -85,6 +89,10 @@ struct conn {
     struct conn *prev, *next;      /* ctx->all, or ctx->reap once dead */
     struct conn *bp_target;        /* the connection whose drain we await */
     struct conn *waiters;          /* connections waiting for our drain */
+    struct conn *pipe_to;          /* our input is relayed there in C */
+    struct conn *pipe_from;        /* whose input is relayed to us */
+    struct net_addr *addrs;        /* outbound: addresses left to try */
+    int naddrs;
     struct conn *wprev, *wnext;    /* in bp_target->waiters */
     union {
         struct sockaddr sa;
@@ -102,6 +110,21 @@ void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_
  * (outbound: on_connect fires when the socket turns writable). */
 struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
                       const struct net_addr *peer, int connecting);
+
+/* An outbound connection, not connected yet (fd -1): writes queue until it is.
+ * Start it with conn_connect(), or tear it down with conn_abort(). */
+struct conn *conn_new_outbound(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops);
+
+/* Connects to the first of n addresses, falling back to the next ones when a
+ * connect is refused or unreachable. Failure tears the connection down with
+ * a reason ("refused", "timeout", "unreachable", "error: ..."). */
+void conn_connect(struct conn *c, const struct net_addr *addrs, int n);
+
+/* Relays src's input to dst in C: back-pressure through the source mechanism,
+ * src's EOF becomes dst's shutdown, and either end's teardown closes the other
+ * after flushing. Returns -1 if dst already has another source. */
+int conn_pipe(struct conn *src, struct conn *dst);
+void conn_unpipe(struct conn *src);
 
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c); /* may free */

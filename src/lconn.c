@@ -8,6 +8,7 @@
  * so the handle then points at nothing and every method answers "closed". */
 #include <errno.h>
 #include <lauxlib.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,8 @@ struct lconn {
     char *in;     /* unread input (serve style only) */
     size_t in_off, in_len, in_cap;
     ev_timer sleep;
+    int tap_ref;          /* pipe tap function */
+    struct handler own;   /* outbound: the callbacks given to echokit.connect */
 };
 
 static const char handle_key = 'k'; /* its address is the private key */
@@ -376,45 +379,27 @@ static void op_close(struct conn *c, const char *reason)
     lua_rawsetp(L, -2, &handle_key);
     lua_pop(L, 1);
     script_unref(S, &lc->ud_ref);
+    script_unref(S, &lc->tap_ref);
+    if (lc->h == &lc->own)
+        for (int i = 0; i < CB_COUNT; i++)
+            script_unref(S, &lc->own.cb[i]);
     release_co(lc);
     free(lc->in);
     lc->in = NULL;
     lc->in_off = lc->in_len = lc->in_cap = 0;
 }
 
-static const struct conn_ops lconn_ops = {
-    .on_data = op_data,
-    .on_eof = op_eof,
-    .on_drain = op_drain,
-    .on_close = op_close,
-};
-
-void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
+/* Established (accepted, or an outbound connect completed): on_connect, then
+ * the serve coroutine if the handler has one. */
+static void start(struct lconn *lc)
 {
-    struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
-    if (!c) {
-        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
-        close(fd);
-        return;
-    }
-    struct lconn *lc = lconn_of(c);
+    struct script *S = lc->S;
     lua_State *L = S->L;
-    lc->S = S;
-    lc->h = &S->handler;
-    lc->co_ref = LUA_NOREF;
-    ev_init(&lc->sleep, sleep_cb);
-
-    lua_createtable(L, 0, 2);
-    luaL_setmetatable(L, CONN_MT);
-    lua_pushlightuserdata(L, lc);
-    lua_rawsetp(L, -2, &handle_key);
-    lua_pushinteger(L, (lua_Integer)c->id);
-    lua_setfield(L, -2, "id");
-    lc->ud_ref = script_ref(S);
-
+    struct conn *c = &lc->c;
     if (log_enabled(LOG_DEBUG)) {
         char label[200];
-        log_msg(LOG_DEBUG, "%s open", conn_label(c, label, sizeof label));
+        log_msg(LOG_DEBUG, "%s %s", conn_label(c, label, sizeof label),
+                lc->h == &lc->own ? "connected" : "open");
     }
     if (lc->h->cb[CB_CONNECT] != LUA_NOREF)
         call_cb(lc, CB_CONNECT, "on_connect", 0);
@@ -427,6 +412,142 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
         lua_rawgeti(co, LUA_REGISTRYINDEX, lc->ud_ref);
         resume(lc, 1);
     }
+}
+
+static void op_connect(struct conn *c)
+{
+    start(lconn_of(c));
+}
+
+static void op_tap(struct conn *c, const char *buf, size_t len)
+{
+    struct lconn *lc = lconn_of(c);
+    lua_State *L = lc->S->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->tap_ref);
+    lua_pushlstring(L, buf, len);
+    push_handle(lc);
+    script_call(lc->S, 2, "tap", c);
+}
+
+static const struct conn_ops lconn_ops = {
+    .on_data = op_data,
+    .on_eof = op_eof,
+    .on_drain = op_drain,
+    .on_connect = op_connect,
+    .on_close = op_close,
+    .on_tap = op_tap,
+};
+
+/* Fills in a new connection's Lua side: the handle and its reference. */
+static void init_lconn(struct script *S, struct lconn *lc, const struct handler *h)
+{
+    lua_State *L = S->L;
+    lc->S = S;
+    lc->h = h;
+    lc->co_ref = lc->tap_ref = LUA_NOREF;
+    for (int i = 0; i < CB_COUNT; i++)
+        lc->own.cb[i] = LUA_NOREF;
+    ev_init(&lc->sleep, sleep_cb);
+    lua_createtable(L, 0, 2);
+    luaL_setmetatable(L, CONN_MT);
+    lua_pushlightuserdata(L, lc);
+    lua_rawsetp(L, -2, &handle_key);
+    lua_pushinteger(L, (lua_Integer)lc->c.id);
+    lua_setfield(L, -2, "id");
+    lc->ud_ref = script_ref(S);
+}
+
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
+{
+    struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
+    if (!c) {
+        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
+        close(fd);
+        return;
+    }
+    init_lconn(S, lconn_of(c), &S->handler);
+    start(lconn_of(c));
+}
+
+static void resolved(struct resolve_req *req)
+{
+    struct lconn *lc = req->data;
+    struct conn *c = &lc->c;
+    if (req->err) {
+        char reason[400];
+        snprintf(reason, sizeof reason, "resolve: %s: %s", req->host, gai_strerror(req->err));
+        conn_abort(c, reason, 0);
+    } else {
+        conn_connect(c, req->addrs, req->naddrs);
+    }
+    conn_unref(c);
+    free(req);
+}
+
+static const char *const cb_fields[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
+                                                "on_drain",   "on_close", "serve"};
+
+/* echokit.connect(addr, handler): returns the connection at once; on_connect
+ * fires when established, on_close(conn, reason) on failure. */
+int lconn_connect(lua_State *L)
+{
+    struct script *S = script_of(L);
+    const char *spec = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    struct net_addr addr;
+    char host[256], err[ECHOKIT_ERR_LEN];
+    int port;
+    int rc = net_parse_addr2(spec, 0, &addr, host, sizeof host, &port, err);
+    if (rc < 0)
+        return luaL_error(L, "echokit.connect: %s", err);
+    for (int i = 0; i < CB_COUNT; i++) {
+        int t = lua_getfield(L, 2, cb_fields[i]);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION)
+            return luaL_error(L, "echokit.connect: handler.%s must be a function (got %s)",
+                              cb_fields[i], lua_typename(L, t));
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, 2, "serve");
+    lua_getfield(L, 2, "on_data");
+    if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
+        return luaL_error(L, "echokit.connect: 'serve' and 'on_data' exclude each other");
+    lua_pop(L, 2);
+    struct resolve_req *req = NULL;
+    if (rc == 1) {
+        req = calloc(1, sizeof *req);
+        if (!req)
+            return luaL_error(L, "echokit.connect: out of memory");
+        snprintf(req->host, sizeof req->host, "%s", host);
+        req->port = port;
+        req->done = resolved;
+    }
+    struct conn *c = conn_new_outbound(S->ctx, sizeof(struct lconn), &lconn_ops);
+    if (!c) {
+        free(req);
+        return luaL_error(L, "echokit.connect: out of memory");
+    }
+    struct lconn *lc = lconn_of(c);
+    init_lconn(S, lc, &lc->own);
+    for (int i = 0; i < CB_COUNT; i++) {
+        lua_getfield(L, 2, cb_fields[i]);
+        if (lua_isnil(L, -1))
+            lua_pop(L, 1);
+        else
+            lc->own.cb[i] = script_ref(S);
+    }
+    if (req) {
+        req->data = lc;
+        conn_ref(c);
+        if (resolve_start(&S->resolver, req) < 0) {
+            conn_unref(c);
+            free(req);
+            conn_abort(c, "error: cannot start the resolver thread", 0);
+        }
+    } else {
+        conn_connect(c, &addr, 1);
+    }
+    push_handle(lc);
+    return 1;
 }
 
 /* ---- methods -------------------------------------------------------------- */
@@ -649,6 +770,43 @@ static int m_set_timeout(lua_State *L)
     return 1;
 }
 
+static int m_pipe(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    struct lconn *to = check_conn(L, 2);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    if (!lc || !to)
+        return closed(L);
+    int tap = LUA_NOREF;
+    if (lua_istable(L, 3)) {
+        int t = lua_getfield(L, 3, "tap");
+        if (t == LUA_TFUNCTION)
+            tap = LUA_NOREF + 1; /* taken below, once the pipe is certain */
+        else if (t != LUA_TNIL)
+            return luaL_error(L, "pipe: opts.tap must be a function (got %s)", lua_typename(L, t));
+    }
+    if (conn_pipe(&lc->c, &to->c) < 0)
+        return luaL_error(L, "pipe: the destination already has another connection piped into it");
+    script_unref(lc->S, &lc->tap_ref);
+    if (tap != LUA_NOREF) {
+        lc->tap_ref = script_ref(lc->S); /* pops opts.tap */
+        lc->c.flags |= CONN_TAP;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_unpipe(lua_State *L)
+{
+    struct lconn *lc = check_conn(L, 1);
+    if (lc) {
+        conn_unpipe(&lc->c);
+        script_unref(lc->S, &lc->tap_ref);
+    }
+    return 0;
+}
+
 static int m_tostring(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
@@ -670,7 +828,7 @@ void lconn_open(lua_State *L)
         {"receiveany", m_receiveany}, {"close", m_close},   {"reset", m_reset},
         {"shutdown", m_shutdown}, {"pause", m_pause},       {"resume", m_resume},
         {"peer", m_peer},         {"sockname", m_sockname}, {"buffered", m_buffered},
-        {"set_timeout", m_set_timeout}, {NULL, NULL},
+        {"set_timeout", m_set_timeout}, {"pipe", m_pipe}, {"unpipe", m_unpipe}, {NULL, NULL},
     };
     luaL_newmetatable(L, CONN_MT);
     luaL_newlib(L, methods);

@@ -26,7 +26,7 @@ struct options {
     int check;
     enum log_level level;
     int json;
-    double idle_timeout, grace, budget;
+    double idle_timeout, connect_timeout, grace, budget;
     size_t high_water, max_buffer, lua_memory, max_conns;
     char **hargv;
     int hargc;
@@ -56,7 +56,7 @@ static void usage(FILE *f)
 "                          unix:/path, or PORT (on 127.0.0.1). Port 0 picks a free\n"
 "                          port. Default 127.0.0.1:7000\n"
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name\n"
-"                          (echo, lines). Default echo\n"
+"                          (echo, lines, proxy, line_proxy). Default echo\n"
 "  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
 "                          core. Default 1\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
@@ -67,6 +67,8 @@ static void usage(FILE *f)
 "Limits (SECONDS may be fractional; BYTES take k, m, g suffixes):\n"
 "      --idle-timeout SECONDS  close connections idle this long with reason\n"
 "                              \"timeout\". Default none (0)\n"
+"      --connect-timeout SECONDS  give up an outbound connect (echokit.connect)\n"
+"                          after this long, reason \"timeout\". 0 = none. Default 10\n"
 "      --grace SECONDS     on SIGINT/SIGTERM, time open connections get to finish\n"
 "                          before they are closed. Default 5\n"
 "      --high-water BYTES  conn:write returns false once this much output is\n"
@@ -104,7 +106,7 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO,
 };
 
 static double parse_seconds(const char *opt, const char *v)
@@ -139,6 +141,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         {"log-format", required_argument, NULL, OPT_LOGFMT},
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"grace", required_argument, NULL, OPT_GRACE},
+        {"connect-timeout", required_argument, NULL, OPT_CONNTO},
         {"high-water", required_argument, NULL, OPT_HIGH},
         {"max-buffer", required_argument, NULL, OPT_MAXBUF},
         {"max-conns", required_argument, NULL, OPT_MAXCONNS},
@@ -153,6 +156,7 @@ static void parse_options(int argc, char **argv, struct options *o)
     o->workers = 1;
     o->level = LOG_INFO;
     o->grace = 5;
+    o->connect_timeout = 10;
     o->budget = 1;
     o->high_water = 256 * 1024;
     o->max_buffer = 64u * 1024 * 1024;
@@ -190,6 +194,7 @@ static void parse_options(int argc, char **argv, struct options *o)
             break;
         case OPT_IDLE: o->idle_timeout = parse_seconds("--idle-timeout", optarg); break;
         case OPT_GRACE: o->grace = parse_seconds("--grace", optarg); break;
+        case OPT_CONNTO: o->connect_timeout = parse_seconds("--connect-timeout", optarg); break;
         case OPT_BUDGET: o->budget = parse_seconds("--cpu-budget", optarg); break;
         case OPT_HIGH:
             o->high_water = parse_size("--high-water", optarg);
@@ -367,6 +372,7 @@ int main(int argc, char **argv)
     a.ctx.low_water = o.high_water / 4;
     a.ctx.max_buffer = o.max_buffer;
     a.ctx.idle_timeout = o.idle_timeout;
+    a.ctx.connect_timeout = o.connect_timeout;
     a.ctx.on_reaped = on_reaped;
 
     a.S = script_new(&a.ctx, o.budget, o.lua_memory);

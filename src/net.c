@@ -27,6 +27,12 @@ static int parse_port(const char *s, int *port)
 
 int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *err)
 {
+    return net_parse_addr2(spec, resolve, out, NULL, 0, NULL, err);
+}
+
+int net_parse_addr2(const char *spec, int resolve, struct net_addr *out, char *hostout,
+                    size_t hostcap, int *portout, char *err)
+{
     memset(out, 0, sizeof *out);
     if (strncmp(spec, "unix:", 5) == 0) {
         const char *path = spec + 5;
@@ -103,6 +109,12 @@ int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *er
         in6->sin6_port = htons((uint16_t)port);
         out->len = sizeof *in6;
         return 0;
+    }
+    if (hostout) {
+        /* Not numeric: hand the name back for resolving elsewhere. */
+        snprintf(hostout, hostcap, "%s", host);
+        *portout = port;
+        return 1;
     }
     if (!resolve) {
         snprintf(err, ECHOKIT_ERR_LEN, "%.100s: '%.100s' is not a numeric address", spec, host);
@@ -221,7 +233,9 @@ int net_connect(const struct net_addr *addr, int *in_progress, char *err)
     *in_progress = 0;
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "socket: %s", strerror(errno));
+        int e = errno;
+        snprintf(err, ECHOKIT_ERR_LEN, "socket: %s", strerror(e));
+        errno = e;
         return -1;
     }
     if (addr->ss.ss_family != AF_UNIX) {
@@ -229,12 +243,14 @@ int net_connect(const struct net_addr *addr, int *in_progress, char *err)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
-        if (errno == EINPROGRESS) {
+        int e = errno;
+        if (e == EINPROGRESS) {
             *in_progress = 1;
             return fd;
         }
-        snprintf(err, ECHOKIT_ERR_LEN, "connect: %s", strerror(errno));
+        snprintf(err, ECHOKIT_ERR_LEN, "connect: %s", strerror(e));
         close(fd);
+        errno = e;
         return -1;
     }
     return fd;

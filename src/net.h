@@ -17,6 +17,11 @@ struct net_addr {
  * used (blocking: start-up only). */
 int net_parse_addr(const char *spec, int resolve, struct net_addr *out, char *err);
 
+/* As net_parse_addr without resolving: a numeric address returns 0 with out
+ * filled; a host name returns 1 with the name in host and the port in *port. */
+int net_parse_addr2(const char *spec, int resolve, struct net_addr *out, char *host,
+                    size_t hostcap, int *port, char *err);
+
 /* "127.0.0.1:7000", "[::1]:7000", "unix:/path". Returns buf. */
 char *net_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap);
 

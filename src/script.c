@@ -246,6 +246,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     lconn_open(L);
     ltimer_open(L);
     S->mem_limit = mem_limit;
+    resolve_init(&S->resolver, ctx->loop);
     if (budget > 0)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
     return S;
@@ -255,6 +256,7 @@ void script_free(struct script *S)
 {
     if (!S)
         return;
+    resolve_shutdown(&S->resolver);
     lua_close(S->L);
     free(S);
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "conn.h"
+#include "resolve.h"
 #include "server.h"
 
 enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_COUNT };
@@ -28,6 +29,7 @@ struct script {
     int in_call;                /* a budgeted call is running */
     int overrun;
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
+    struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
     void *data;
 };
@@ -73,6 +75,7 @@ void ltimer_open(lua_State *L);
 int ltimer_timer(lua_State *L); /* echokit.timer */
 int ltimer_every(lua_State *L); /* echokit.every */
 int lconn_sleep(lua_State *L);  /* echokit.sleep */
+int lconn_connect(lua_State *L); /* echokit.connect */
 
 /* Accepted socket -> connection running the script's handler (lconn.c). */
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer);

@@ -1,0 +1,26 @@
+-- proxy: relays every client to an upstream, in C (conn:pipe), with
+-- back-pressure and half-close carried across.
+--
+--   echokit -H proxy -l 127.0.0.1:7000 -- upstream=127.0.0.1:6379
+local echokit = require "echokit"
+local args = ...
+local upstream = args.upstream
+if not upstream then
+  error("proxy: give the upstream address: -- upstream=HOST:PORT (or [V6]:PORT, unix:/path)")
+end
+
+return {
+  on_connect = function(client)
+    local up = echokit.connect(upstream, {
+      on_close = function(up, reason)
+        if reason and not up.connected then
+          echokit.log("warn", "%s: upstream %s: %s", tostring(client), upstream, reason)
+        end
+      end,
+      on_connect = function(up) up.connected = true end,
+    })
+    -- Bytes the client sends before the upstream is up wait in its queue.
+    client:pipe(up)
+    up:pipe(client)
+  end,
+}

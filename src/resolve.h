@@ -1,0 +1,46 @@
+#ifndef ECHOKIT_RESOLVE_H
+#define ECHOKIT_RESOLVE_H
+/* Host names resolved off the loop: getaddrinfo() in a helper thread, so
+ * /etc/hosts, nsswitch and gai.conf apply exactly as for every other program,
+ * and the loop never blocks on DNS. Results come back on the loop thread
+ * through an ev_async. No Lua. */
+#include <ev.h>
+#include <pthread.h>
+
+#include "net.h"
+
+#define RESOLVE_MAX_ADDRS 4
+
+struct resolve_req {
+    struct resolve_req *next;
+    char host[256];
+    int port;
+    /* Results, valid in done(): err 0 and naddrs >= 1, or a gai error. */
+    int err;
+    int naddrs;
+    struct net_addr addrs[RESOLVE_MAX_ADDRS];
+    void (*done)(struct resolve_req *req); /* on the loop thread; frees req */
+    void *data;
+};
+
+struct resolver {
+    struct ev_loop *loop;
+    ev_async async;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct resolve_req *todo, *todo_tail, *done;
+    int started, stopping, busy;
+};
+
+void resolve_init(struct resolver *r, struct ev_loop *loop);
+
+/* Queues req (host and port filled in). Returns 0, or -1 if the helper
+ * thread cannot start (req untouched). */
+int resolve_start(struct resolver *r, struct resolve_req *req);
+
+/* Waits for the helper thread to finish its current lookup and stop; each
+ * request not yet answered gets done() with err EAI_CANCELED. */
+void resolve_shutdown(struct resolver *r);
+
+#endif
