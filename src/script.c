@@ -66,7 +66,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
     if (now > S->deadline) {
         if (!S->overrun) {
-            S->overrun = 1;
+            S->overrun = L; /* may be a coroutine of the handler's own */
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         }
         char msg[LUA_IDSIZE + 80];
@@ -87,12 +87,12 @@ static void budget_begin(struct script *S)
     S->deadline = 0;
 }
 
-static void budget_end(struct script *S, lua_State *L)
+static void budget_end(struct script *S)
 {
     S->in_call = 0;
     if (S->overrun) {
-        S->overrun = 0;
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        lua_sethook(S->overrun, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        S->overrun = NULL;
     }
 }
 
@@ -148,7 +148,7 @@ int script_call(struct script *S, int nargs, const char *what, struct conn *c)
     budget_begin(S);
     /* stack: msgh(1), ..., fn, args */
     int rc = lua_pcall(L, nargs, 0, 1);
-    budget_end(S, L);
+    budget_end(S);
     if (rc == LUA_OK)
         return 0;
     script_fail(S, what, c, lua_tostring(L, -1));
@@ -161,7 +161,7 @@ int script_resume(struct script *S, lua_State *co, int nargs, const char *what, 
     int nres;
     budget_begin(S);
     int rc = lua_resume(co, S->L, nargs, &nres);
-    budget_end(S, co);
+    budget_end(S);
     if (rc == LUA_OK || rc == LUA_YIELD) {
         lua_pop(co, nres);
         return rc;

@@ -27,7 +27,7 @@ struct script {
     double budget;              /* CPU seconds per callback, 0 = none */
     double deadline;            /* set by the hook once a call runs long */
     int in_call;                /* a budgeted call is running */
-    int overrun;
+    lua_State *overrun;         /* the thread whose hook runs every instruction */
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
