@@ -83,9 +83,15 @@ void log_msg(enum log_level level, const char *fmt, ...)
         memcpy(line + len, "\"}\n", 3);
         len += 3;
     } else {
-        len = (size_t)snprintf(line, sizeof line, "%s %s %s\n", ts, level_names[level], msg);
-        if (len >= sizeof line)
-            len = sizeof line - 1;
+        /* Continuation lines (tracebacks) are indented, so every line is either
+         * a record or visibly part of the one above. */
+        len = (size_t)snprintf(line, sizeof line, "%s %s ", ts, level_names[level]);
+        for (const char *p = msg; *p && len < sizeof line - 3; p++) {
+            line[len++] = *p;
+            if (*p == '\n' && p[1] != '\t' && p[1] != ' ')
+                line[len++] = '\t';
+        }
+        line[len++] = '\n';
     }
     /* One write per record so that workers' lines do not interleave. */
     ssize_t w = write(STDERR_FILENO, line, len);

@@ -398,6 +398,38 @@ int main(int argc, char **argv)
     a.srv.data = &a;
     a.srv.on_accept = on_accept;
     a.srv.max_conns = o.max_conns;
+    /* A malformed address is a usage error (2); one that cannot be bound is
+     * not (1). */
+    for (int i = 0; i < o.nlisten; i++) {
+        struct net_addr probe;
+        char perr[ECHOKIT_ERR_LEN];
+        if (net_parse_addr(o.listen[i], 1, &probe, perr) < 0) {
+            fprintf(stderr, "echokit: --listen %s (see echokit --help)\n", perr);
+            return 2;
+        }
+    }
+
+    /* SIGINT/SIGTERM are handled from before the first "listening on" line:
+     * a supervisor may signal as soon as it has read it. Workers inherit them
+     * blocked and their loop takes them over. */
+    sigset_t stopsigs, oldmask;
+    sigemptyset(&stopsigs);
+    sigaddset(&stopsigs, SIGINT);
+    sigaddset(&stopsigs, SIGTERM);
+    ev_signal_init(&a.sigint, signal_cb, SIGINT);
+    ev_signal_init(&a.sigterm, signal_cb, SIGTERM);
+    a.sigint.data = a.sigterm.data = &a;
+    ev_init(&a.grace_timer, grace_cb);
+    if (o.workers > 1) {
+        sigprocmask(SIG_BLOCK, &stopsigs, &oldmask);
+        struct sigaction sa = {.sa_handler = record_signal};
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+    } else {
+        ev_signal_start(a.loop, &a.sigint);
+        ev_signal_start(a.loop, &a.sigterm);
+    }
+
     for (int i = 0; i < o.nlisten; i++) {
         char lerr[ECHOKIT_ERR_LEN];
         if (server_listen(&a.srv, o.listen[i], lerr) < 0) {
@@ -413,11 +445,6 @@ int main(int argc, char **argv)
     if (o.workers > 1) {
         pid_t *pids = calloc((size_t)o.workers, sizeof *pids);
         pid_t parent = getpid();
-        /* Caught from before the first fork, so a signal that comes while the
-         * workers start is still forwarded to them. */
-        struct sigaction sa = {.sa_handler = record_signal};
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
         for (long i = 0; i < o.workers && pids; i++) {
             pid_t p = fork();
             if (p < 0) {
@@ -427,16 +454,18 @@ int main(int argc, char **argv)
             if (p == 0) {
                 free(pids);
                 pids = NULL;
-                signal(SIGINT, SIG_DFL);
-                signal(SIGTERM, SIG_DFL);
                 prctl(PR_SET_PDEATHSIG, SIGTERM);
                 if (getppid() != parent)
                     _exit(0);
                 ev_loop_fork(a.loop);
+                /* libev sets the mask for the signals it watches. */
+                ev_signal_start(a.loop, &a.sigint);
+                ev_signal_start(a.loop, &a.sigterm);
                 goto run;
             }
             pids[i] = p;
         }
+        sigprocmask(SIG_SETMASK, &oldmask, NULL); /* pending ones are forwarded now */
         int status = pids ? supervise(pids, o.workers) : 1;
         free(pids);
         server_stop(&a.srv);
@@ -447,12 +476,6 @@ int main(int argc, char **argv)
     }
 
 run:
-    ev_signal_init(&a.sigint, signal_cb, SIGINT);
-    ev_signal_init(&a.sigterm, signal_cb, SIGTERM);
-    a.sigint.data = a.sigterm.data = &a;
-    ev_signal_start(a.loop, &a.sigint);
-    ev_signal_start(a.loop, &a.sigterm);
-    ev_init(&a.grace_timer, grace_cb);
     server_start(&a.srv);
     ev_run(a.loop, 0);
 

@@ -1,0 +1,108 @@
+-- Start-up: broken handlers, --check, usage errors. Exit 2 with one stderr line
+-- naming file, line and cause; never a stack dump.
+local t = require "echokit_test"
+
+-- The non-empty lines of a text.
+local function lines(s)
+  local out = {}
+  for l in s:gmatch("[^\n]+") do
+    if l:find("%S") then out[#out + 1] = l end
+  end
+  return out
+end
+
+-- Runs echokit and asserts exit 2 with exactly one stderr line; returns it.
+local function expect_exit2(o, what)
+  local r = t.run(o)
+  assert(r.how == "exited" and r.code == 2, string.format(
+    "%s: expected exit 2, got %s %s\nstdout:\n%s\nstderr:\n%s", what, r.how, r.code,
+    t.clip(r.stdout), t.clip(r.stderr)))
+  local l = lines(r.stderr)
+  assert(#l == 1, string.format("%s: expected one stderr line, got %d:\n%s", what, #l,
+    t.clip(r.stderr)))
+  assert.is_nil(r.stdout:find("listening on", 1, true), what .. ": it listened anyway")
+  assert.is_nil(l[1]:find("traceback", 1, true), what .. ": a traceback on stderr")
+  return l[1]
+end
+
+describe("start-up", function()
+  after_each(t.teardown)
+
+  it("exits 2 on a handler with a syntax error, naming file and line", function()
+    local line = expect_exit2({ handler = "tests/handlers/bad_syntax.lua",
+                                listen = { "127.0.0.1:0" } }, "syntax error")
+    assert.truthy(line:find("tests/handlers/bad_syntax.lua:3:", 1, true), line)
+    assert.truthy(line:find("near '+'", 1, true) or line:find("unexpected symbol", 1, true), line)
+  end)
+
+  it("exits 2 on a handler that fails while loading, naming file and line", function()
+    local n = t.line_of("tests/handlers/bad_runtime.lua", "-- RUNTIME_ERROR")
+    local line = expect_exit2({ handler = "tests/handlers/bad_runtime.lua",
+                                listen = { "127.0.0.1:0" } }, "runtime error at load")
+    assert.truthy(line:find("tests/handlers/bad_runtime.lua:" .. n .. ":", 1, true), line)
+    assert.truthy(line:find("attempt to index a nil value", 1, true), line)
+  end)
+
+  it("exits 2 on a handler that does not return a table", function()
+    local line = expect_exit2({ handler = "tests/handlers/not_table.lua",
+                                listen = { "127.0.0.1:0" } }, "no table")
+    assert.truthy(line:find("tests/handlers/not_table.lua", 1, true), line)
+    assert.truthy(line:find("table", 1, true), line)
+    assert.truthy(line:find("nil", 1, true), line)
+  end)
+
+  it("exits 2 on a handler file that does not exist, naming it", function()
+    local line = expect_exit2({ handler = "tests/handlers/does_not_exist.lua",
+                                listen = { "127.0.0.1:0" } }, "missing file")
+    assert.truthy(line:find("tests/handlers/does_not_exist.lua", 1, true), line)
+  end)
+
+  it("exits 2 on an unknown built-in handler name, naming it", function()
+    local line = expect_exit2({ handler = "no_such_builtin", listen = { "127.0.0.1:0" } },
+      "unknown built-in")
+    assert.truthy(line:find("no_such_builtin", 1, true), line)
+  end)
+
+  it("exits 2 on an unknown option", function()
+    local line = expect_exit2({ opts = { "--no-such-option" }, listen = { "127.0.0.1:0" } },
+      "unknown option")
+    assert.truthy(line:find("no-such-option", 1, true), line)
+  end)
+
+  it("exits 2 on a malformed listen address", function()
+    expect_exit2({ listen = { "not-an-address" } }, "bad --listen")
+  end)
+
+  it("--check exits 0 on a good handler without listening", function()
+    for _, h in ipairs({ "echo", "lines", "handlers/echo.lua", "tests/handlers/boom.lua",
+                         "tests/handlers/serve.lua" }) do
+      local r = t.run({ handler = h, opts = { "--check" }, listen = { "127.0.0.1:0" } })
+      assert(r.how == "exited" and r.code == 0, string.format(
+        "--check %s: expected exit 0, got %s %s; stderr:\n%s", h, r.how, r.code, t.clip(r.stderr)))
+      assert.is_nil(r.stdout:find("listening on", 1, true), "--check listened: " .. r.stdout)
+      assert(r.elapsed < t.T(5), "--check took " .. r.elapsed .. " s")
+    end
+  end)
+
+  it("--check exits 2 on a broken handler with the same one-line message", function()
+    local line = expect_exit2({ handler = "tests/handlers/bad_syntax.lua",
+                                opts = { "--check" } }, "--check syntax error")
+    assert.truthy(line:find("tests/handlers/bad_syntax.lua:3:", 1, true), line)
+    line = expect_exit2({ handler = "tests/handlers/not_table.lua", opts = { "--check" } },
+      "--check no table")
+    assert.truthy(line:find("tests/handlers/not_table.lua", 1, true), line)
+  end)
+
+  it("prints one flushed 'listening on' line per listener, with the real port", function()
+    local srv = t.start{ listen = { "127.0.0.1:0", "127.0.0.1:0" } }
+    assert.equal(2, #srv.addrs)
+    assert.are_not.equal(srv:port(1), srv:port(2))
+    for i = 1, 2 do
+      assert(srv:port(i) > 0 and srv:port(i) < 65536)
+      assert.equal("listening on 127.0.0.1:" .. srv:port(i), srv.stdout_lines[i])
+      local c = srv:connect(i)
+      t.send_all(c, "port " .. i .. "\n")
+      assert.equal("port " .. i, t.recv_line(c))
+    end
+  end)
+end)

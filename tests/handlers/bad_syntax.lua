@@ -1,0 +1,4 @@
+-- Test handler: a syntax error on line 3.
+local M = {}
+local x = + 1
+return M
