@@ -266,6 +266,7 @@ static void begin_shutdown(struct app *a)
         return;
     }
     a->stopping = 1;
+    server_drain_backlog(&a->srv);
     server_stop(&a->srv);
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
@@ -486,6 +487,9 @@ run:
     ev_timer_stop(a.loop, &a.grace_timer);
     ev_signal_stop(a.loop, &a.sigint);
     ev_signal_stop(a.loop, &a.sigterm);
+    /* Shutdown is done: a late signal must not turn exit 0 into a kill. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     script_free(a.S);
     ev_loop_destroy(a.loop);
     free(rbuf);

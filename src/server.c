@@ -74,6 +74,23 @@ void server_start(struct server *srv)
     set_accepting(srv, below_limit(srv));
 }
 
+void server_drain_backlog(struct server *srv)
+{
+    /* Connections the kernel completed but we had not accepted yet were made
+     * by clients that already think they are connected: take them in so they
+     * get the grace period instead of a reset from close(). */
+    for (int i = 0; i < srv->nls; i++) {
+        struct listener *l = &srv->ls[i];
+        for (int n = 0; l->fd >= 0 && n < 4096 && below_limit(srv); n++) {
+            struct net_addr peer;
+            int fd = net_accept(l->fd, &peer);
+            if (fd < 0)
+                break;
+            srv->on_accept(srv, fd, &peer);
+        }
+    }
+}
+
 void server_stop(struct server *srv)
 {
     set_accepting(srv, 0);

@@ -41,6 +41,9 @@ char *server_listener_name(const struct server *srv, int i, char *buf, size_t ca
 
 void server_start(struct server *srv);
 
+/* Accepts what is already queued on the listeners (bounded), for shutdown. */
+void server_drain_backlog(struct server *srv);
+
 /* Stops accepting and closes the listeners (unix socket files are removed). */
 void server_stop(struct server *srv);
 
