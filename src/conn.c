@@ -1,6 +1,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,8 @@
 #include "util.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents);
+
+#define ACTIVE(c) ((c)->last_active = ev_now((c)->ctx->loop))
 
 void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len)
 {
@@ -145,12 +148,44 @@ static void after_flush(struct conn *c)
         do_shutdown(c);
 }
 
-static void drained(struct conn *c)
+/* Output fell to low water: release the sources waiting on us, and tell the
+ * handler if one of its writes had returned false. */
+static void maybe_drained(struct conn *c)
 {
-    c->flags &= ~CONN_WANT_DRAIN;
+    if (c->kp_len || c->out.len > c->ctx->low_water)
+        return;
     bp_wake_waiters(c);
-    if (c->ops->on_drain && !(c->flags & CONN_DEAD))
-        c->ops->on_drain(c);
+    if (c->flags & CONN_WANT_DRAIN) {
+        c->flags &= ~CONN_WANT_DRAIN;
+        if (c->ops->on_drain && !(c->flags & CONN_DEAD))
+            c->ops->on_drain(c);
+    }
+}
+
+static void count_out(struct conn *c, size_t n)
+{
+    c->bytes_out += n;
+    c->ctx->stats.bytes_out += n;
+    ACTIVE(c);
+}
+
+/* Writes what the kernel pipe holds. Returns 0, or -1 after tearing c down. */
+static int kp_flush(struct conn *c)
+{
+    while (c->kp_len) {
+        ssize_t w = splice(c->kp[0], NULL, c->fd, NULL, c->kp_len,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (w > 0) {
+            c->kp_len -= (size_t)w;
+            count_out(c, (size_t)w);
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        abort_errno(c, w < 0 ? errno : EPIPE);
+        return -1;
+    }
+    return 0;
 }
 
 static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -169,7 +204,6 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_timer_again(loop, w);
 }
 
-#define ACTIVE(c) ((c)->last_active = ev_now((c)->ctx->loop))
 
 static void start_connect(struct conn *c);
 
@@ -211,36 +245,96 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
             c->ops->on_connect(c);
         if (c->flags & CONN_DEAD)
             return;
-        if (!c->out.len) {
+        if (!conn_queued(c)) {
             ev_io_stop(loop, w);
             after_flush(c);
             return;
         }
     }
-    ssize_t n = outq_write(&c->out, c->fd);
-    if (n < 0) {
-        abort_errno(c, errno);
+    /* Spliced bytes were accepted before anything now in the queue. */
+    if (kp_flush(c) < 0)
         return;
+    if (!c->kp_len && c->out.len) {
+        ssize_t n = outq_write(&c->out, c->fd);
+        if (n < 0) {
+            abort_errno(c, errno);
+            return;
+        }
+        if (n > 0)
+            count_out(c, (size_t)n);
     }
-    if (n > 0) {
-        c->bytes_out += (uint64_t)n;
-        c->ctx->stats.bytes_out += (uint64_t)n;
-        ACTIVE(c);
-    }
-    if (!c->out.len) {
+    if (!conn_queued(c)) {
         ev_io_stop(loop, w);
         after_flush(c);
         if (c->flags & CONN_DEAD)
             return;
     }
-    if ((c->flags & CONN_WANT_DRAIN) && c->out.len <= c->ctx->low_water)
-        drained(c);
+    maybe_drained(c);
+}
+
+static void on_eof(struct conn *c)
+{
+    c->flags |= CONN_EOF;
+    update_read(c);
+    if (c->pipe_to)
+        conn_shutdown(c->pipe_to);
+    else if (c->ops->on_eof)
+        c->ops->on_eof(c);
+    if ((c->flags & CONN_SHUT_DONE) && !(c->flags & CONN_DEAD))
+        conn_abort(c, NULL, 0);
+}
+
+/* The pipe fast path: socket -> kernel pipe -> socket, no copy through user
+ * space. Returns 1 if it handled the event, 0 to fall back to read(). */
+static int splice_relay(struct conn *c, struct conn *dst)
+{
+    struct conn_ctx *ctx = c->ctx;
+    if (dst->kp[0] < 0) {
+        if (pipe2(dst->kp, O_NONBLOCK | O_CLOEXEC) < 0) {
+            dst->kp[0] = dst->kp[1] = -1;
+            return 0; /* out of descriptors: the copy path still works */
+        }
+    }
+    ssize_t n = splice(c->fd, NULL, dst->kp[1], NULL, ctx->rbuf_len,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+        c->bytes_in += (uint64_t)n;
+        ctx->stats.bytes_in += (uint64_t)n;
+        ACTIVE(c);
+        dst->kp_len += (size_t)n;
+        if (kp_flush(dst) < 0)
+            return 1;
+        if (dst->kp_len) {
+            /* dst is full: hold c until the pipe empties (bp_wait's release
+             * comes from maybe_drained, which waits for kp_len == 0). */
+            ev_io_start(ctx->loop, &dst->wio);
+            bp_wait(c, dst);
+        }
+        return 1;
+    }
+    if (n == 0) {
+        on_eof(c);
+        return 1;
+    }
+    if (errno == EAGAIN || errno == EINTR)
+        return 1;
+    if (errno == EINVAL || errno == ENOSYS) {
+        ctx->splice = 0; /* not supported here: copy from now on */
+        return 0;
+    }
+    abort_errno(c, errno);
+    return 1;
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = container_of(w, struct conn, rio);
     struct conn_ctx *ctx = c->ctx;
+    struct conn *dst = c->pipe_to;
+    if (dst && ctx->splice && !(c->flags & CONN_TAP) && !dst->out.len && !dst->kp_len &&
+        dst->fd >= 0 && !(dst->flags & (CONN_CONNECTING | CONN_DEAD)) &&
+        splice_relay(c, dst))
+        return;
     ssize_t n = read(c->fd, ctx->rbuf, ctx->rbuf_len);
     if (n > 0) {
         c->bytes_in += (uint64_t)n;
@@ -260,14 +354,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         return;
     }
     if (n == 0) {
-        c->flags |= CONN_EOF;
-        update_read(c);
-        if (c->pipe_to)
-            conn_shutdown(c->pipe_to);
-        else if (c->ops->on_eof)
-            c->ops->on_eof(c);
-        if ((c->flags & CONN_SHUT_DONE) && !(c->flags & CONN_DEAD))
-            conn_abort(c, NULL, 0);
+        on_eof(c);
         return;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -285,6 +372,7 @@ struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct co
     c->ops = ops;
     c->fd = fd;
     c->refs = 1;
+    c->kp[0] = c->kp[1] = -1;
     c->id = ctx->next_id++;
     ev_io_init(&c->rio, on_readable, fd, EV_READ);
     ev_io_init(&c->wio, on_writable, fd, EV_WRITE);
@@ -397,8 +485,8 @@ int conn_write(struct conn *c, const void *data, size_t len)
     if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
         return -1;
     if (len == 0)
-        return c->out.len > ctx->high_water ? 0 : 1;
-    if (c->out.len + len > ctx->max_buffer) {
+        return conn_queued(c) > ctx->high_water ? 0 : 1;
+    if (conn_queued(c) + len > ctx->max_buffer) {
         char msg[128];
         snprintf(msg, sizeof msg, "error: output buffer limit of %zu bytes exceeded",
                  ctx->max_buffer);
@@ -406,7 +494,7 @@ int conn_write(struct conn *c, const void *data, size_t len)
         return -2;
     }
     const char *p = data;
-    if (!c->out.len && !(c->flags & CONN_CONNECTING)) {
+    if (!conn_queued(c) && !(c->flags & CONN_CONNECTING)) {
         ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -425,14 +513,14 @@ int conn_write(struct conn *c, const void *data, size_t len)
         p += n;
         len -= (size_t)n;
     }
-    int was_empty = !c->out.len;
+    int was_empty = !conn_queued(c);
     if (outq_append(&c->out, p, len) < 0) {
         conn_abort(c, "error: out of memory", 1);
         return -1;
     }
     if (was_empty && !(c->flags & CONN_CONNECTING))
         ev_io_start(ctx->loop, &c->wio);
-    if (c->out.len > ctx->high_water) {
+    if (conn_queued(c) > ctx->high_water) {
         c->flags |= CONN_WANT_DRAIN;
         if (ctx->source && !(ctx->source->flags & CONN_DEAD))
             bp_wait(ctx->source, c);
@@ -448,7 +536,7 @@ void conn_close(struct conn *c)
     c->flags |= CONN_CLOSING;
     update_read(c);
     /* Nothing to deliver: no need to finish a pending connect either. */
-    if (!c->out.len)
+    if (!conn_queued(c))
         conn_abort(c, NULL, 0);
 }
 
@@ -457,7 +545,7 @@ void conn_shutdown(struct conn *c)
     if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
         return;
     c->flags |= CONN_SHUT_WANT;
-    if (!c->out.len && !(c->flags & CONN_CONNECTING))
+    if (!conn_queued(c) && !(c->flags & CONN_CONNECTING))
         do_shutdown(c);
 }
 
@@ -493,6 +581,12 @@ void conn_abort(struct conn *c, const char *reason, int rst)
         c->fd = -1;
     }
     outq_clear(&c->out);
+    if (c->kp[0] >= 0) {
+        close(c->kp[0]);
+        close(c->kp[1]);
+        c->kp[0] = c->kp[1] = -1;
+        c->kp_len = 0;
+    }
     free(c->addrs);
     c->addrs = NULL;
     c->naddrs = 0;

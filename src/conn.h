@@ -48,6 +48,7 @@ struct conn_ctx {
     size_t max_buffer;            /* hard per-connection cap */
     double idle_timeout;          /* default for new connections; 0 = none */
     double connect_timeout;       /* outbound connects; 0 = none */
+    int splice;                   /* untapped pipes move bytes with splice(2) */
     struct conn_stats stats;
     uint64_t next_id;
     struct conn *all;             /* every connection not yet reaped */
@@ -91,6 +92,8 @@ struct conn {
     struct conn *waiters;          /* connections waiting for our drain */
     struct conn *pipe_to;          /* our input is relayed there in C */
     struct conn *pipe_from;        /* whose input is relayed to us */
+    int kp[2];                     /* splice: kernel pipe of bytes bound for us */
+    size_t kp_len;                 /* bytes in it; they go out before out */
     struct net_addr *addrs;        /* outbound: addresses left to try */
     int naddrs;
     struct conn *wprev, *wnext;    /* in bp_target->waiters */
@@ -143,6 +146,12 @@ void conn_abort(struct conn *c, const char *reason, int rst);
 void conn_set_paused(struct conn *c, int paused);
 void conn_set_hold(struct conn *c, int hold);
 void conn_set_timeout(struct conn *c, double seconds); /* 0 = none */
+
+/* Bytes accepted for output and not yet written. */
+static inline size_t conn_queued(const struct conn *c)
+{
+    return c->out.len + c->kp_len;
+}
 
 static inline int conn_is_open(const struct conn *c)
 {

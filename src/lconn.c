@@ -754,7 +754,7 @@ static int m_peer(lua_State *L)
 static int m_buffered(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
-    lua_pushinteger(L, lc ? (lua_Integer)lc->c.out.len : 0);
+    lua_pushinteger(L, lc ? (lua_Integer)conn_queued(&lc->c) : 0);
     return 1;
 }
 

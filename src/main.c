@@ -24,6 +24,7 @@ struct options {
     const char *handler;
     long workers;
     int check;
+    int no_splice;
     enum log_level level;
     int json;
     double idle_timeout, connect_timeout, grace, budget;
@@ -82,6 +83,8 @@ static void usage(FILE *f)
 "      --cpu-budget SECONDS  CPU time one callback may take before it is stopped\n"
 "                          with an error (its connection closes). 0 = none.\n"
 "                          Default 1\n"
+"      --no-splice         relay conn:pipe traffic by copying through user space\n"
+"                          instead of splice(2) (for comparison and debugging)\n"
 "      --lua-memory BYTES  cap on the Lua heap; allocations past it fail with\n"
 "                          \"not enough memory\" in the callback. 0 = none.\n"
 "                          Default 1g\n"
@@ -106,7 +109,7 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE,
 };
 
 static double parse_seconds(const char *opt, const char *v)
@@ -142,6 +145,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"grace", required_argument, NULL, OPT_GRACE},
         {"connect-timeout", required_argument, NULL, OPT_CONNTO},
+        {"no-splice", no_argument, NULL, OPT_NOSPLICE},
         {"high-water", required_argument, NULL, OPT_HIGH},
         {"max-buffer", required_argument, NULL, OPT_MAXBUF},
         {"max-conns", required_argument, NULL, OPT_MAXCONNS},
@@ -184,6 +188,7 @@ static void parse_options(int argc, char **argv, struct options *o)
             }
             break;
         case OPT_CHECK: o->check = 1; break;
+        case OPT_NOSPLICE: o->no_splice = 1; break;
         case 'v': o->level = LOG_DEBUG; break;
         case 'q': o->level = LOG_WARN; break;
         case OPT_LOGFMT:
@@ -374,6 +379,7 @@ int main(int argc, char **argv)
     a.ctx.max_buffer = o.max_buffer;
     a.ctx.idle_timeout = o.idle_timeout;
     a.ctx.connect_timeout = o.connect_timeout;
+    a.ctx.splice = !o.no_splice;
     a.ctx.on_reaped = on_reaped;
 
     a.S = script_new(&a.ctx, o.budget, o.lua_memory);
