@@ -38,7 +38,9 @@ struct lconn {
     struct handler own;   /* outbound: the callbacks given to echokit.connect */
 };
 
-static const char handle_key = 'k'; /* its address is the private key */
+/* The handle keeps its connection pointer at integer key 1 (the array part:
+ * the cheapest lookup Lua has, done on every method call). */
+#define HANDLE_SLOT 1
 
 static inline struct lconn *lconn_of(struct conn *c)
 {
@@ -56,11 +58,11 @@ static void push_handle(struct lconn *lc)
 static struct lconn *check_conn(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TTABLE) {
-        lua_rawgetp(L, idx, &handle_key);
+        lua_rawgeti(L, idx, HANDLE_SLOT);
         struct lconn *lc = lua_touserdata(L, -1);
         lua_pop(L, 1);
         if (lc)
-            return lc;
+            return (lc->c.flags & CONN_DEAD) ? NULL : lc; /* torn down: closed */
         if (lua_getmetatable(L, idx)) {
             luaL_getmetatable(L, CONN_MT);
             int same = lua_rawequal(L, -1, -2);
@@ -376,7 +378,7 @@ static void op_close(struct conn *c, const char *reason)
     }
     push_handle(lc);
     lua_pushnil(L);
-    lua_rawsetp(L, -2, &handle_key);
+    lua_rawseti(L, -2, HANDLE_SLOT);
     lua_pop(L, 1);
     script_unref(S, &lc->ud_ref);
     script_unref(S, &lc->tap_ref);
@@ -448,10 +450,10 @@ static void init_lconn(struct script *S, struct lconn *lc, const struct handler 
     for (int i = 0; i < CB_COUNT; i++)
         lc->own.cb[i] = LUA_NOREF;
     ev_init(&lc->sleep, sleep_cb);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 1, 1);
     luaL_setmetatable(L, CONN_MT);
     lua_pushlightuserdata(L, lc);
-    lua_rawsetp(L, -2, &handle_key);
+    lua_rawseti(L, -2, HANDLE_SLOT);
     lua_pushinteger(L, (lua_Integer)lc->c.id);
     lua_setfield(L, -2, "id");
     lc->ud_ref = script_ref(S);
@@ -786,7 +788,10 @@ static int m_pipe(lua_State *L)
         else if (t != LUA_TNIL)
             return luaL_error(L, "pipe: opts.tap must be a function (got %s)", lua_typename(L, t));
     }
-    if (conn_pipe(&lc->c, &to->c) < 0)
+    int rc = conn_pipe(&lc->c, &to->c);
+    if (rc == -2)
+        return closed(L);
+    if (rc < 0)
         return luaL_error(L, "pipe: the destination already has another connection piped into it");
     script_unref(lc->S, &lc->tap_ref);
     if (tap != LUA_NOREF) {

@@ -246,6 +246,9 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     lconn_open(L);
     ltimer_open(L);
     S->mem_limit = mem_limit;
+    /* Callbacks make short-lived strings (every chunk of input): the
+     * generational collector handles those for less than the incremental. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     resolve_init(&S->resolver, ctx->loop);
     if (budget > 0)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
