@@ -4,7 +4,8 @@
 set -eu
 
 build="gcc make cmake pkg-config liblua5.4-dev libev-dev"
-test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind"
+test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind
+      redis-server redis-tools curl python3"
 
 case "${1:-test}" in
   build) want="$build" ;;

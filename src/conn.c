@@ -188,9 +188,19 @@ static int kp_flush(struct conn *c)
     return 0;
 }
 
+static void connect_failed(struct conn *c, int err);
+
 static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct conn *c = container_of(w, struct conn, idle);
+    if (c->connect_err) {
+        /* A connect that failed at once is reported from the loop, so the
+         * handler that called echokit.connect can still pipe to it first. */
+        int err = c->connect_err;
+        c->connect_err = 0;
+        connect_failed(c, err);
+        return;
+    }
     /* ev.pod "be smart about timeouts": activity only moves a timestamp; the
      * timer is re-armed here for what is left. */
     int connecting = (c->flags & CONN_CONNECTING) != 0;
@@ -332,7 +342,9 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     struct conn_ctx *ctx = c->ctx;
     struct conn *dst = c->pipe_to;
     if (dst && ctx->splice && !(c->flags & CONN_TAP) && !dst->out.len && !dst->kp_len &&
-        dst->fd >= 0 && !(dst->flags & (CONN_CONNECTING | CONN_DEAD)) &&
+        dst->fd >= 0 &&
+        !(dst->flags & (CONN_CONNECTING | CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT |
+                        CONN_SHUT_DONE)) &&
         splice_relay(c, dst))
         return;
     ssize_t n = read(c->fd, ctx->rbuf, ctx->rbuf_len);
@@ -342,12 +354,19 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         ACTIVE(c);
         struct conn *prev = ctx->source;
         ctx->source = c;
-        if (c->pipe_to) {
-            if (c->flags & CONN_TAP)
-                c->ops->on_tap(c, ctx->rbuf, (size_t)n);
-            if (c->pipe_to && !(c->flags & CONN_DEAD))
-                conn_write(c->pipe_to, ctx->rbuf, (size_t)n);
+        if (c->pipe_to && (c->flags & CONN_TAP))
+            c->ops->on_tap(c, ctx->rbuf, (size_t)n);
+        if (c->flags & CONN_DEAD) {
+            /* the tap closed it */
+        } else if (c->pipe_to) {
+            if (conn_write(c->pipe_to, ctx->rbuf, (size_t)n) == -1) {
+                /* The destination takes no more (closed or shut down by the
+                 * handler): nothing can be relayed, so the source ends too. */
+                conn_unpipe(c);
+                conn_close(c);
+            }
         } else {
+            /* Not piped (any more: a tap may have unpiped): the handler reads. */
             c->ops->on_data(c, ctx->rbuf, (size_t)n);
         }
         ctx->source = prev;
@@ -415,9 +434,17 @@ static void start_connect(struct conn *c)
     char err[ECHOKIT_ERR_LEN];
     int in_progress;
     int fd = net_connect(&c->addrs[0], &in_progress, err);
+    ACTIVE(c);
     if (fd < 0) {
-        connect_failed(c, errno);
+        c->connect_err = errno;
+        ev_timer_stop(c->ctx->loop, &c->idle);
+        ev_timer_set(&c->idle, 0., 0.);
+        ev_timer_start(c->ctx->loop, &c->idle);
         return;
+    }
+    if (c->ctx->connect_timeout > 0) {
+        c->idle.repeat = c->ctx->connect_timeout;
+        ev_timer_again(c->ctx->loop, &c->idle);
     }
     c->fd = fd;
     c->peer_len = 0;
@@ -447,6 +474,8 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n)
 
 int conn_pipe(struct conn *src, struct conn *dst)
 {
+    if ((src->flags | dst->flags) & CONN_DEAD)
+        return -2;
     if (dst->pipe_from && dst->pipe_from != src)
         return -1;
     conn_unpipe(src);

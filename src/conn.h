@@ -96,6 +96,7 @@ struct conn {
     size_t kp_len;                 /* bytes in it; they go out before out */
     struct net_addr *addrs;        /* outbound: addresses left to try */
     int naddrs;
+    int connect_err;               /* a connect failed at once: report it soon */
     struct conn *wprev, *wnext;    /* in bp_target->waiters */
     union {
         struct sockaddr sa;
@@ -125,7 +126,8 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n);
 
 /* Relays src's input to dst in C: back-pressure through the source mechanism,
  * src's EOF becomes dst's shutdown, and either end's teardown closes the other
- * after flushing. Returns -1 if dst already has another source. */
+ * after flushing. Returns -1 if dst already has another source, -2 if either
+ * end is already torn down. */
 int conn_pipe(struct conn *src, struct conn *dst);
 void conn_unpipe(struct conn *src);
 

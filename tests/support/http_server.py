@@ -1,0 +1,54 @@
+#!/usr/bin/python3
+"""A plain HTTP upstream for the proxy tests.
+
+    http_server.py DIR
+
+Serves the files of DIR with Python's http.server on 127.0.0.1, port 0 (the
+kernel picks one), one thread per connection, HTTP/1.0 (the server closes the
+connection after each response). Prints the chosen port on stdout as one line,
+`PORT`, once it is listening; the request log goes to stderr. Runs until it is
+killed (SIGTERM/SIGKILL).
+"""
+import functools
+import http.server
+import sys
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    # Bigger writes than the default 8 KiB copy loop: the tests stream 64 MiB.
+    wbufsize = 256 * 1024
+
+    def copyfile(self, source, outputfile):
+        while True:
+            buf = source.read(256 * 1024)
+            if not buf:
+                break
+            outputfile.write(buf)
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("http_server: %s - %s\n" % (self.address_string(), fmt % args))
+        sys.stderr.flush()
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: http_server.py DIR\n")
+        return 2
+    handler = functools.partial(Handler, directory=sys.argv[1])
+    srv = Server(("127.0.0.1", 0), handler)
+    sys.stdout.write("%d\n" % srv.server_address[1])
+    sys.stdout.flush()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
