@@ -1,6 +1,7 @@
 #include "resolve.h"
 
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -85,7 +86,14 @@ void resolve_init(struct resolver *r, struct ev_loop *loop)
 int resolve_start(struct resolver *r, struct resolve_req *req)
 {
     if (!r->started) {
-        if (pthread_create(&r->thread, NULL, worker, r) != 0)
+        /* The helper thread takes no signals (SIGPROF drives the CPU budget
+         * of the loop thread; SIGINT/SIGTERM belong to the loop). */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        int rc = pthread_create(&r->thread, NULL, worker, r);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0)
             return -1;
         r->started = 1;
     }

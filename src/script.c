@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,9 +13,14 @@
 #include "embed.h"
 #include "log.h"
 
-/* Instructions between two looks at the clock while a callback runs. A
- * callback shorter than this never reads the clock at all. */
-#define HOOK_COUNT 20000
+/* The CPU budget is watched from outside the Lua VM: a profiling timer
+ * (SIGPROF, counting CPU time only, so an idle server gets none) looks at
+ * which callback is running; when the same one has run for the whole budget,
+ * the handler sets a count hook on the running thread (lua_sethook is safe in
+ * a signal handler: lua.c stops scripts on SIGINT the same way). A hook set
+ * all the time would make the VM trace every instruction, about a tenth of
+ * echo.lua's cost per message. */
+static struct script *budget_owner; /* the one script the signal handler sees */
 
 static const char *const cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
                                                "on_drain",   "on_close", "serve"};
@@ -44,56 +51,115 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* The budget hook. Once a call is over budget it raises on every instruction,
- * so a pcall inside the handler cannot swallow the error for long: the first
- * instruction outside that pcall raises again. */
+/* Raises the budget error on every instruction while the overrun lasts, so
+ * a pcall inside the handler cannot keep the callback running for long: the
+ * first instruction outside that pcall raises again. A hook left on a thread
+ * after its call ended removes itself. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     struct script *S = script_of(L);
-    if (!S->in_call)
-        return;
-    double now = cpu_now();
-    if (S->deadline == 0) {
-        S->deadline = now + S->budget;
+    if (!S->overrun) {
+        lua_sethook(L, NULL, 0, 0);
         return;
     }
-    if (now > S->deadline) {
-        if (!S->overrun) {
-            S->overrun = L; /* may be a coroutine of the handler's own */
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        }
-        char msg[LUA_IDSIZE + 80];
-        lua_getinfo(L, "Sl", ar);
-        if (ar->currentline > 0)
-            snprintf(msg, sizeof msg, "%s:%d: CPU budget of %gs per callback exceeded",
-                     ar->short_src, ar->currentline, S->budget);
-        else
-            snprintf(msg, sizeof msg, "CPU budget of %gs per callback exceeded", S->budget);
-        lua_pushstring(L, msg);
-        lua_error(L);
+    char msg[LUA_IDSIZE + 80];
+    lua_getinfo(L, "Sl", ar);
+    if (ar->currentline > 0)
+        snprintf(msg, sizeof msg, "%s:%d: CPU budget of %gs per callback exceeded",
+                 ar->short_src, ar->currentline, S->budget);
+    else
+        snprintf(msg, sizeof msg, "CPU budget of %gs per callback exceeded", S->budget);
+    lua_pushstring(L, msg);
+    lua_error(L);
+}
+
+static void budget_signal(int sig)
+{
+    struct script *S = budget_owner;
+    (void)sig;
+    if (!S || !S->depth) {
+        if (S)
+            S->watch_ticks = 0;
+        return;
+    }
+    if (S->watch_seq != S->call_seq) {
+        S->watch_seq = S->call_seq;
+        S->watch_ticks = 0;
+        return;
+    }
+    if (++S->watch_ticks * S->tick >= S->budget) {
+        /* Again on every tick while it lasts: the running thread may have
+         * changed since (a coroutine that failed returned to its resumer). */
+        S->overrun = 1;
+        lua_sethook(S->running, budget_hook, LUA_MASKCOUNT, 1);
     }
 }
 
-static void budget_begin(struct script *S)
+static void budget_setup(struct script *S)
 {
-    S->in_call = 1;
-    S->deadline = 0;
+    if (S->budget <= 0)
+        return;
+    /* Four looks per budget: an overrun is caught between 1 and 1.25 budgets. */
+    S->tick = S->budget / 4;
+    if (S->tick > 0.25)
+        S->tick = 0.25;
+    if (S->tick < 0.002)
+        S->tick = 0.002;
+    budget_owner = S;
+    struct sigaction sa = {.sa_handler = budget_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPROF, &sa, NULL);
+    struct itimerval it;
+    it.it_interval.tv_sec = (time_t)S->tick;
+    it.it_interval.tv_usec = (suseconds_t)((S->tick - (double)(time_t)S->tick) * 1e6);
+    it.it_value = it.it_interval;
+    setitimer(ITIMER_PROF, &it, NULL);
 }
 
-static void budget_end(struct script *S)
+static void budget_teardown(struct script *S)
 {
-    S->in_call = 0;
-    if (S->overrun) {
-        lua_sethook(S->overrun, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-        S->overrun = NULL;
+    if (budget_owner != S)
+        return;
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_PROF, &off, NULL);
+    signal(SIGPROF, SIG_IGN);
+    budget_owner = NULL;
+}
+
+/* A callback starts on thread L. Calls nest (a callback may cause another,
+ * e.g. echokit.stop() accepting the backlog); the outermost one is timed. */
+static lua_State *budget_begin(struct script *S, lua_State *L)
+{
+    lua_State *prev = S->running;
+    S->running = L;
+    if (S->depth++ == 0)
+        S->call_seq++;
+    return prev;
+}
+
+static void budget_end(struct script *S, lua_State *prev)
+{
+    S->running = prev;
+    if (--S->depth == 0 && S->overrun) {
+        S->overrun = 0; /* hooks still set remove themselves when next hit */
+        S->call_seq++;
     }
+}
+
+lua_State *script_enter(struct script *S, lua_State *co)
+{
+    lua_State *prev = S->running;
+    S->running = co;
+    if (S->overrun) /* already over budget: the coroutine stops at once too */
+        lua_sethook(co, budget_hook, LUA_MASKCOUNT, 1);
+    return prev;
+}
+
+void script_leave(struct script *S, lua_State *prev)
+{
+    S->running = prev;
+    if (S->overrun)
+        lua_sethook(prev, budget_hook, LUA_MASKCOUNT, 1);
 }
 
 /* Message handler: the error as a string with a traceback. [-1, +1, m] */
@@ -145,10 +211,10 @@ void script_fail(struct script *S, const char *what, struct conn *c, const char 
 int script_call(struct script *S, int nargs, const char *what, struct conn *c)
 {
     lua_State *L = S->L;
-    budget_begin(S);
+    lua_State *prev = budget_begin(S, L);
     /* stack: msgh(1), ..., fn, args */
     int rc = lua_pcall(L, nargs, 0, 1);
-    budget_end(S);
+    budget_end(S, prev);
     if (rc == LUA_OK)
         return 0;
     script_fail(S, what, c, lua_tostring(L, -1));
@@ -159,9 +225,9 @@ int script_call(struct script *S, int nargs, const char *what, struct conn *c)
 int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c)
 {
     int nres;
-    budget_begin(S);
+    lua_State *prev = budget_begin(S, co);
     int rc = lua_resume(co, S->L, nargs, &nres);
-    budget_end(S);
+    budget_end(S, prev);
     if (rc == LUA_OK || rc == LUA_YIELD) {
         lua_pop(co, nres);
         return rc;
@@ -173,6 +239,47 @@ int script_resume(struct script *S, lua_State *co, int nargs, const char *what, 
     script_fail(S, what, c, lua_tostring(S->L, -1));
     lua_pop(S->L, 1);
     return rc;
+}
+
+/* coroutine.resume, keeping track of the running thread for the budget.
+ * Upvalue 1: the library's resume. */
+static int co_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co != NULL, 1, "coroutine");
+    struct script *S = script_of(L);
+    lua_State *prev = script_enter(S, co);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    script_leave(S, prev);
+    return lua_gettop(L);
+}
+
+/* coroutine.wrap on top of the wrapped resume, so wrapped coroutines are
+ * tracked too. Errors pass through unchanged, as with the library's wrap. */
+static const char wrap_lua[] =
+    "local create, resume = coroutine.create, coroutine.resume\n"
+    "local function pass(ok, ...)\n"
+    "  if ok then return ... end\n"
+    "  error((...), 0)\n"
+    "end\n"
+    "coroutine.wrap = function(f)\n"
+    "  local co = create(f)\n"
+    "  return function(...) return pass(resume(co, ...)) end\n"
+    "end\n";
+
+static void wrap_coroutines(lua_State *L)
+{
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, co_resume, 1);
+    lua_setfield(L, -2, "resume");
+    lua_pop(L, 1);
+    if (luaL_loadbuffer(L, wrap_lua, sizeof wrap_lua - 1, "=[echokit]") == LUA_OK)
+        lua_call(L, 0, 0);
+    else
+        lua_pop(L, 1);
 }
 
 /* package.searchers entry for modules compiled into the binary:
@@ -241,6 +348,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     /* Threads copy the main thread's extra space: NULL means "no serve conn". */
     *(void **)lua_getextraspace(L) = NULL;
     luaL_openlibs(L);
+    wrap_coroutines(L);
     lua_pushcfunction(L, msgh); /* stays at index 1: every call's handler */
     install_searcher(L);
     lconn_open(L);
@@ -250,8 +358,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
      * generational collector handles those for less than the incremental. */
     lua_gc(L, LUA_GCGEN, 0, 0);
     resolve_init(&S->resolver, ctx->loop);
-    if (budget > 0)
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    budget_setup(S);
     return S;
 }
 
@@ -260,6 +367,7 @@ void script_free(struct script *S)
     if (!S)
         return;
     resolve_shutdown(&S->resolver);
+    budget_teardown(S);
     lua_close(S->L);
     free(S);
 }

@@ -4,6 +4,7 @@
  * the registry references the runtime holds. Only script.c and l*.c include
  * Lua headers. */
 #include <lua.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include "conn.h"
@@ -25,9 +26,12 @@ struct script {
     int args_ref;               /* handler-argument table */
     long refs;                  /* registry references held (for leak checks) */
     double budget;              /* CPU seconds per callback, 0 = none */
-    double deadline;            /* set by the hook once a call runs long */
-    int in_call;                /* a budgeted call is running */
-    lua_State *overrun;         /* the thread whose hook runs every instruction */
+    double tick;                /* seconds of CPU between two budget checks */
+    lua_State *running;         /* the thread running Lua code now */
+    volatile sig_atomic_t depth;    /* nesting of callbacks under way */
+    volatile sig_atomic_t call_seq; /* which (outermost) callback this is */
+    volatile sig_atomic_t overrun;  /* this callback is over budget */
+    sig_atomic_t watch_seq, watch_ticks; /* the signal handler's own */
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
@@ -64,6 +68,11 @@ int script_call(struct script *S, int nargs, const char *what, struct conn *c);
  * or a finished coroutine, *status tells which (LUA_OK, LUA_YIELD or error).
  * Results of the coroutine are popped. */
 int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c);
+
+/* Around a resume of a handler's own coroutine (the coroutine library is
+ * wrapped): keeps track of the running thread for the budget. */
+lua_State *script_enter(struct script *S, lua_State *co);
+void script_leave(struct script *S, lua_State *prev);
 
 /* Logs a failure of a callback and tears down c with "error: ...". */
 void script_fail(struct script *S, const char *what, struct conn *c, const char *msg);

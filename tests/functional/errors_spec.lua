@@ -92,4 +92,18 @@ describe("a Lua error in a callback", function()
     srv:await_log("closed conn %d+ reason=error: ")
   end)
 
+  it("stops an overrun inside the handler's own coroutines, and after them", function()
+    local srv = t.start{ handler = BOOM, opts = { "--cpu-budget", "0.2" } }
+    srv:expect_errors(".")
+    local good = srv:connect()
+    local bad = srv:connect()
+    local t0 = t.now()
+    t.send_all(bad, "spin in a coroutine %\n")
+    local got = assert_closed(bad, 10, "the spinning connection is closed")
+    assert.is_nil(got:find("swallowed", 1, true), "the overrun escaped the budget")
+    assert(t.now() - t0 < t.T(5), "the overrun took " .. (t.now() - t0) .. " s to be stopped")
+    roundtrip(good, "ok\n")
+    srv:await_log("closed conn %d+ reason=error: .*CPU budget")
+  end)
+
 end)
