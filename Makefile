@@ -50,3 +50,9 @@ install: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN)
+
+# Benchmarks against bare C, Python, HAProxy, socat and nginx (~10 min);
+# writes docs/bench.md and docs/bench.png. e.g. make bench BENCH_ARGS=--quick
+.PHONY: bench
+bench:
+	bench/run $(BENCH_ARGS)

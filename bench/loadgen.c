@@ -1,0 +1,724 @@
+/* loadgen: echokit's load generator (epoll, one thread, no dependencies).
+ *
+ *   loadgen --mode pingpong|bulk|connrate|idle [options]
+ *
+ * Every mode checks every byte it gets back against what it sent, and samples
+ * the server's CPU time (utime+stime of --pid and all its descendants, plus the
+ * reaped children's cutime+cstime) over the measurement window only: warm-up
+ * first, then exactly --duration seconds. It prints one line of key=value pairs.
+ *
+ *   pingpong  C connections; each sends an S-byte message (last byte '\n', no
+ *             other '\n') and waits for all of it back. requests/s, p50/p99/max
+ *             latency, server CPU us per request.
+ *   bulk      C connections stream both ways (at most --inflight bytes unechoed
+ *             per connection). MB/s echoed (1 MB = 1e6 bytes), CPU us per MB.
+ *   connrate  C concurrent slots: connect, one S-byte round trip, close, again.
+ *             conns/s, CPU us per connection. Source addresses rotate over
+ *             127.0.0.2.. (--sources) so ephemeral ports last.
+ *   idle      open N connections (--count) from --sources addresses, one round
+ *             trip each, hold them; report the server's RSS and PSS (from
+ *             /proc/PID/smaps_rollup, summed over its process tree) per
+ *             connection above a baseline read before the first connect.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PERIOD 65521u            /* pattern period: a prime, so offsets mix */
+#define RBUF (256u * 1024u)
+
+enum mode { PINGPONG, BULK, CONNRATE, IDLE };
+
+static struct {
+    enum mode mode;
+    const char *host;
+    int port;
+    int conns;
+    size_t size;
+    double duration, warmup, hold;
+    pid_t pid, bpid;
+    int sources;
+    int count;
+    size_t inflight;
+    const char *label;
+} opt = {PINGPONG, "127.0.0.1", 7000, 50, 0, 3.0, 0.5, 1.0, 0, 0, 0, 10000, 1u << 20, "-"};
+
+static unsigned char *pat_pp;    /* no '\n' anywhere */
+static unsigned char *pat_bulk;  /* a '\n' every 256 bytes, for line servers */
+static unsigned char rbuf[RBUF];
+static int epfd;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static const char *mode_names[] = {"pingpong", "bulk", "connrate", "idle"};
+
+static void die(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    printf("label=%s mode=%s error=\"%s: %s\"\n", opt.label, mode_names[opt.mode], what,
+           strerror(errno));
+    exit(1);
+}
+
+/* ---- the server's CPU and memory, summed over its process tree ------------ */
+
+struct pinfo { int pid, ppid; unsigned long long ticks; };
+
+static int read_file(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    if (n < 0) return -1;
+    buf[n] = 0;
+    return (int)n;
+}
+
+/* The pids of --pid and all its descendants; returns how many. */
+static int tree(pid_t root, int **out, unsigned long long *ticks_sum)
+{
+    struct pinfo *v = NULL;
+    size_t n = 0, cap = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    char path[300], buf[1024];
+    while (d && (e = readdir(d))) {
+        if (!isdigit((unsigned char)e->d_name[0])) continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        if (read_file(path, buf, sizeof buf) < 0) continue;
+        char *p = strrchr(buf, ')');
+        if (!p) continue;
+        char st;
+        int ppid;
+        unsigned long long f[14] = {0};
+        /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt
+         * majflt cmajflt utime stime cutime cstime */
+        if (sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+                   &st, &ppid, &f[0], &f[1], &f[2], &f[3]) != 6)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            v = realloc(v, cap * sizeof *v);
+        }
+        v[n].pid = atoi(e->d_name);
+        v[n].ppid = ppid;
+        v[n].ticks = f[0] + f[1] + f[2] + f[3];
+        n++;
+    }
+    if (d) closedir(d);
+    int *in = calloc(n + 1, sizeof *in);
+    char *mark = calloc(n + 1, 1);
+    int m = 0;
+    unsigned long long sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].pid == root) { mark[i] = 1; in[m++] = v[i].pid; sum += v[i].ticks; }
+    for (int changed = 1; changed;) {  /* fixed point: small trees, cheap */
+        changed = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (mark[i]) continue;
+            for (int k = 0; k < m; k++)
+                if (v[i].ppid == in[k]) {
+                    mark[i] = 1; in[m++] = v[i].pid; sum += v[i].ticks; changed = 1;
+                    break;
+                }
+        }
+    }
+    free(v);
+    free(mark);
+    if (ticks_sum) *ticks_sum = sum;
+    if (out) *out = in; else free(in);
+    return m;
+}
+
+static double self_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* CPU time every CPU of the host spent busy (not idle/iowait), in us. */
+static double host_busy_us(void)
+{
+    char buf[512];
+    unsigned long long v[8] = {0};
+    if (read_file("/proc/stat", buf, sizeof buf) < 0) return 0;
+    if (sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) != 8)
+        return 0;
+    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    return (double)busy * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double tree_cpu_us(pid_t root)
+{
+    if (!root) return 0;
+    unsigned long long t;
+    tree(root, NULL, &t);
+    return (double)t * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* RSS and PSS in bytes over the tree. */
+static void server_mem(long long *rss, long long *pss)
+{
+    *rss = *pss = 0;
+    if (!opt.pid) return;
+    int *pids;
+    int m = tree(opt.pid, &pids, NULL);
+    static char buf[8192];
+    char path[64];
+    for (int i = 0; i < m; i++) {
+        snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pids[i]);
+        if (read_file(path, buf, sizeof buf) < 0) continue;
+        char *p;
+        long long kb;
+        if ((p = strstr(buf, "\nRss:")) && sscanf(p + 5, "%lld", &kb) == 1) *rss += kb * 1024;
+        if ((p = strstr(buf, "\nPss:")) && sscanf(p + 5, "%lld", &kb) == 1) *pss += kb * 1024;
+    }
+    free(pids);
+}
+
+/* ---- sockets -------------------------------------------------------------- */
+
+static struct sockaddr_in dst;
+
+static void src_addr(int i, struct sockaddr_in *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(i % opt.sources));
+}
+
+/* A non-blocking socket with connect() started; *done is set when it finished
+ * at once. -1 on a hard error. */
+static int start_connect(int i, int *done)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.sources > 0) {
+        struct sockaddr_in s;
+        src_addr(i, &s);
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&s, sizeof s) < 0) { close(fd); return -1; }
+    }
+    *done = 0;
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) *done = 1;
+    else if (errno != EINPROGRESS) { close(fd); return -1; }
+    return fd;
+}
+
+static int blocking_connect(int i)
+{
+    int done;
+    int fd = start_connect(i, &done);
+    if (fd < 0) return -1;
+    if (!done) {
+        struct epoll_event ev = {.events = EPOLLOUT};
+        int e = epoll_create1(EPOLL_CLOEXEC);
+        epoll_ctl(e, EPOLL_CTL_ADD, fd, &ev);
+        int r = epoll_wait(e, &ev, 1, 5000);
+        close(e);
+        int err = 0;
+        socklen_t l = sizeof err;
+        if (r != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0 || err) {
+            close(fd);
+            errno = r == 1 ? err : ETIMEDOUT;
+            return -1;
+        }
+    }
+    return fd;
+}
+
+/* Waits (up to 10 s) until the server accepts a connection. */
+static void wait_ready(void)
+{
+    uint64_t end = now_ns() + 10000000000ull;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) { close(fd); break; }
+        close(fd);
+        if (now_ns() > end) die("server not accepting");
+        usleep(20000);
+    }
+    usleep(200000);  /* let a forking server's probe child finish */
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+struct conn {
+    int fd, idx;
+    uint32_t events;
+    uint64_t base;          /* pattern offset of this connection's stream */
+    uint64_t sent, rcvd;    /* bytes so far (bulk: stream; else this message) */
+    uint64_t seq;           /* messages completed */
+    uint64_t t0;            /* send time of the current message / connect */
+    uint64_t last_progress;
+    unsigned char *msg;
+    int connecting;
+    int dead;
+};
+
+static struct conn *cs;
+static uint64_t n_done, n_bytes, n_errors, n_mismatch, n_conn_fail;
+static uint32_t *lat;     /* latencies in window, in units of 100 ns */
+static size_t nlat, caplat;
+static int in_window;
+
+static void set_events(struct conn *c, uint32_t ev)
+{
+    if (c->events == ev) return;
+    struct epoll_event e = {.events = ev, .data.ptr = c};
+    epoll_ctl(epfd, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &e);
+    c->events = ev;
+}
+
+static void record_latency(uint64_t ns)
+{
+    if (!in_window) return;
+    if (nlat == caplat) {
+        caplat = caplat ? caplat * 2 : 1 << 16;
+        lat = realloc(lat, caplat * sizeof *lat);
+    }
+    uint64_t u = ns / 100;
+    lat[nlat++] = u > UINT32_MAX ? UINT32_MAX : (uint32_t)u;
+}
+
+static void make_msg(struct conn *c)
+{
+    size_t off = (size_t)((c->base + c->seq * opt.size) % PERIOD);
+    memcpy(c->msg, pat_pp + off, opt.size);
+    c->msg[opt.size - 1] = '\n';
+    c->sent = c->rcvd = 0;
+}
+
+static void kill_conn(struct conn *c)
+{
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    c->events = 0;
+    c->dead = 1;
+}
+
+/* Writes what is left of the current message; arms EPOLLOUT if it must wait. */
+static int send_msg(struct conn *c)
+{
+    while (c->sent < opt.size) {
+        ssize_t n = write(c->fd, c->msg + c->sent, opt.size - c->sent);
+        if (n < 0) {
+            if (errno == EAGAIN) { set_events(c, EPOLLIN | EPOLLOUT); return 0; }
+            return -1;
+        }
+        c->sent += (size_t)n;
+    }
+    set_events(c, EPOLLIN);
+    return 0;
+}
+
+/* Reads the echo of the current message. 1 = complete, 0 = more to come,
+ * -1 = error (closed, reset, wrong bytes, surplus bytes). */
+static int recv_msg(struct conn *c)
+{
+    for (;;) {
+        ssize_t n = read(c->fd, rbuf, RBUF);
+        if (n == 0) { errno = ECONNRESET; return -1; }
+        if (n < 0) return errno == EAGAIN ? 0 : -1;
+        if ((size_t)n > opt.size - c->rcvd) { n_mismatch++; errno = EPROTO; return -1; }
+        if (memcmp(rbuf, c->msg + c->rcvd, (size_t)n) != 0) { n_mismatch++; errno = EPROTO; return -1; }
+        c->rcvd += (size_t)n;
+        n_bytes += (uint64_t)n;
+        if (c->rcvd == opt.size) return 1;
+    }
+}
+
+/* ---- modes ---------------------------------------------------------------- */
+
+static void on_pingpong(struct conn *c, uint32_t ev, uint64_t now)
+{
+    if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+        int r = recv_msg(c);
+        if (r < 0) { n_errors++; kill_conn(c); return; }
+        if (r == 1) {
+            record_latency(now - c->t0);
+            n_done++;
+            c->seq++;
+            c->last_progress = now;
+            make_msg(c);
+            c->t0 = now;
+            if (send_msg(c) < 0) { n_errors++; kill_conn(c); }
+            return;
+        }
+    }
+    if ((ev & EPOLLOUT) && c->sent < opt.size && send_msg(c) < 0) { n_errors++; kill_conn(c); }
+}
+
+static void bulk_arm(struct conn *c)
+{
+    set_events(c, c->sent - c->rcvd < opt.inflight ? EPOLLIN | EPOLLOUT : EPOLLIN);
+}
+
+static void on_bulk(struct conn *c, uint32_t ev, uint64_t now)
+{
+    if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+        ssize_t n = read(c->fd, rbuf, RBUF);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) { n_errors++; kill_conn(c); return; }
+        if (n > 0) {
+            if ((uint64_t)n > c->sent - c->rcvd ||
+                memcmp(rbuf, pat_bulk + (c->base + c->rcvd) % PERIOD, (size_t)n) != 0) {
+                n_mismatch++;
+                kill_conn(c);
+                return;
+            }
+            c->rcvd += (uint64_t)n;
+            n_bytes += (uint64_t)n;
+            c->last_progress = now;
+        }
+    }
+    if (ev & EPOLLOUT) {
+        size_t room = opt.inflight - (size_t)(c->sent - c->rcvd);
+        if (room > opt.size) room = opt.size;
+        if (room > 0) {
+            ssize_t n = write(c->fd, pat_bulk + (c->base + c->sent) % PERIOD, room);
+            if (n < 0 && errno != EAGAIN) { n_errors++; kill_conn(c); return; }
+            if (n > 0) c->sent += (uint64_t)n;
+        }
+    }
+    bulk_arm(c);
+}
+
+static uint64_t connect_seq;
+
+static void connrate_start(struct conn *c, uint64_t now)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        int done;
+        c->fd = start_connect((int)(connect_seq++), &done);
+        if (c->fd < 0) { n_conn_fail++; continue; }
+        c->events = 0;
+        c->dead = 0;
+        c->seq++;
+        make_msg(c);
+        c->t0 = now;
+        c->connecting = !done;
+        if (done) {
+            if (send_msg(c) < 0) { n_errors++; close(c->fd); continue; }
+        } else {
+            set_events(c, EPOLLOUT);
+        }
+        return;
+    }
+    die("connect keeps failing");
+}
+
+static void on_connrate(struct conn *c, uint32_t ev, uint64_t now)
+{
+    if (c->connecting) {
+        int err = 0;
+        socklen_t l = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err) { n_conn_fail++; kill_conn(c); connrate_start(c, now); return; }
+        c->connecting = 0;
+        if (send_msg(c) < 0) { n_errors++; kill_conn(c); connrate_start(c, now); }
+        return;
+    }
+    if (ev & EPOLLOUT && c->sent < opt.size) {
+        if (send_msg(c) < 0) { n_errors++; kill_conn(c); connrate_start(c, now); }
+        return;
+    }
+    int r = recv_msg(c);
+    if (r == 0) return;
+    if (r < 0) n_errors++;
+    else { n_done++; record_latency(now - c->t0); c->last_progress = now; }
+    kill_conn(c);
+    connrate_start(c, now);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct_us(double p)
+{
+    if (!nlat) return 0;
+    size_t i = (size_t)(p * (double)(nlat - 1) + 0.5);
+    return lat[i] / 10.0;
+}
+
+/* Runs the loop for warm-up + duration; fills the window's figures. */
+#define server_cpu_us() tree_cpu_us(opt.pid)
+static double self_us;  /* the load generator's own CPU over the window */
+static double host_us;  /* the whole host's busy CPU over the window */
+static double backend_us;  /* --backend-pid's CPU over the window */
+
+static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cpu_us,
+                       uint64_t *done, uint64_t *bytes, double *secs)
+{
+    double s0 = 0, h0 = 0, k0 = 0;
+    uint64_t start = now_ns();
+    uint64_t w0 = start + (uint64_t)(opt.warmup * 1e9);
+    uint64_t w1 = w0 + (uint64_t)(opt.duration * 1e9);
+    uint64_t d0 = 0, b0 = 0, t0 = 0;
+    double c0 = 0;
+    struct epoll_event evs[512];
+    if (opt.warmup <= 0) { in_window = 1; c0 = server_cpu_us(); s0 = self_cpu_us(); h0 = host_busy_us(); k0 = tree_cpu_us(opt.bpid); t0 = now_ns(); }
+    for (;;) {
+        uint64_t now = now_ns();
+        if (!in_window && now >= w0) {
+            c0 = server_cpu_us();
+            s0 = self_cpu_us();
+            h0 = host_busy_us();
+            k0 = tree_cpu_us(opt.bpid);
+            t0 = now_ns();
+            w1 = t0 + (uint64_t)(opt.duration * 1e9);
+            d0 = n_done;
+            b0 = n_bytes;
+            in_window = 1;
+        }
+        if (now >= w1) break;
+        int ms = (int)(((in_window ? w1 : w0) - now) / 1000000u) + 1;
+        if (ms > 50) ms = 50;
+        int n = epoll_wait(epfd, evs, 512, ms);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        now = now_ns();
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (c->dead || c->fd < 0) continue;
+            on(c, evs[i].events, now);
+        }
+    }
+    *cpu_us = server_cpu_us() - c0;
+    self_us = self_cpu_us() - s0;
+    host_us = host_busy_us() - h0;
+    backend_us = tree_cpu_us(opt.bpid) - k0;
+    uint64_t t1 = now_ns();
+    *done = n_done - d0;
+    *bytes = n_bytes - b0;
+    *secs = (double)(t1 - t0) / 1e9;
+    in_window = 0;
+}
+
+static int count_stalled(uint64_t now)
+{
+    int s = 0;
+    for (int i = 0; i < opt.conns; i++)
+        if (!cs[i].dead && now - cs[i].last_progress > 1000000000ull) s++;
+    return s;
+}
+
+static int count_dead(void)
+{
+    int d = 0;
+    for (int i = 0; i < opt.conns; i++) d += cs[i].dead;
+    return d;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --mode pingpong|bulk|connrate|idle [--host IP] [--port N]\n"
+            "  [--conns C] [--size S] [--duration SEC] [--warmup SEC] [--pid SERVER_PID]\n"
+            "  [--sources N] [--count N] [--hold SEC] [--inflight BYTES] [--label NAME]\n"
+            "  [--backend-pid PID]  (a proxy's upstream: its CPU is reported apart)\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"mode", 1, 0, 'm'},     {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},
+        {"conns", 1, 0, 'c'},    {"size", 1, 0, 's'},    {"duration", 1, 0, 'd'},
+        {"warmup", 1, 0, 'w'},   {"pid", 1, 0, 'P'},     {"sources", 1, 0, 'S'},
+        {"count", 1, 0, 'n'},    {"hold", 1, 0, 'H'},    {"inflight", 1, 0, 'i'},
+        {"label", 1, 0, 'L'},    {"backend-pid", 1, 0, 'B'}, {0, 0, 0, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'm':
+            if (!strcmp(optarg, "pingpong")) opt.mode = PINGPONG;
+            else if (!strcmp(optarg, "bulk")) opt.mode = BULK;
+            else if (!strcmp(optarg, "connrate")) opt.mode = CONNRATE;
+            else if (!strcmp(optarg, "idle")) opt.mode = IDLE;
+            else usage();
+            break;
+        case 'h': opt.host = optarg; break;
+        case 'p': opt.port = atoi(optarg); break;
+        case 'c': opt.conns = atoi(optarg); break;
+        case 's': opt.size = strtoul(optarg, NULL, 10); break;
+        case 'd': opt.duration = atof(optarg); break;
+        case 'w': opt.warmup = atof(optarg); break;
+        case 'P': opt.pid = atoi(optarg); break;
+        case 'S': opt.sources = atoi(optarg); break;
+        case 'n': opt.count = atoi(optarg); break;
+        case 'H': opt.hold = atof(optarg); break;
+        case 'i': opt.inflight = strtoul(optarg, NULL, 10); break;
+        case 'L': opt.label = optarg; break;
+        case 'B': opt.bpid = atoi(optarg); break;
+        default: usage();
+        }
+    }
+    if (!opt.size) opt.size = opt.mode == BULK ? 65536 : opt.mode == IDLE ? 16 : 64;
+    if (opt.conns < 1 || opt.size < 1 || opt.size > (64u << 20) || opt.duration > 600 ||
+        opt.warmup > 60 || opt.count < 1 || opt.count > 1000000 || opt.sources < 0 ||
+        opt.sources > 250)
+        usage();
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
+
+    size_t plen = PERIOD + (opt.size > RBUF ? opt.size : RBUF);
+    pat_pp = malloc(plen);
+    pat_bulk = malloc(plen);
+    for (size_t i = 0; i < plen; i++) {
+        uint32_t k = (uint32_t)(i % PERIOD);
+        pat_pp[i] = (unsigned char)(' ' + (k * 7u + k / 89u) % 90u);  /* printable */
+        pat_bulk[i] = (k % 256u == 255u) ? '\n' : pat_pp[i];
+    }
+    memset(&dst, 0, sizeof dst);
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons((uint16_t)opt.port);
+    if (inet_pton(AF_INET, opt.host, &dst.sin_addr) != 1) usage();
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    wait_ready();
+
+    printf("label=%s mode=%s", opt.label, mode_names[opt.mode]);
+    double cpu = 0, secs = 0;
+    uint64_t done = 0, bytes = 0;
+
+    if (opt.mode == IDLE) {
+        long long rss0, pss0, rss1, pss1;
+        server_mem(&rss0, &pss0);
+        double c0 = server_cpu_us();
+        uint64_t t0 = now_ns();
+        int *fds = malloc(sizeof(int) * (size_t)opt.count);
+        char msg[64], back[64];
+        int ok = 0, fails = 0, opened = 0;
+        struct timeval tv = {2, 0};
+        uint64_t deadline = t0 + 60000000000ull;
+        for (int i = 0; i < opt.count; i++) fds[i] = -1;
+        /* Bounded: stop after 3 connections in a row fail (e.g. the server is
+         * out of descriptors and no longer accepts) or after 60 s. */
+        for (int i = 0; i < opt.count && fails < 3 && now_ns() < deadline; i++) {
+            int before = ok;
+            opened = i + 1;
+            fds[i] = blocking_connect(i);
+            if (fds[i] < 0) { n_conn_fail++; fails++; continue; }
+            int fl = fcntl(fds[i], F_GETFL);
+            fcntl(fds[i], F_SETFL, fl & ~O_NONBLOCK);
+            setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            int len = snprintf(msg, sizeof msg, "idle %08d\n", i);
+            if (write(fds[i], msg, (size_t)len) != len) { n_errors++; fails++; continue; }
+            int got = 0;
+            while (got < len) {
+                ssize_t r = read(fds[i], back + got, (size_t)(len - got));
+                if (r <= 0) break;
+                got += (int)r;
+            }
+            if (got != len) { n_errors++; fails++; continue; }
+            if (memcmp(msg, back, (size_t)len)) { n_mismatch++; continue; }
+            ok++;
+            if (ok > before) fails = 0;
+        }
+        (void)opened;
+        double setup = (double)(now_ns() - t0) / 1e9;
+        double cpu_setup = server_cpu_us() - c0;
+        usleep((useconds_t)(opt.hold * 1e6));
+        server_mem(&rss1, &pss1);
+        /* still open? a poll of each, non-blocking */
+        int closed = 0;
+        for (int i = 0; i < opt.count; i++) {
+            if (fds[i] < 0) continue;
+            char b;
+            if (recv(fds[i], &b, 1, MSG_DONTWAIT) == 0) closed++;
+        }
+        printf(" conns=%d ok=%d setup_s=%.3f rss_before=%lld pss_before=%lld rss_after=%lld"
+               " pss_after=%lld rss_per_conn=%.1f pss_per_conn=%.1f cpu_us_per_conn=%.2f"
+               " closed_by_server=%d conn_fail=%llu errors=%llu mismatches=%llu\n",
+               opt.count, ok, setup, rss0, pss0, rss1, pss1,
+               ok ? (double)(rss1 - rss0) / ok : 0, ok ? (double)(pss1 - pss0) / ok : 0,
+               ok ? cpu_setup / ok : 0, closed, (unsigned long long)n_conn_fail,
+               (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+        return (ok == opt.count && !n_mismatch) ? 0 : 1;
+    }
+
+    cs = calloc((size_t)opt.conns, sizeof *cs);
+    uint64_t now = now_ns();
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &cs[i];
+        c->idx = i;
+        c->base = (uint64_t)i * 977u;
+        c->msg = malloc(opt.size);
+        c->last_progress = now;
+        c->fd = -1;
+        if (opt.mode == CONNRATE) { connrate_start(c, now); continue; }
+        c->fd = blocking_connect(i);
+        if (c->fd < 0) die("connect");
+        if (opt.mode == PINGPONG) {
+            make_msg(c);
+            c->t0 = now_ns();
+            if (send_msg(c) < 0) die("write");
+        } else {
+            bulk_arm(c);
+        }
+    }
+
+    void (*on)(struct conn *, uint32_t, uint64_t) =
+        opt.mode == PINGPONG ? on_pingpong : opt.mode == BULK ? on_bulk : on_connrate;
+    run_window(on, &cpu, &done, &bytes, &secs);
+    now = now_ns();
+    int stalled = opt.mode == CONNRATE ? 0 : count_stalled(now);
+    int dead = opt.mode == CONNRATE ? 0 : count_dead();
+    qsort(lat, nlat, sizeof *lat, cmp_u32);
+
+    if (opt.mode == PINGPONG)
+        printf(" conns=%d size=%zu secs=%.3f requests=%llu rps=%.1f p50_us=%.1f p99_us=%.1f"
+               " max_us=%.1f cpu_us=%.0f cpu_us_per_req=%.3f",
+               opt.conns, opt.size, secs, (unsigned long long)done, (double)done / secs,
+               pct_us(0.5), pct_us(0.99), nlat ? lat[nlat - 1] / 10.0 : 0, cpu,
+               done ? cpu / (double)done : 0);
+    else if (opt.mode == BULK)
+        printf(" conns=%d size=%zu secs=%.3f bytes=%llu mbps=%.1f cpu_us=%.0f cpu_us_per_mb=%.2f",
+               opt.conns, opt.size, secs, (unsigned long long)bytes, (double)bytes / secs / 1e6,
+               cpu, bytes ? cpu / ((double)bytes / 1e6) : 0);
+    else
+        printf(" conns=%d size=%zu secs=%.3f connections=%llu cps=%.1f p50_us=%.1f p99_us=%.1f"
+               " max_us=%.1f cpu_us=%.0f cpu_us_per_conn=%.2f conn_fail=%llu",
+               opt.conns, opt.size, secs, (unsigned long long)done, (double)done / secs,
+               pct_us(0.5), pct_us(0.99), nlat ? lat[nlat - 1] / 10.0 : 0, cpu,
+               done ? cpu / (double)done : 0, (unsigned long long)n_conn_fail);
+    /* other_util: busy CPU of everything else on the host (a proxy's backend
+     * included), in CPUs; high values mean the run was disturbed */
+    double other = (host_us - cpu - self_us - backend_us) / secs / 1e6;
+    printf(" server_util=%.2f loadgen_util=%.2f backend_util=%.2f other_util=%.2f",
+           cpu / secs / 1e6, self_us / secs / 1e6, backend_us / secs / 1e6,
+           other < 0 ? 0 : other);
+    printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", stalled, dead,
+           (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+    return (n_mismatch || dead || stalled) ? 1 : 0;
+}
