@@ -341,7 +341,8 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     struct conn *c = container_of(w, struct conn, rio);
     struct conn_ctx *ctx = c->ctx;
     struct conn *dst = c->pipe_to;
-    if (dst && ctx->splice && !(c->flags & CONN_TAP) && !dst->out.len && !dst->kp_len &&
+    if (dst && (c->flags & CONN_BULK) && ctx->splice && !(c->flags & CONN_TAP) &&
+        !dst->out.len && !dst->kp_len &&
         dst->fd >= 0 &&
         !(dst->flags & (CONN_CONNECTING | CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT |
                         CONN_SHUT_DONE)) &&
@@ -349,6 +350,11 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         return;
     ssize_t n = read(c->fd, ctx->rbuf, ctx->rbuf_len);
     if (n > 0) {
+        /* A full buffer means a stream, not messages: from now on a pipe
+         * moves it with splice. Message traffic keeps the copy path, which
+         * costs no kernel pipe (two descriptors) per connection. */
+        if ((size_t)n == ctx->rbuf_len)
+            c->flags |= CONN_BULK;
         c->bytes_in += (uint64_t)n;
         ctx->stats.bytes_in += (uint64_t)n;
         ACTIVE(c);

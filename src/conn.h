@@ -71,6 +71,7 @@ enum {
     CONN_CONNECTING = 1u << 9,
     CONN_READING = 1u << 10,   /* read watcher active */
     CONN_TAP = 1u << 11,       /* call ops->on_tap for piped chunks */
+    CONN_BULK = 1u << 12,      /* a read filled the buffer: splice when piped */
 };
 
 struct conn {
