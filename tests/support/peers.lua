@@ -1,0 +1,161 @@
+-- Peer processes for functional specs: helper programs (redis-server, the
+-- HTTP file server, curl, tshark, ...) started and reaped per test, temp
+-- files, and bounded runs of commands. Every wait is bounded.
+local t = require "echokit_test"
+local socket = require "socket"
+
+local PYTHON = "/usr/bin/python3"
+
+---------------------------------------------------------------------------
+-- Helper processes (redis-server, http_server.py, curl, ...) and temp files
+---------------------------------------------------------------------------
+local helpers = {}   -- processes started in the current test: killed after it
+local tmp = {}       -- paths removed after it
+
+local function tmpdir()
+  local p = io.popen("mktemp -d " .. (os.getenv("TMPDIR") or "/tmp") .. "/echokit-proxy-XXXXXX")
+  local d = p:read("l")
+  p:close()
+  assert(d and d ~= "", "mktemp -d failed")
+  tmp[#tmp + 1] = d
+  return d
+end
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(data))
+  f:close()
+end
+
+local function shq(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Starts a helper process; stderr goes to a file (h.errpath).
+local function spawn(argv, o)
+  o = o or {}
+  local errpath = os.tmpname()
+  tmp[#tmp + 1] = errpath
+  local p, err = t.proc.spawn(argv, { stderr = errpath, cwd = o.cwd or t.src, env = o.env })
+  assert(p, "cannot start " .. argv[1] .. ": " .. tostring(err))
+  local h = { p = p, argv = argv, errpath = errpath }
+  helpers[#helpers + 1] = h
+  return h
+end
+
+local function helper_stderr(h) return t.read_file(h.errpath) end
+
+-- Waits (bounded) for a helper to exit; returns how, code. Kills it and fails on timeout.
+local function wait_helper(h, timeout, what)
+  local how, code = h.p:wait(t.T(timeout))
+  if not how then
+    h.p:kill("KILL")
+    h.p:wait(5)
+    error(string.format("%s did not finish within %gs\nargv: %s\nstderr:\n%s",
+      what or h.argv[1], t.T(timeout), table.concat(h.argv, " "),
+      t.clip(helper_stderr(h))), 2)
+  end
+  return how, code
+end
+
+-- Runs a command to completion (bounded): { how=, code=, out=, err= }.
+local function run(argv, timeout)
+  local h = spawn(argv)
+  local t0 = t.now()
+  local out = h.p:readall(t.T(timeout))
+  local how, code = wait_helper(h, math.max(0.1, t.T(timeout) - (t.now() - t0)), argv[1])
+  return { how = how, code = code, out = out, err = helper_stderr(h), elapsed = t.now() - t0 }
+end
+
+local function assert_ok(r, what)
+  assert(r.how == "exited" and r.code == 0, string.format(
+    "%s: %s %s\nstdout:\n%s\nstderr:\n%s", what, tostring(r.how), tostring(r.code),
+    t.clip(r.out), t.clip(r.err)))
+end
+
+local function sha256(path)
+  local r = run({ "sha256sum", path }, 30)
+  assert_ok(r, "sha256sum " .. path)
+  return (r.out:match("^(%x+)"))
+end
+
+local function cleanup()
+  for _, h in ipairs(helpers) do
+    if not h.p:wait(0) then
+      h.p:kill("KILL")
+      h.p:wait(5)
+    end
+  end
+  helpers = {}
+  for _, p in ipairs(tmp) do os.execute("rm -rf " .. shq(p)) end
+  tmp = {}
+end
+
+-- t.teardown first (stops the echokit servers, checks their exit and logs),
+-- then the helpers; a failure of either is reported.
+local function teardown()
+  local ok, err = pcall(t.teardown)
+  cleanup()
+  if not ok then error(err, 0) end
+end
+
+-- A TCP port on 127.0.0.1 where nothing listens (bound once, then released).
+local function closed_port()
+  local s = assert(socket.tcp())
+  assert(s:bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local function addr_of(srv) return "127.0.0.1:" .. srv:port() end
+
+---------------------------------------------------------------------------
+-- Upstreams
+---------------------------------------------------------------------------
+
+-- redis-server on a unix socket only (no TCP port), no persistence.
+local function start_redis()
+  local dir = tmpdir()
+  local path = dir .. "/redis.sock"
+  local h = spawn({ "redis-server", "--port", "0", "--unixsocket", path,
+                    "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                    "--dir", dir, "--logfile", dir .. "/redis.log" })
+  h.path = path
+  t.eventually(function()
+    if h.p:wait(0) then
+      error("redis-server exited at start; log:\n" .. t.read_file(dir .. "/redis.log") ..
+        "\nstderr:\n" .. helper_stderr(h))
+    end
+    local r = run({ "redis-cli", "-s", path, "PING" }, 5)
+    return r.code == 0 and r.out == "PONG\n", r.out .. r.err
+  end, 10, "redis-server answering on " .. path)
+  return h
+end
+
+-- tests/support/http_server.py serving dir; h.port.
+local function start_http(dir)
+  local h = spawn({ PYTHON, t.src .. "/tests/support/http_server.py", dir })
+  local line, why = h.p:readline(t.T(10))
+  assert(line and line:match("^%d+$"), string.format(
+    "http_server.py printed no port (%s: %s); stderr:\n%s", tostring(why), tostring(line),
+    t.clip(helper_stderr(h))))
+  h.port = tonumber(line)
+  return h
+end
+
+return {
+  tmpdir = tmpdir,
+  write_file = write_file,
+  shq = shq,
+  spawn = spawn,
+  helper_stderr = helper_stderr,
+  wait_helper = wait_helper,
+  run = run,
+  assert_ok = assert_ok,
+  sha256 = sha256,
+  cleanup = cleanup,
+  teardown = teardown,
+  closed_port = closed_port,
+  addr_of = addr_of,
+  start_redis = start_redis,
+  start_http = start_http,
+}
