@@ -286,9 +286,12 @@ static void on_eof(struct conn *c)
 {
     c->flags |= CONN_EOF;
     update_read(c);
-    if (c->pipe_to)
-        conn_shutdown(c->pipe_to);
-    else if (c->ops->on_eof)
+    if (c->pipe_to) {
+        if (c->flags & CONN_TAP_EOF)
+            c->ops->on_tap(c, NULL, 0);
+        if (c->pipe_to && !(c->flags & CONN_DEAD))
+            conn_shutdown(c->pipe_to);
+    } else if (c->ops->on_eof)
         c->ops->on_eof(c);
     if ((c->flags & CONN_SHUT_DONE) && !(c->flags & CONN_DEAD))
         conn_abort(c, NULL, 0);
@@ -496,7 +499,7 @@ void conn_unpipe(struct conn *src)
         return;
     src->pipe_to->pipe_from = NULL;
     src->pipe_to = NULL;
-    src->flags &= ~CONN_TAP;
+    src->flags &= ~(unsigned)(CONN_TAP | CONN_TAP_EOF);
 }
 
 void conn_ref(struct conn *c)

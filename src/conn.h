@@ -33,6 +33,7 @@ struct conn_ops {
     void (*on_free)(struct conn *c);
     /* A piped chunk passes (only with CONN_TAP set), before it is relayed. */
     void (*on_tap)(struct conn *c, const char *buf, size_t len);
+    /* (on_tap with buf NULL: a piped source's EOF, if CONN_TAP_EOF is set.) */
 };
 
 struct conn_stats {
@@ -72,6 +73,7 @@ enum {
     CONN_READING = 1u << 10,   /* read watcher active */
     CONN_TAP = 1u << 11,       /* call ops->on_tap for piped chunks */
     CONN_BULK = 1u << 12,      /* a read filled the buffer: splice when piped */
+    CONN_TAP_EOF = 1u << 13,   /* call ops->on_tap(c, NULL, 0) at a piped EOF */
 };
 
 struct conn {

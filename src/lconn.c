@@ -35,6 +35,7 @@ struct lconn {
     size_t in_off, in_len, in_cap;
     ev_timer sleep;
     int tap_ref;          /* pipe tap function */
+    int tap_eof_ref;      /* pipe opts.on_eof function */
     struct handler own;   /* outbound: the callbacks given to echokit.connect */
 };
 
@@ -382,6 +383,7 @@ static void op_close(struct conn *c, const char *reason)
     lua_pop(L, 1);
     script_unref(S, &lc->ud_ref);
     script_unref(S, &lc->tap_ref);
+    script_unref(S, &lc->tap_eof_ref);
     if (lc->h == &lc->own)
         for (int i = 0; i < CB_COUNT; i++)
             script_unref(S, &lc->own.cb[i]);
@@ -421,10 +423,18 @@ static void op_connect(struct conn *c)
     start(lconn_of(c));
 }
 
+/* A piped chunk (buf) for opts.tap, or the source's EOF (buf NULL) for
+ * opts.on_eof. */
 static void op_tap(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
     lua_State *L = lc->S->L;
+    if (!buf) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lc->tap_eof_ref);
+        push_handle(lc);
+        script_call(lc->S, 1, "pipe on_eof", c);
+        return;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, lc->tap_ref);
     lua_pushlstring(L, buf, len);
     push_handle(lc);
@@ -446,7 +456,7 @@ static void init_lconn(struct script *S, struct lconn *lc, const struct handler 
     lua_State *L = S->L;
     lc->S = S;
     lc->h = h;
-    lc->co_ref = lc->tap_ref = LUA_NOREF;
+    lc->co_ref = lc->tap_ref = lc->tap_eof_ref = LUA_NOREF;
     for (int i = 0; i < CB_COUNT; i++)
         lc->own.cb[i] = LUA_NOREF;
     ev_init(&lc->sleep, sleep_cb);
@@ -772,6 +782,26 @@ static int m_set_timeout(lua_State *L)
     return 1;
 }
 
+/* A function at opts[key], or nil. Raises on another type. [-0, +1, e] */
+static int opt_function(lua_State *L, const char *key)
+{
+    if (!lua_istable(L, 3)) {
+        lua_pushnil(L);
+        return 0;
+    }
+    int t = lua_getfield(L, 3, key);
+    if (t != LUA_TFUNCTION && t != LUA_TNIL)
+        return luaL_error(L, "pipe: opts.%s must be a function (got %s)", key, lua_typename(L, t));
+    return t == LUA_TFUNCTION;
+}
+
+static void drop_taps(struct lconn *lc)
+{
+    script_unref(lc->S, &lc->tap_ref);
+    script_unref(lc->S, &lc->tap_eof_ref);
+    lc->c.flags &= ~(unsigned)(CONN_TAP | CONN_TAP_EOF);
+}
+
 static int m_pipe(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
@@ -780,22 +810,24 @@ static int m_pipe(lua_State *L)
         luaL_checktype(L, 3, LUA_TTABLE);
     if (!lc || !to)
         return closed(L);
-    int tap = LUA_NOREF;
-    if (lua_istable(L, 3)) {
-        int t = lua_getfield(L, 3, "tap");
-        if (t == LUA_TFUNCTION)
-            tap = LUA_NOREF + 1; /* taken below, once the pipe is certain */
-        else if (t != LUA_TNIL)
-            return luaL_error(L, "pipe: opts.tap must be a function (got %s)", lua_typename(L, t));
-    }
+    lua_settop(L, 3);
+    int tap = opt_function(L, "tap");
+    int eof = opt_function(L, "on_eof");
+    /* stack: conn, other, opts, tap|nil, on_eof|nil */
     int rc = conn_pipe(&lc->c, &to->c);
     if (rc == -2)
         return closed(L);
     if (rc < 0)
         return luaL_error(L, "pipe: the destination already has another connection piped into it");
-    script_unref(lc->S, &lc->tap_ref);
-    if (tap != LUA_NOREF) {
-        lc->tap_ref = script_ref(lc->S); /* pops opts.tap */
+    drop_taps(lc);
+    if (eof) {
+        lc->tap_eof_ref = script_ref(lc->S); /* pops on_eof */
+        lc->c.flags |= CONN_TAP_EOF;
+    } else {
+        lua_pop(L, 1);
+    }
+    if (tap) {
+        lc->tap_ref = script_ref(lc->S); /* pops tap */
         lc->c.flags |= CONN_TAP;
     }
     lua_pushboolean(L, 1);
@@ -807,7 +839,7 @@ static int m_unpipe(lua_State *L)
     struct lconn *lc = check_conn(L, 1);
     if (lc) {
         conn_unpipe(&lc->c);
-        script_unref(lc->S, &lc->tap_ref);
+        drop_taps(lc);
     }
     return 0;
 }

@@ -1,6 +1,9 @@
 /* require "echokit": the module table. */
 #include <lauxlib.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "hexdump.h"
 #include "log.h"
@@ -9,6 +12,24 @@
 static int e_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(script_of(L)->ctx->loop));
+    return 1;
+}
+
+/* echokit.time(): the wall clock, seconds since the epoch as a float. */
+static int e_time(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/* echokit.isatty("stdin"|"stdout"|"stderr"): whether it is a terminal. */
+static int e_isatty(lua_State *L)
+{
+    static const char *const names[] = {"stdin", "stdout", "stderr", NULL};
+    int fd = luaL_checkoption(L, 1, NULL, names);
+    lua_pushboolean(L, isatty(fd));
     return 1;
 }
 
@@ -77,7 +98,8 @@ int lechokit_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"now", e_now},     {"hexdump", e_hexdump},   {"stop", e_stop},
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
-        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {NULL, NULL},
+        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"pcap", lpcap_open},
+        {"time", e_time},   {"isatty", e_isatty},     {NULL, NULL},
     };
     struct script *S = script_of(L);
     luaL_newlib(L, funcs);

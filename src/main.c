@@ -47,8 +47,33 @@ struct app {
     ev_timer grace_timer;
 };
 
+/* The built-in names, wrapped into help-text lines indented to the option
+ * descriptions' column. */
+static void builtin_lines(char *out, size_t cap)
+{
+    char names[1024];
+    script_builtin_names(names, sizeof names);
+    size_t pos = 0, col = 0;
+    out[0] = '\0';
+    for (char *w = strtok(names, " "); w && pos < cap; w = strtok(NULL, " ")) {
+        size_t n = strlen(w);
+        if (col && col + 1 + n > 79) {
+            pos += (size_t)snprintf(out + pos, cap - pos, "\n");
+            col = 0;
+        }
+        if (pos < cap)
+            pos += (size_t)snprintf(out + pos, cap - pos, col ? " %s" : "%26s%s", col ? w : "",
+                                    col ? "" : w);
+        col = col ? col + 1 + n : 26 + n;
+    }
+    if (pos < cap)
+        snprintf(out + pos, cap - pos, "\n");
+}
+
 static void usage(FILE *f)
 {
+    char names[1200];
+    builtin_lines(names, sizeof names);
     fprintf(f,
 "Usage: echokit [options] [-H NAME|FILE] [-- key=value ...]\n"
 "\n"
@@ -59,8 +84,9 @@ static void usage(FILE *f)
 "  -l, --listen ADDR       where to listen; repeatable. HOST:PORT, [V6]:PORT,\n"
 "                          unix:/path, or PORT (on 127.0.0.1). Port 0 picks a free\n"
 "                          port. Default 127.0.0.1:7000\n"
-"  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name\n"
-"                          (echo, lines, proxy, line_proxy). Default echo\n"
+"  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name, one of\n"
+"%s"
+"                          Default echo\n"
 "  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
 "                          core. Default 1\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
@@ -99,7 +125,8 @@ static void usage(FILE *f)
 "(strings), a bare word is appended as t[1], t[2], ...\n"
 "\n"
 "Exit status: 0 after a clean shutdown, 1 if a listener cannot be opened, 2 for a\n"
-"usage or handler-load error.\n");
+"usage or handler-load error.\n",
+            names);
 }
 
 static void die_usage(const char *fmt, const char *arg)

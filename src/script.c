@@ -353,6 +353,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     install_searcher(L);
     lconn_open(L);
     ltimer_open(L);
+    lpcap_open_lib(L);
     S->mem_limit = mem_limit;
     /* Callbacks make short-lived strings (every chunk of input): the
      * generational collector handles those for less than the incremental. */
@@ -376,6 +377,7 @@ void script_free(struct script *S)
 static const struct {
     const char *name, *file;
 } aliases[] = {
+    {"debug", "debug_proxy"},
     {NULL, NULL},
 };
 
@@ -393,18 +395,21 @@ static const struct embed_file *find_builtin(const char *name)
     return NULL;
 }
 
-static void builtin_names(char *buf, size_t cap)
+void script_builtin_names(char *buf, size_t cap)
 {
     size_t pos = 0;
     buf[0] = '\0';
-    for (const struct embed_file *f = embed_files; f->name; f++) {
+    for (const struct embed_file *f = embed_files; f->name && pos < cap; f++) {
         if (strncmp(f->name, "handlers/", 9) != 0)
             continue;
-        size_t n = strlen(f->name) - 9 - 4;
-        pos += (size_t)snprintf(buf + pos, cap - pos, "%s%.*s", pos ? ", " : "", (int)n,
-                                f->name + 9);
-        if (pos >= cap)
-            break;
+        const char *stem = f->name + 9;
+        int n = (int)(strlen(stem) - 4);
+        for (int i = 0; aliases[i].name; i++)
+            if ((int)strlen(aliases[i].file) == n && strncmp(aliases[i].file, stem, (size_t)n) == 0) {
+                stem = aliases[i].name;
+                n = (int)strlen(stem);
+            }
+        pos += (size_t)snprintf(buf + pos, cap - pos, "%s%.*s", pos ? ", " : "", n, stem);
     }
 }
 
@@ -518,7 +523,7 @@ int script_load(struct script *S, const char *spec, char **argv, int argc, char 
         add_handler_dir(L, spec);
     } else {
         char names[256];
-        builtin_names(names, sizeof names);
+        script_builtin_names(names, sizeof names);
         snprintf(err, errcap, "no built-in handler '%s' (built-in: %s; or give a file path)",
                  spec, names);
         return -1;

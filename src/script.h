@@ -52,6 +52,9 @@ struct script *script_of(lua_State *L);
 int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
                 size_t errcap);
 
+/* The built-in handlers' names, comma-separated, into buf. */
+void script_builtin_names(char *buf, size_t cap);
+
 /* Registry references with one owner: counted so tests can see leaks.
  * script_ref: [-1, +0, m]; script_unref takes LUA_NOREF/LUA_REFNIL happily and
  * sets *ref to LUA_NOREF. */
@@ -77,7 +80,7 @@ void script_leave(struct script *S, lua_State *prev);
 /* Logs a failure of a callback and tears down c with "error: ...". */
 void script_fail(struct script *S, const char *what, struct conn *c, const char *msg);
 
-/* Opens the Lua-facing modules (lconn.c, lechokit.c, ltimer.c). */
+/* Opens the Lua-facing modules (lconn.c, lechokit.c, ltimer.c, lpcap.c). */
 void lconn_open(lua_State *L);
 int lechokit_open(lua_State *L);
 void ltimer_open(lua_State *L);
@@ -85,6 +88,8 @@ int ltimer_timer(lua_State *L); /* echokit.timer */
 int ltimer_every(lua_State *L); /* echokit.every */
 int lconn_sleep(lua_State *L);  /* echokit.sleep */
 int lconn_connect(lua_State *L); /* echokit.connect */
+void lpcap_open_lib(lua_State *L);
+int lpcap_open(lua_State *L);    /* echokit.pcap */
 
 /* Accepted socket -> connection running the script's handler (lconn.c). */
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer);

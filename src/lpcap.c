@@ -1,0 +1,284 @@
+/* echokit.pcap(path): a capture file any handler can write TCP conversations
+ * into (see pcap.h for the format). A file is a userdata owning a struct
+ * pcap_file and a repeating timer that flushes it twice a second, so killing
+ * echokit loses at most the last half second of traffic; a stream is a
+ * userdata whose first user value is its file, which keeps the file alive. */
+#include <lauxlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "pcap.h"
+#include "script.h"
+
+#define PCAP_MT "echokit.pcap"
+#define STREAM_MT "echokit.pcap.stream"
+#define FLUSH_EVERY 0.5
+
+struct lpcap {
+    struct pcap_file f;
+    ev_timer flush;
+    struct script *S;
+    int open;
+    int reported; /* a write error was logged */
+    uint32_t streams;
+    char path[200];
+};
+
+struct lstream {
+    struct pcap_stream s;
+};
+
+static void report_error(struct lpcap *p)
+{
+    if (p->f.err && !p->reported) {
+        p->reported = 1;
+        log_msg(LOG_ERROR, "pcap: writing '%s' failed: %s; capture stopped", p->path,
+                strerror(p->f.err));
+    }
+}
+
+static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct lpcap *p = container_of(w, struct lpcap, flush);
+    if (p->f.len && pcap_flush(&p->f) < 0)
+        report_error(p);
+}
+
+static void lpcap_shut(struct lpcap *p)
+{
+    if (!p->open)
+        return;
+    p->open = 0;
+    /* The timer was unreferenced so it never keeps the loop alive. */
+    ev_ref(p->S->ctx->loop);
+    ev_timer_stop(p->S->ctx->loop, &p->flush);
+    if (pcap_close(&p->f) < 0)
+        report_error(p);
+}
+
+/* echokit.pcap(path) -> file | nil, err   [-1, +1|2, m] */
+int lpcap_open(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct script *S = script_of(L);
+    struct lpcap *p = lua_newuserdatauv(L, sizeof *p, 0);
+    memset(p, 0, sizeof *p);
+    p->S = S;
+    snprintf(p->path, sizeof p->path, "%s", path);
+    char err[ECHOKIT_ERR_LEN];
+    if (pcap_open(&p->f, path, err) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    p->open = 1;
+    luaL_setmetatable(L, PCAP_MT);
+    ev_timer_init(&p->flush, flush_cb, FLUSH_EVERY, FLUSH_EVERY);
+    ev_timer_start(S->ctx->loop, &p->flush);
+    ev_unref(S->ctx->loop);
+    return 1;
+}
+
+static struct lpcap *check_open(lua_State *L, int idx)
+{
+    struct lpcap *p = luaL_checkudata(L, idx, PCAP_MT);
+    return p->open ? p : NULL;
+}
+
+/* Push nil, "closed" or nil, the write error. [-0, +2, -] */
+static int fail(lua_State *L, struct lpcap *p)
+{
+    lua_pushnil(L);
+    if (p && p->f.err) {
+        report_error(p);
+        lua_pushstring(L, strerror(p->f.err));
+    } else {
+        lua_pushliteral(L, "closed");
+    }
+    return 2;
+}
+
+/* An endpoint from (host, port) at idx, idx+1. A host that is no IP
+ * address (a unix socket's path, or nil) becomes SYNTH with a port that
+ * tells the streams apart. */
+static void get_endpoint(lua_State *L, int idx, struct pcap_endpoint *ep, const char *synth,
+                         uint16_t synth_port)
+{
+    const char *host = luaL_optstring(L, idx, NULL);
+    lua_Integer port = luaL_optinteger(L, idx + 1, 0);
+    luaL_argcheck(L, port >= 0 && port <= 65535, idx + 1, "port out of range");
+    if (host && pcap_endpoint_parse(ep, host, (uint16_t)port) == 0 && port > 0)
+        return;
+    pcap_endpoint_parse(ep, synth, synth_port);
+}
+
+/* file:stream(client_host, client_port, server_host, server_port)
+ * -> stream | nil, err   [-0, +1|2, m] */
+static int p_stream(lua_State *L)
+{
+    struct lpcap *p = check_open(L, 1);
+    if (!p)
+        return fail(L, NULL);
+    p->streams++;
+    struct pcap_endpoint c, s;
+    get_endpoint(L, 2, &c, "127.0.0.1", (uint16_t)(1024 + p->streams % 60000));
+    get_endpoint(L, 4, &s, "127.0.0.2", 1);
+    struct lstream *ls = lua_newuserdatauv(L, sizeof *ls, 1);
+    memset(ls, 0, sizeof *ls);
+    luaL_setmetatable(L, STREAM_MT);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    if (pcap_stream_open(&p->f, &ls->s, &c, &s, p->streams) < 0)
+        return fail(L, p);
+    return 1;
+}
+
+static int p_flush(lua_State *L)
+{
+    struct lpcap *p = check_open(L, 1);
+    if (!p || pcap_flush(&p->f) < 0)
+        return fail(L, p);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int p_close(lua_State *L)
+{
+    struct lpcap *p = luaL_checkudata(L, 1, PCAP_MT);
+    int had_err = p->f.err;
+    lpcap_shut(p);
+    if (p->f.err && !had_err)
+        return fail(L, p);
+    lua_pushboolean(L, !p->f.err);
+    return 1;
+}
+
+static int p_gc(lua_State *L)
+{
+    lpcap_shut(luaL_checkudata(L, 1, PCAP_MT));
+    return 0;
+}
+
+static int p_tostring(lua_State *L)
+{
+    struct lpcap *p = luaL_checkudata(L, 1, PCAP_MT);
+    lua_pushfstring(L, "pcap: %s%s", p->path, p->open ? "" : " (closed)");
+    return 1;
+}
+
+/* The stream at 1 and its file, or NULL when the file is closed. */
+static struct lstream *check_stream(lua_State *L, struct lpcap **pp)
+{
+    struct lstream *ls = luaL_checkudata(L, 1, STREAM_MT);
+    lua_getiuservalue(L, 1, 1);
+    *pp = check_open(L, -1);
+    lua_pop(L, 1);
+    return ls;
+}
+
+static int side_arg(lua_State *L, int idx)
+{
+    static const char *const sides[] = {"client", "server", NULL};
+    return luaL_checkoption(L, idx, NULL, sides);
+}
+
+static int done(lua_State *L, struct lpcap *p, int r)
+{
+    if (r < 0)
+        return fail(L, p);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int data_from(lua_State *L, int from)
+{
+    struct lpcap *p;
+    struct lstream *ls = check_stream(L, &p);
+    size_t len;
+    const char *d = luaL_checklstring(L, 2, &len);
+    if (!p)
+        return fail(L, NULL);
+    return done(L, p, pcap_stream_data(&p->f, &ls->s, from, d, len));
+}
+
+/* stream:client(data) / stream:server(data): bytes sent by that side. */
+static int s_client(lua_State *L)
+{
+    return data_from(L, PCAP_CLIENT);
+}
+
+static int s_server(lua_State *L)
+{
+    return data_from(L, PCAP_SERVER);
+}
+
+/* stream:fin(side): that side closed its sending direction. */
+static int s_fin(lua_State *L)
+{
+    struct lpcap *p;
+    struct lstream *ls = check_stream(L, &p);
+    int side = side_arg(L, 2);
+    if (!p)
+        return fail(L, NULL);
+    return done(L, p, pcap_stream_fin(&p->f, &ls->s, side));
+}
+
+/* stream:reset(side): that side aborted with a RST. */
+static int s_reset(lua_State *L)
+{
+    struct lpcap *p;
+    struct lstream *ls = check_stream(L, &p);
+    int side = side_arg(L, 2);
+    if (!p)
+        return fail(L, NULL);
+    return done(L, p, pcap_stream_rst(&p->f, &ls->s, side));
+}
+
+/* stream:close(): FIN from each side that has not sent one. */
+static int s_close(lua_State *L)
+{
+    struct lpcap *p;
+    struct lstream *ls = check_stream(L, &p);
+    if (!p)
+        return fail(L, NULL);
+    int r = pcap_stream_fin(&p->f, &ls->s, PCAP_CLIENT);
+    if (r == 0)
+        r = pcap_stream_fin(&p->f, &ls->s, PCAP_SERVER);
+    return done(L, p, r);
+}
+
+/* stream:bytes() -> client bytes, server bytes recorded */
+static int s_bytes(lua_State *L)
+{
+    struct lstream *ls = luaL_checkudata(L, 1, STREAM_MT);
+    lua_pushinteger(L, (lua_Integer)ls->s.bytes[PCAP_CLIENT]);
+    lua_pushinteger(L, (lua_Integer)ls->s.bytes[PCAP_SERVER]);
+    return 2;
+}
+
+void lpcap_open_lib(lua_State *L)
+{
+    static const luaL_Reg pmethods[] = {
+        {"stream", p_stream}, {"flush", p_flush}, {"close", p_close}, {NULL, NULL},
+    };
+    static const luaL_Reg smethods[] = {
+        {"client", s_client}, {"server", s_server}, {"fin", s_fin},     {"reset", s_reset},
+        {"close", s_close},   {"bytes", s_bytes},   {NULL, NULL},
+    };
+    luaL_newmetatable(L, PCAP_MT);
+    luaL_newlib(L, pmethods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, p_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, p_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, p_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, STREAM_MT);
+    luaL_newlib(L, smethods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}

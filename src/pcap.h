@@ -1,0 +1,76 @@
+/* A classic libpcap file writer that turns a relayed byte stream into a
+ * TCP conversation Wireshark can follow: synthetic IPv4/IPv6 and TCP headers
+ * (with correct checksums, sequence and acknowledgement numbers) around the
+ * real payload, cut into segments no larger than a normal MSS.
+ *
+ * No libev and no Lua here: the caller flushes (pcap_flush) on its own
+ * schedule and timestamps records with the real time of the call. */
+#ifndef ECHOKIT_PCAP_H
+#define ECHOKIT_PCAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "util.h"
+
+/* LINKTYPE_RAW: each record starts with an IPv4 or IPv6 header. */
+#define PCAP_LINKTYPE_RAW 101
+
+struct pcap_file {
+    int fd;
+    char *buf;
+    size_t len, cap;
+    uint16_t ip_id;
+    uint64_t records;
+    int err; /* errno of the first failed write; the file takes nothing more */
+};
+
+/* One side of a conversation: an IPv4 or IPv6 address and a port. */
+struct pcap_endpoint {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    uint16_t port;
+};
+
+enum { PCAP_CLIENT = 0, PCAP_SERVER = 1 };
+
+struct pcap_stream {
+    struct pcap_endpoint ep[2]; /* [PCAP_CLIENT], [PCAP_SERVER], same family */
+    uint32_t next_seq[2];       /* sequence number of each side's next byte */
+    int fin[2], rst;
+    uint64_t bytes[2];
+};
+
+/* Create (truncate) PATH and write the file header. Returns 0, or -1 with
+ * a message in err. */
+int pcap_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN]);
+
+/* Write what is buffered. Returns 0, or -1 (f->err set). */
+int pcap_flush(struct pcap_file *f);
+
+/* Flush and close; safe to call twice. Returns pcap_flush's result. */
+int pcap_close(struct pcap_file *f);
+
+/* Fill ep from a textual IPv4/IPv6 address; 0, or -1 if HOST is neither. */
+int pcap_endpoint_parse(struct pcap_endpoint *ep, const char *host, uint16_t port);
+
+/* Start a conversation between client and server: records the three-way
+ * handshake. Endpoints of different families are written as IPv6 (IPv4 as
+ * ::ffff:a.b.c.d). isn_seed varies the initial sequence numbers. */
+int pcap_stream_open(struct pcap_file *f, struct pcap_stream *s, const struct pcap_endpoint *client,
+                     const struct pcap_endpoint *server, uint32_t isn_seed);
+
+/* Record LEN bytes sent by side FROM (PCAP_CLIENT or PCAP_SERVER) as
+ * MSS-sized segments, followed by the receiver's acknowledgement. Nothing is
+ * written after that side's FIN or the stream's RST. */
+int pcap_stream_data(struct pcap_file *f, struct pcap_stream *s, int from, const void *data,
+                     size_t len);
+
+/* Side FROM closes its sending direction: FIN, and the peer's ACK. */
+int pcap_stream_fin(struct pcap_file *f, struct pcap_stream *s, int from);
+
+/* Side FROM aborts the conversation with a RST. */
+int pcap_stream_rst(struct pcap_file *f, struct pcap_stream *s, int from);
+
+#endif
