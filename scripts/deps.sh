@@ -6,6 +6,8 @@ set -eu
 build="gcc make cmake pkg-config liblua5.4-dev libev-dev"
 test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind
       redis-server redis-tools curl python3"
+# the debugging proxy's pcap files are read back by tshark
+test="$test tshark"
 
 case "${1:-test}" in
   build) want="$build" ;;

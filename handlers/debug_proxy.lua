@@ -1,0 +1,214 @@
+-- debug: a proxy that shows what passes through it.
+--
+--   echokit -H debug -- upstream=127.0.0.1:8080 [pcap=out.pcap] [events=FILE|-]
+--                       [dump=hex|text|none] [max=BYTES] [color=auto|always|never]
+--
+-- Relays every client to the upstream like the `proxy` handler (in C, with
+-- back-pressure and half-close) and, on stderr, prints a line per connection
+-- event and per chunk: time, connection id, direction and byte count, then the
+-- bytes in `hexdump -C` layout (offsets count from the start of that
+-- direction's stream), or only their printable characters with dump=text.
+-- max=N shows at most N bytes of each chunk. Colour when stderr is a terminal.
+--
+--   pcap=FILE    writes the conversations as a pcap file (Wireshark, tshark):
+--                one TCP stream per client, between the client's and the
+--                upstream's real addresses
+--   events=FILE  writes one JSON object per line per event (open, connected,
+--                data, eof, close) to FILE, or to stderr with events=-
+local echokit = require "echokit"
+local args = ...
+
+local upstream = args.upstream
+if not upstream then
+  error("debug: give the upstream address: -- upstream=HOST:PORT (or [V6]:PORT, unix:/path)")
+end
+local dump = args.dump or "hex"
+if dump ~= "hex" and dump ~= "text" and dump ~= "none" then
+  error("debug: dump must be hex, text or none (got " .. dump .. ")")
+end
+local max = math.huge
+if args.max then
+  max = math.tointeger(tonumber(args.max))
+  if not max or max < 0 then error("debug: max must be a byte count (got " .. args.max .. ")") end
+end
+local color = args.color or "auto"
+if color == "auto" then
+  color = echokit.isatty("stderr")
+elseif color == "always" or color == "never" then
+  color = color == "always"
+else
+  error("debug: color must be auto, always or never (got " .. color .. ")")
+end
+
+local pcap
+if args.pcap then
+  pcap = assert(echokit.pcap(args.pcap))
+end
+
+local events
+if args.events == "-" then
+  events = io.stderr
+elseif args.events then
+  events = assert(io.open(args.events, "w"))
+  events:setvbuf("line")
+end
+
+local out = io.stderr
+local paint = function(_, s) return s end
+if color then
+  local codes = { open = "1;33", close = "1;33", up = "32", down = "36", err = "1;31" }
+  paint = function(what, s) return "\27[" .. codes[what] .. "m" .. s .. "\27[0m" end
+end
+
+local function stamp(t)
+  return os.date("%H:%M:%S", math.floor(t)) .. string.format(".%06d", math.floor(t % 1 * 1e6))
+end
+
+local function addr(host, port)
+  if not host then return "?" end
+  if not port then return host end
+  if host:find(":", 1, true) then return "[" .. host .. "]:" .. port end
+  return host .. ":" .. port
+end
+
+-- JSON text for a flat table of strings, numbers, booleans (nil fields left out).
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
+    local b = c:byte()
+    if c == '"' or c == "\\" then return "\\" .. c end
+    if b < 32 or b == 127 then return string.format("\\u%04x", b) end
+    return c -- bytes of UTF-8 sequences pass as they are
+  end) .. '"'
+end
+
+local function emit(ev)
+  if not events then return end
+  local parts = {}
+  for _, k in ipairs(ev) do
+    local v = ev[k]
+    if v ~= nil then
+      local t = type(v)
+      local text = t == "string" and json_string(v)
+        or t == "boolean" and tostring(v)
+        or (math.type(v) == "integer" and tostring(v) or string.format("%.6f", v))
+      parts[#parts + 1] = json_string(k) .. ":" .. text
+    end
+  end
+  events:write("{", table.concat(parts, ","), "}\n")
+end
+
+local function printable(data)
+  return (data:gsub("\r\n", "\n"):gsub("[^\n\t\32-\126]", "."))
+end
+
+local function show_chunk(s, dir, data, offset)
+  local now = echokit.time()
+  local label = dir == "up" and "client -> upstream" or "upstream -> client"
+  out:write(stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n")
+  if dump ~= "none" then
+    local shown = #data > max and data:sub(1, max) or data
+    if dump == "hex" then
+      out:write(echokit.hexdump(shown, offset))
+    else
+      local text = printable(shown)
+      out:write(text, text:sub(-1) == "\n" and "" or "\n")
+    end
+    if #shown < #data then out:write("... ", #data - #shown, " more bytes\n") end
+  end
+  emit({ "ts", "event", "id", "dir", "bytes", "offset",
+         ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
+         dir = dir == "up" and "client->upstream" or "upstream->client" })
+end
+
+-- Per-client session: s.bytes.up / s.bytes.down count what passed each way.
+local function note(s, what, text, extra)
+  local now = echokit.time()
+  out:write(stamp(now), " [conn ", s.id, "] ", paint(what == "err" and "err" or "open", text), "\n")
+  if extra then
+    extra.ts, extra.id = now, s.id
+    emit(extra)
+  end
+end
+
+local function record(s, dir, data)
+  if s.stream then
+    if dir == "up" then s.stream:client(data) else s.stream:server(data) end
+  elseif pcap then
+    s.pending[#s.pending + 1] = { dir, data } -- until the upstream is connected
+  end
+end
+
+local function tap(s, dir)
+  return function(data)
+    local offset = s.bytes[dir]
+    s.bytes[dir] = offset + #data
+    show_chunk(s, dir, data, offset)
+    record(s, dir, data)
+  end
+end
+
+local function eof(s, side)
+  return function()
+    local who = side == "client" and "client" or "upstream"
+    note(s, "open", who .. " finished sending (EOF)",
+         { "ts", "event", "id", "side", event = "eof", side = who })
+    if s.stream then s.stream:fin(side) end
+    s.fin[side] = true
+  end
+end
+
+local function finish(s, side, reason)
+  if s.closed then return end
+  s.closed = true
+  local now = echokit.time()
+  local why = reason and ((side == "client" and "client " or "upstream ") .. reason) or nil
+  note(s, reason and "err" or "close",
+       string.format("close %s after %.3f s: %d bytes client -> upstream, %d bytes upstream -> client%s",
+                     s.client_addr, now - s.start, s.bytes.up, s.bytes.down,
+                     why and (", " .. why) or ""),
+       { "ts", "event", "id", "client", "upstream", "duration", "bytes_up", "bytes_down", "reason",
+         event = "close", client = s.client_addr, upstream = s.upstream_addr,
+         duration = now - s.start, bytes_up = s.bytes.up, bytes_down = s.bytes.down,
+         reason = why })
+  if s.stream then
+    if reason == "reset" then
+      s.stream:reset(side)
+    else
+      s.stream:close()
+    end
+  end
+end
+
+return {
+  on_connect = function(client)
+    local s = { id = client.id, start = echokit.time(), bytes = { up = 0, down = 0 },
+                pending = {}, fin = {}, client_addr = addr(client:peer()),
+                upstream_addr = upstream }
+    client.debug = s
+    note(s, "open", "open " .. s.client_addr .. " -> " .. upstream,
+         { "ts", "event", "id", "client", "upstream",
+           event = "open", client = s.client_addr, upstream = upstream })
+    local up = echokit.connect(upstream, {
+      on_connect = function(up)
+        s.upstream_addr = addr(up:peer())
+        note(s, "open", "connected to " .. s.upstream_addr .. " from " .. addr(up:sockname()),
+             { "ts", "event", "id", "upstream", "local",
+               event = "connected", upstream = s.upstream_addr, ["local"] = addr(up:sockname()) })
+        if pcap then
+          local chost, cport = client:peer()
+          local uhost, uport = up:peer()
+          s.stream = pcap:stream(chost, cport, uhost, uport)
+          for _, p in ipairs(s.pending) do record(s, p[1], p[2]) end
+          s.pending = nil
+          if s.fin.client then s.stream:fin("client") end
+        end
+      end,
+      on_close = function(_, reason) finish(s, "server", reason) end,
+    })
+    client:pipe(up, { tap = tap(s, "up"), on_eof = eof(s, "client") })
+    up:pipe(client, { tap = tap(s, "down"), on_eof = eof(s, "server") })
+  end,
+  on_close = function(client, reason)
+    finish(client.debug, "client", reason)
+  end,
+}
