@@ -376,6 +376,7 @@ void script_free(struct script *S)
 static const struct {
     const char *name, *file;
 } aliases[] = {
+    {"chaos", "chaos_proxy"},
     {NULL, NULL},
 };
 
