@@ -77,7 +77,8 @@ int lechokit_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"now", e_now},     {"hexdump", e_hexdump},   {"stop", e_stop},
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
-        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {NULL, NULL},
+        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"listen", llisten_listen},
+        {NULL, NULL},
     };
     struct script *S = script_of(L);
     luaL_newlib(L, funcs);

@@ -353,6 +353,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     install_searcher(L);
     lconn_open(L);
     ltimer_open(L);
+    llisten_open(L);
     S->mem_limit = mem_limit;
     /* Callbacks make short-lived strings (every chunk of input): the
      * generational collector handles those for less than the incremental. */
