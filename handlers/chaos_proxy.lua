@@ -75,10 +75,11 @@ for _, ty in ipairs(order) do
   if not ok then error("chaos: " .. ty .. ": " .. err, 0) end
 end
 
-local handler = toxics.handler { upstream = upstream, toxics = set }
+-- Shown by the control API (--admin), where it can be changed and disabled.
+local proxy = require("echokit.toxiproxy").adopt(args.name or "chaos", upstream, set)
 
--- Seen by the control API (--admin), if there is one.
-local ok, toxiproxy = pcall(require, "echokit.toxiproxy")
-if ok and toxiproxy.adopt then toxiproxy.adopt(args.name or "chaos", upstream, set) end
-
-return handler
+return toxics.handler {
+  upstream = upstream,
+  toxics = set,
+  down = function() return not proxy.enabled end,
+}

@@ -22,6 +22,7 @@ struct options {
     const char *listen[SERVER_MAX_LISTENERS];
     int nlisten;
     const char *handler;
+    const char *admin; /* control API address, NULL = none */
     long workers;
     int check;
     int no_splice;
@@ -61,6 +62,9 @@ static void usage(FILE *f)
 "  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
 "                          core. Default 1\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
+"      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
+"                          and toxics created and changed at run time) on ADDR;\n"
+"                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1\n"
 "  -v, --verbose           log debug lines too (connection open/close)\n"
 "  -q, --quiet             log warnings and errors only\n"
 "      --log-format FMT    text or json (one object a line). Default text\n"
@@ -109,7 +113,7 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN,
 };
 
 static double parse_seconds(const char *opt, const char *v)
@@ -139,6 +143,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         {"handler", required_argument, NULL, 'H'},
         {"workers", required_argument, NULL, 'w'},
         {"check", no_argument, NULL, OPT_CHECK},
+        {"admin", required_argument, NULL, OPT_ADMIN},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"log-format", required_argument, NULL, OPT_LOGFMT},
@@ -188,6 +193,7 @@ static void parse_options(int argc, char **argv, struct options *o)
             }
             break;
         case OPT_CHECK: o->check = 1; break;
+        case OPT_ADMIN: o->admin = optarg; break;
         case OPT_NOSPLICE: o->no_splice = 1; break;
         case 'v': o->level = LOG_DEBUG; break;
         case 'q': o->level = LOG_WARN; break;
@@ -236,6 +242,10 @@ static void parse_options(int argc, char **argv, struct options *o)
     o->hargc = argc - optind;
     if (o->max_buffer < o->high_water)
         die_usage("--max-buffer must be at least --high-water%s", "");
+    /* Each worker would hold its own proxies: the API could not answer for
+     * them all. */
+    if (o->admin && o->workers > 1)
+        die_usage("--admin needs --workers 1 (the control API lives in one process)%s", "");
     if (!o->nlisten)
         o->listen[o->nlisten++] = "127.0.0.1:7000";
 }
@@ -273,6 +283,7 @@ static void begin_shutdown(struct app *a)
     a->stopping = 1;
     server_drain_backlog(&a->srv);
     server_stop(&a->srv);
+    llisten_close_all(a->S);
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
     if (a->ctx.stats.open) {
@@ -415,6 +426,14 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (o.admin) {
+        struct net_addr probe;
+        char perr[ECHOKIT_ERR_LEN];
+        if (net_parse_addr(o.admin, 1, &probe, perr) < 0) {
+            fprintf(stderr, "echokit: --admin %s (see echokit --help)\n", perr);
+            return 2;
+        }
+    }
 
     /* SIGINT/SIGTERM are handled from before the first "listening on" line:
      * a supervisor may signal as soon as it has read it. Workers inherit them
@@ -437,6 +456,14 @@ int main(int argc, char **argv)
         ev_signal_start(a.loop, &a.sigterm);
     }
 
+    if (o.admin) {
+        char name[200], aerr[1024];
+        if (llisten_admin(a.S, o.admin, name, sizeof name, aerr, sizeof aerr) < 0) {
+            fprintf(stderr, "echokit: --admin: %s\n", aerr);
+            return 1;
+        }
+        printf("admin listening on %s\n", name);
+    }
     for (int i = 0; i < o.nlisten; i++) {
         char lerr[ECHOKIT_ERR_LEN];
         if (server_listen(&a.srv, o.listen[i], lerr) < 0) {

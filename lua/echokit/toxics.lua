@@ -534,7 +534,8 @@ end
 ---------------------------------------------------------------------------
 
 -- toxics.handler{ upstream = ADDR or function() return ADDR end, toxics = set,
---               }
+--                 down = function() return bool end }
+-- `down` (optional) is asked at each new connection: true drops (resets) it.
 -- A callback table (usable as a handler, or with echokit.listen): each client
 -- gets a connection to upstream, both directions run through the set.
 function M.handler(o)
@@ -546,6 +547,7 @@ function M.handler(o)
   local h = {}
 
   function h.on_connect(client)
+    if o.down and o.down() then return client:reset() end
     local pair = setmetatable({ client = client, set = set }, Pair)
     pair.up = new_dir(pair, "upstream", "client", "server")
     pair.down = new_dir(pair, "downstream", "server", "client")
