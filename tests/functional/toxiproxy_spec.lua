@@ -181,6 +181,74 @@ describe("control API", function()
     assert(round_trip(main) < 0.1)
   end)
 
+  it("changes toxics of open connections; a removed toxic lets go of what it held", function()
+    local srv, up = setup()
+    local p = create(srv, "live", "127.0.0.1:" .. up:port())
+    local host, port = p.listen:match("^(.+):(%d+)$")
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(t.T(5))
+    t.send_all(c, "before\n")
+    assert.equal("before", t.recv_line(c))
+    -- Added while the connection is open: it applies to it.
+    local st = request(srv, "POST", "/proxies/live/toxics",
+                       '{"name":"slow","type":"latency","attributes":{"latency":200}}')
+    assert.equal(200, st)
+    local t0 = t.now()
+    t.send_all(c, "slow\n")
+    assert.equal("slow", t.recv_line(c))
+    assert(t.now() - t0 >= 0.19, "latency added to an open connection did not apply")
+    -- Made long, then removed while a line waits in it: the line comes at once.
+    st = request(srv, "POST", "/proxies/live/toxics/slow", '{"attributes":{"latency":5000}}')
+    assert.equal(200, st)
+    t0 = t.now()
+    t.send_all(c, "held 1\nheld 2\n")
+    t.expect_silence(c, 0.2, "a line inside a 5 s latency")
+    st = request(srv, "DELETE", "/proxies/live/toxics/slow")
+    assert.equal(204, st)
+    assert.equal("held 1", t.recv_line(c, 2))
+    assert.equal("held 2", t.recv_line(c, 2))
+    assert(t.now() - t0 < 2, "the held lines waited for the removed toxic")
+    c:close()
+  end)
+
+  it("runs the custom toxic from the README, also when added through the API", function()
+    local readme = t.read_file(t.src .. "/README.md")
+    local code = readme:match("<!%-%- drop_nth%.lua %-%->\n```lua\n(.-)```")
+    assert(code, "README.md has no drop_nth.lua example")
+    local path = os.tmpname() .. "_drop_nth.lua"
+    local f = assert(io.open(path, "w"))
+    f:write(code)
+    f:close()
+    finally(function() os.remove(path) end)
+    local srv, up = setup { handler = path, args = { n = 3 } }
+    local c = srv:connect()
+    for i = 1, 7 do
+      t.send_all(c, "req " .. i .. "\n")
+      if i % 3 == 0 then
+        t.expect_silence(c, 0.2, "request " .. i .. " (every 3rd is dropped)")
+      else
+        assert.equal("req " .. i, t.recv_line(c, 2))
+      end
+    end
+    -- The type is known to the control API too.
+    local p = create(srv, "custom", "127.0.0.1:" .. up:port())
+    local st, toxic = request(srv, "POST", "/proxies/custom/toxics",
+                              '{"type":"drop_nth","stream":"upstream","attributes":{"n":2}}')
+    assert.equal(200, st, cjson.encode(toxic))
+    assert.equal(2, toxic.attributes.n)
+    st = request(srv, "POST", "/proxies/custom/toxics",
+                 '{"name":"x","type":"drop_nth","attributes":{"n":"two"}}')
+    assert.equal(400, st)
+    local host, port = p.listen:match("^(.+):(%d+)$")
+    local c2 = assert(socket.connect(host, tonumber(port)))
+    c2:settimeout(t.T(5))
+    t.send_all(c2, "one\n")
+    assert.equal("one", t.recv_line(c2))
+    t.send_all(c2, "two\n")
+    t.expect_silence(c2, 0.2, "the 2nd request with n=2")
+    c2:close()
+  end)
+
   it("reports an admin address it cannot use", function()
     local up = t.start { handler = "echo" }
     local r = t.run { opts = { "--admin", "127.0.0.1:" .. up:port() } }
