@@ -185,6 +185,7 @@ end
 -- Passes the end of the stream on after `delay` seconds and what is queued.
 function Stub:send_eof(delay)
   if self.dead then return end
+  self.sent_eof = true
   enqueue(self, false, now() + (delay or 0))
 end
 
@@ -246,6 +247,7 @@ function Stub:_in(data)
 end
 
 function Stub:_eof()
+  self.got_eof = true
   if self.active and self.def.eof then
     self.def.eof(self)
   else
@@ -348,6 +350,8 @@ function Dir:rebuild()
     if by_toxic[s.toxic] == s then
       s:_stop()
       local items = s:_drain_queue()
+      -- An end of stream the toxic kept back (timeout) goes on now.
+      if s.got_eof and not s.sent_eof then items[#items + 1] = false end
       local after
       for j = i + 1, #old do
         if by_toxic[old[j].toxic] ~= old[j] then after = old[j]; break end
