@@ -105,9 +105,11 @@ async function main() {
 
   const populated = await toxiproxy.populate([
     { name: "echo", listen: after.listen, upstream },
-    { name: "second", listen: "127.0.0.1:0", upstream },
+    // As the client's own TestHelper does: localhost, any port.
+    { name: "second", listen: "localhost:0", upstream: `localhost:${upstreamPort}` },
   ]);
-  ok(populated.echo && populated.second, "populate two proxies (one kept, one new)");
+  ok(populated.echo && populated.second && /^127\.0\.0\.1:\d+$/.test(populated.second.listen),
+     `populate two proxies (one kept, one new on ${populated.second && populated.second.listen})`);
   const all = await toxiproxy.getAll();
   ok(Object.keys(all).includes("second") && all.echo.listen === after.listen, "getAll");
   const t2 = await roundTrip(populated.second.listen);
