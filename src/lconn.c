@@ -521,6 +521,9 @@ void lconn_take_handler(lua_State *L, int idx, struct handler *h)
     }
 }
 
+/* Like lconn_accept, with callbacks of the caller's: the connection takes
+ * references of its own (released in op_close), so h may go away first.
+ * Owns fd. [-0, +0, m] */
 void lconn_accept_with(struct script *S, int fd, const struct net_addr *peer,
                        const struct handler *h)
 {

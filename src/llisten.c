@@ -26,6 +26,7 @@ struct llisten {
     struct llisten *next, **pprev; /* S->listeners while open */
 };
 
+/* server on_accept: the connection runs this listener's callbacks. */
 static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
 {
     struct llisten *ll = container_of(srv, struct llisten, srv);
@@ -97,6 +98,7 @@ int llisten_listen(lua_State *L)
     return 1;
 }
 
+/* [-0, +0, v] */
 static struct llisten *check_ll(lua_State *L)
 {
     return luaL_checkudata(L, 1, LISTEN_MT);
@@ -124,6 +126,7 @@ static int m_address(lua_State *L)
     return 1;
 }
 
+/* [-0, +1, m] */
 static int m_tostring(lua_State *L)
 {
     struct llisten *ll = check_ll(L);
@@ -131,7 +134,7 @@ static int m_tostring(lua_State *L)
     return 1;
 }
 
-/* Only reached for an open listener by lua_close (an open one is referenced):
+/* [-0, +0, -] Only reached for an open listener by lua_close (an open one is referenced):
  * close the socket, leave the registry alone. */
 static int m_gc(lua_State *L)
 {
@@ -143,6 +146,7 @@ static int m_gc(lua_State *L)
     return 0;
 }
 
+/* Registers the listener metatable. [-0, +0, m] */
 void llisten_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -164,7 +168,7 @@ void llisten_close_all(struct script *S)
         ll_close(S->listeners);
 }
 
-/* Message handler for llisten_admin: the bare message. */
+/* Message handler for llisten_admin: the bare message. [-1, +1, m] */
 static int admin_msgh(lua_State *L)
 {
     if (!lua_isstring(L, 1))
@@ -172,6 +176,8 @@ static int admin_msgh(lua_State *L)
     return 1;
 }
 
+/* Runs require("echokit.toxiproxy").serve(addr) in protected mode; the stack
+ * is left as found. [-0, +0, -] */
 int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
                   size_t errcap)
 {

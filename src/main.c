@@ -58,7 +58,7 @@ static void usage(FILE *f)
 "                          unix:/path, or PORT (on 127.0.0.1). Port 0 picks a free\n"
 "                          port. Default 127.0.0.1:7000\n"
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name\n"
-"                          (echo, lines, proxy, line_proxy). Default echo\n"
+"                          (echo, lines, proxy, line_proxy, chaos). Default echo\n"
 "  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
 "                          core. Default 1\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
