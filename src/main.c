@@ -64,7 +64,8 @@ static void usage(FILE *f)
 "      --check             load the handler, report errors, exit (0 = ok)\n"
 "      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
 "                          and toxics created and changed at run time) on ADDR;\n"
-"                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1\n"
+"                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1.\n"
+"                          Without --listen, only the control API listens\n"
 "  -v, --verbose           log debug lines too (connection open/close)\n"
 "  -q, --quiet             log warnings and errors only\n"
 "      --log-format FMT    text or json (one object a line). Default text\n"
@@ -246,7 +247,9 @@ static void parse_options(int argc, char **argv, struct options *o)
      * them all. */
     if (o->admin && o->workers > 1)
         die_usage("--admin needs --workers 1 (the control API lives in one process)%s", "");
-    if (!o->nlisten)
+    /* With --admin alone echokit is a fault-injection server like
+     * toxiproxy-server: only the control API listens. */
+    if (!o->nlisten && !o->admin)
         o->listen[o->nlisten++] = "127.0.0.1:7000";
 }
 

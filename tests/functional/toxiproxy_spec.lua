@@ -269,6 +269,19 @@ describe("control API", function()
     c2:close()
   end)
 
+  it("with --admin and no --listen, only the control API listens", function()
+    local srv = t.start { listen = {}, opts = { "--admin", "127.0.0.1:0" } }
+    proxies[#proxies + 1] = srv
+    local line = srv.p:readline(t.T(5))
+    srv.admin = line and line:match("^admin listening on (.+)$")
+    assert(srv.admin, "expected the admin line, got " .. tostring(line))
+    local st, v = request(srv, "GET", "/version")
+    assert.equal(200, st)
+    assert.equal("echokit", v.server)
+    local more = srv.p:readline(0.2)
+    assert.is_nil(more, "another listener was opened: " .. tostring(more))
+  end)
+
   it("reports an admin address it cannot use", function()
     local up = t.start { handler = "echo" }
     local r = t.run { opts = { "--admin", "127.0.0.1:" .. up:port() } }
