@@ -528,7 +528,11 @@ function M.serve(addr)
     return nil, "the control API needs lua-cjson for Lua 5.4 (Debian: apt-get install lua-cjson): " ..
                 tostring(lib):match("^[^\n]*")
   end
-  cjson = lib
+  -- A private instance: strict numbers (no NaN, Infinity or hex, which
+  -- JSON has not) and a bound on nesting, whatever other code sets globally.
+  cjson = lib.new()
+  cjson.decode_invalid_numbers(false)
+  cjson.decode_max_depth(32)
   local http = require "echokit.http"
   local handler = http.handler(function(req)
     return M.route(req, http.unescape)
