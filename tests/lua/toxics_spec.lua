@@ -253,6 +253,48 @@ describe("echokit.toxics", function()
     assert.equal("stream", k4)
   end)
 
+  it("forgets a connection pair however it ends", function()
+    local set = toxics.set()
+    assert(set:add { type = "latency", attributes = { latency = 0.1 } })
+    -- Both sides end cleanly: the client half-closes, the server answers and closes.
+    local client, server, h = open(set)
+    server.handler.on_connect(server)
+    h.on_eof(client)
+    assert.equal("shutdown", server.ended)
+    from_server(server, "last words")
+    server.handler.on_eof(server)
+    server.handler.on_close(server, nil)
+    advance(1)
+    assert.equal("last words", client:data())
+    assert.equal("close", client.ended)              -- after the delayed bytes
+    assert.equal(1, set:count())
+    h.on_close(client, nil)
+    assert.equal(0, set:count())
+    -- The client resets: the server is closed at once.
+    client, server, h = open(set)
+    h.on_close(client, "reset")
+    assert.equal("close", server.ended)
+    assert.equal(0, set:count())
+    -- The upstream refuses: the client is closed.
+    client, server = open(set)
+    server.handler.on_close(server, "refused")
+    assert.equal("close", client.ended)
+    assert.equal(0, set:count())
+    -- A toxic resets the pair.
+    client, server, h = open(set)
+    assert(set:add { type = "reset_peer", stream = "upstream" })
+    from_server(server, "held in the latency")
+    assert.equal(1, #timers)
+    h.on_data(client, "x")
+    assert.equal(0, set:count())
+    assert.equal("reset", client.ended)
+    assert.equal("reset", server.ended)
+    -- The timer of the torn-down pair was cancelled.
+    for _, t in ipairs(timers) do assert(t.done, "a timer outlived its pair") end
+    advance(1)
+    assert.equal("", client:data())
+  end)
+
   it("a user-defined toxic gets start, data, eof and its attributes", function()
     local seen = {}
     toxics.define("tagger", {
