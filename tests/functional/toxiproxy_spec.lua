@@ -214,6 +214,31 @@ describe("control API", function()
     c:close()
   end)
 
+  it("a delayed connection holds up nobody else", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local slow = create(srv, "slow", upstream)
+    local fast = create(srv, "fast", upstream)
+    local st = request(srv, "POST", "/proxies/slow/toxics",
+                       '{"type":"latency","attributes":{"latency":1000}}')
+    assert.equal(200, st)
+    local host, port = slow.listen:match("^(.+):(%d+)$")
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(t.T(5))
+    local t0 = t.now()
+    t.send_all(c, "slow\n")
+    -- While that line waits out its second: other proxies and the API answer.
+    for _ = 1, 5 do
+      local rt = assert(round_trip(fast.listen))
+      assert(rt < 0.2, "a round trip on another proxy took " .. rt .. "s")
+      assert.equal(200, (request(srv, "GET", "/proxies/slow")))
+    end
+    assert(t.now() - t0 < 0.9, "the checks themselves were held up")
+    assert.equal("slow", t.recv_line(c, 3))
+    assert(t.now() - t0 >= 0.99, "the slow line came early")
+    c:close()
+  end)
+
   it("a removed timeout toxic passes on the end of stream it held", function()
     local srv, up = setup()
     local p = create(srv, "held", "127.0.0.1:" .. up:port())
