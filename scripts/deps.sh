@@ -8,6 +8,15 @@ test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps val
       redis-server redis-tools curl python3"
 # the debugging proxy's pcap files are read back by tshark
 test="$test tshark"
+# lua-cjson: the JSON codec of the control API (--admin), also used by its spec.
+test="$test lua-cjson"
+# node + npm: the control API's spec drives it with toxiproxy's Node client
+# (installed by scripts/npm-deps.sh). Checked by command, not package name: a
+# Node.js from another source already brings npm, and Debian's npm would
+# conflict with it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  test="$test nodejs npm"
+fi
 
 case "${1:-test}" in
   build) want="$build" ;;

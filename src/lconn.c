@@ -36,7 +36,9 @@ struct lconn {
     ev_timer sleep;
     int tap_ref;          /* pipe tap function */
     int tap_eof_ref;      /* pipe opts.on_eof function */
-    struct handler own;   /* outbound: the callbacks given to echokit.connect */
+    struct handler own;   /* callbacks this connection holds references to:
+                             echokit.connect's, or an echokit.listen listener's */
+    int outbound;
 };
 
 /* The handle keeps its connection pointer at integer key 1 (the array part:
@@ -403,7 +405,7 @@ static void start(struct lconn *lc)
     if (log_enabled(LOG_DEBUG)) {
         char label[200];
         log_msg(LOG_DEBUG, "%s %s", conn_label(c, label, sizeof label),
-                lc->h == &lc->own ? "connected" : "open");
+                lc->outbound ? "connected" : "open");
     }
     if (lc->h->cb[CB_CONNECT] != LUA_NOREF)
         call_cb(lc, CB_CONNECT, "on_connect", 0);
@@ -499,6 +501,59 @@ static void resolved(struct resolve_req *req)
 static const char *const cb_fields[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
                                                 "on_drain",   "on_close", "serve"};
 
+void lconn_check_handler(lua_State *L, int idx, const char *who)
+{
+    idx = lua_absindex(L, idx);
+    for (int i = 0; i < CB_COUNT; i++) {
+        int t = lua_getfield(L, idx, cb_fields[i]);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION)
+            luaL_error(L, "%s: handler.%s must be a function (got %s)", who, cb_fields[i],
+                       lua_typename(L, t));
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, idx, "serve");
+    lua_getfield(L, idx, "on_data");
+    if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
+        luaL_error(L, "%s: 'serve' and 'on_data' exclude each other", who);
+    lua_pop(L, 2);
+}
+
+void lconn_take_handler(lua_State *L, int idx, struct handler *h)
+{
+    struct script *S = script_of(L);
+    idx = lua_absindex(L, idx);
+    for (int i = 0; i < CB_COUNT; i++) {
+        lua_getfield(L, idx, cb_fields[i]);
+        if (lua_isnil(L, -1))
+            lua_pop(L, 1);
+        else
+            h->cb[i] = script_ref(S);
+    }
+}
+
+/* Like lconn_accept, with callbacks of the caller's: the connection takes
+ * references of its own (released in op_close), so h may go away first.
+ * Owns fd. [-0, +0, m] */
+void lconn_accept_with(struct script *S, int fd, const struct net_addr *peer,
+                       const struct handler *h)
+{
+    struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
+    if (!c) {
+        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
+        close(fd);
+        return;
+    }
+    struct lconn *lc = lconn_of(c);
+    init_lconn(S, lc, &lc->own);
+    for (int i = 0; i < CB_COUNT; i++) {
+        if (h->cb[i] == LUA_NOREF)
+            continue;
+        lua_rawgeti(S->L, LUA_REGISTRYINDEX, h->cb[i]);
+        lc->own.cb[i] = script_ref(S);
+    }
+    start(lc);
+}
+
 /* echokit.connect(addr, handler): returns the connection at once; on_connect
  * fires when established, on_close(conn, reason) on failure. */
 int lconn_connect(lua_State *L)
@@ -540,6 +595,7 @@ int lconn_connect(lua_State *L)
     }
     struct lconn *lc = lconn_of(c);
     init_lconn(S, lc, &lc->own);
+    lc->outbound = 1;
     for (int i = 0; i < CB_COUNT; i++) {
         lua_getfield(L, 2, cb_fields[i]);
         if (lua_isnil(L, -1))

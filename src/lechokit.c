@@ -98,8 +98,9 @@ int lechokit_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"now", e_now},     {"hexdump", e_hexdump},   {"stop", e_stop},
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
-        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"pcap", lpcap_open},
-        {"time", e_time},   {"isatty", e_isatty},     {NULL, NULL},
+        {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"listen", llisten_listen},
+        {"pcap", lpcap_open}, {"time", e_time},   {"isatty", e_isatty},
+        {NULL, NULL},
     };
     struct script *S = script_of(L);
     luaL_newlib(L, funcs);

@@ -25,6 +25,7 @@ struct options {
     const char *listen[SERVER_MAX_LISTENERS];
     int nlisten;
     const char *handler;
+    const char *admin; /* control API address, NULL = none */
     long workers;
     int check;
     int no_splice;
@@ -90,6 +91,10 @@ static void usage(FILE *f)
 "  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
 "                          core. Default 1\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
+"      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
+"                          and toxics created and changed at run time) on ADDR;\n"
+"                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1.\n"
+"                          Without --listen, only the control API listens\n"
 "  -v, --verbose           log debug lines too (connection open/close)\n"
 "  -q, --quiet             log warnings and errors only\n"
 "      --log-format FMT    text or json (one object a line). Default text\n"
@@ -139,7 +144,7 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN,
 };
 
 static double parse_seconds(const char *opt, const char *v)
@@ -169,6 +174,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         {"handler", required_argument, NULL, 'H'},
         {"workers", required_argument, NULL, 'w'},
         {"check", no_argument, NULL, OPT_CHECK},
+        {"admin", required_argument, NULL, OPT_ADMIN},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"log-format", required_argument, NULL, OPT_LOGFMT},
@@ -218,6 +224,7 @@ static void parse_options(int argc, char **argv, struct options *o)
             }
             break;
         case OPT_CHECK: o->check = 1; break;
+        case OPT_ADMIN: o->admin = optarg; break;
         case OPT_NOSPLICE: o->no_splice = 1; break;
         case 'v': o->level = LOG_DEBUG; break;
         case 'q': o->level = LOG_WARN; break;
@@ -266,7 +273,13 @@ static void parse_options(int argc, char **argv, struct options *o)
     o->hargc = argc - optind;
     if (o->max_buffer < o->high_water)
         die_usage("--max-buffer must be at least --high-water%s", "");
-    if (!o->nlisten)
+    /* Each worker would hold its own proxies: the API could not answer for
+     * them all. */
+    if (o->admin && o->workers > 1)
+        die_usage("--admin needs --workers 1 (the control API lives in one process)%s", "");
+    /* With --admin alone echokit is a fault-injection server like
+     * toxiproxy-server: only the control API listens. */
+    if (!o->nlisten && !o->admin)
         o->listen[o->nlisten++] = "127.0.0.1:7000";
 }
 
@@ -303,6 +316,7 @@ static void begin_shutdown(struct app *a)
     a->stopping = 1;
     server_drain_backlog(&a->srv);
     server_stop(&a->srv);
+    llisten_close_all(a->S);
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
     if (a->ctx.stats.open) {
@@ -396,6 +410,15 @@ static void raise_fd_limit(void)
     }
 }
 
+/* Leaving before the loop ran: free the Lua state and the read buffer, so
+ * that memcheck (make test-valgrind) sees no leak in an error exit. */
+static int early_exit(struct app *a, char *rbuf, int status)
+{
+    script_free(a->S);
+    free(rbuf);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -436,7 +459,7 @@ int main(int argc, char **argv)
     char err[1024];
     if (script_load(a.S, o.handler, o.hargv, o.hargc, err, sizeof err) < 0) {
         fprintf(stderr, "echokit: %s\n", err);
-        return 2;
+        return early_exit(&a, rbuf, 2);
     }
     if (o.check) {
         printf("%s: ok\n", o.handler);
@@ -456,7 +479,15 @@ int main(int argc, char **argv)
         char perr[ECHOKIT_ERR_LEN];
         if (net_parse_addr(o.listen[i], 1, &probe, perr) < 0) {
             fprintf(stderr, "echokit: --listen %s (see echokit --help)\n", perr);
-            return 2;
+            return early_exit(&a, rbuf, 2);
+        }
+    }
+    if (o.admin) {
+        struct net_addr probe;
+        char perr[ECHOKIT_ERR_LEN];
+        if (net_parse_addr(o.admin, 1, &probe, perr) < 0) {
+            fprintf(stderr, "echokit: --admin %s (see echokit --help)\n", perr);
+            return early_exit(&a, rbuf, 2);
         }
     }
 
@@ -481,12 +512,20 @@ int main(int argc, char **argv)
         ev_signal_start(a.loop, &a.sigterm);
     }
 
+    if (o.admin) {
+        char name[200], aerr[1024];
+        if (llisten_admin(a.S, o.admin, name, sizeof name, aerr, sizeof aerr) < 0) {
+            fprintf(stderr, "echokit: --admin: %s\n", aerr);
+            return early_exit(&a, rbuf, 1);
+        }
+        printf("admin listening on %s\n", name);
+    }
     for (int i = 0; i < o.nlisten; i++) {
         char lerr[ECHOKIT_ERR_LEN];
         if (server_listen(&a.srv, o.listen[i], lerr) < 0) {
             fprintf(stderr, "echokit: cannot listen on %s\n", lerr);
             server_stop(&a.srv);
-            return 1;
+            return early_exit(&a, rbuf, 1);
         }
         char name[200];
         printf("listening on %s\n", server_listener_name(&a.srv, i, name, sizeof name));

@@ -354,6 +354,7 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
     lconn_open(L);
     ltimer_open(L);
     lpcap_open_lib(L);
+    llisten_open(L);
     S->mem_limit = mem_limit;
     /* Callbacks make short-lived strings (every chunk of input): the
      * generational collector handles those for less than the incremental. */
@@ -378,6 +379,7 @@ static const struct {
     const char *name, *file;
 } aliases[] = {
     {"debug", "debug_proxy"},
+    {"chaos", "chaos_proxy"},
     {NULL, NULL},
 };
 

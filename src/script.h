@@ -18,6 +18,8 @@ struct handler {
     int cb[CB_COUNT];
 };
 
+struct llisten;
+
 struct script {
     lua_State *L;
     struct conn_ctx *ctx;
@@ -35,6 +37,7 @@ struct script {
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
+    struct llisten *listeners;  /* open echokit.listen listeners */
     void *data;
 };
 
@@ -93,5 +96,31 @@ int lpcap_open(lua_State *L);    /* echokit.pcap */
 
 /* Accepted socket -> connection running the script's handler (lconn.c). */
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer);
+
+/* Accepted socket -> connection running handler h; the connection takes
+ * references of its own to h's callbacks (lconn.c). */
+void lconn_accept_with(struct script *S, int fd, const struct net_addr *peer,
+                       const struct handler *h);
+
+/* Raises unless the value at idx is a callback table: each callback a
+ * function or nil, not both serve and on_data. who names the caller in the
+ * message. [-0, +0, e] */
+void lconn_check_handler(lua_State *L, int idx, const char *who);
+
+/* References to each callback of the (checked) table at idx, into h.
+ * [-0, +0, m] */
+void lconn_take_handler(lua_State *L, int idx, struct handler *h);
+
+/* echokit.listen (llisten.c). */
+void llisten_open(lua_State *L);
+int llisten_listen(lua_State *L);
+
+/* Closes every open echokit.listen listener (shutdown: stop accepting). */
+void llisten_close_all(struct script *S);
+
+/* Starts the control API (require "echokit.toxiproxy".serve(addr)). Returns 0
+ * with the bound address in name, or -1 with a one-line message in err. */
+int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
+                  size_t errcap);
 
 #endif

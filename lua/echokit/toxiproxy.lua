@@ -1,0 +1,549 @@
+-- echokit.toxiproxy: the control API (`echokit --admin ADDR`), compatible with
+-- toxiproxy's HTTP API, so its client libraries and the test suites built on
+-- them can drive echokit unchanged.
+--
+--   GET /version                          GET /proxies     POST /proxies
+--   POST /populate                        POST /reset
+--   GET | POST | PATCH | DELETE /proxies/{proxy}
+--   GET | POST /proxies/{proxy}/toxics
+--   GET | POST | PATCH | DELETE /proxies/{proxy}/toxics/{toxic}
+--
+-- JSON shapes, attribute names, units (milliseconds; microseconds for the
+-- slicer's delay; KB/s) and status codes are toxiproxy's. Errors answer
+-- {"error": "...", "status": N}. Where echokit differs is listed in
+-- docs/API.md ("Control API").
+--
+-- Each proxy is an echokit.listen listener whose handler is
+-- echokit.toxics.handler over the proxy's toxic set. A handler that builds its
+-- own set (the chaos handler) can show it here with toxiproxy.adopt.
+local echokit = require "echokit"
+local toxics = require "echokit.toxics"
+
+local M = {}
+
+-- Hard limits on what a client of the API controls.
+M.MAX_PROXIES = 1000
+M.MAX_TOXICS = 100        -- per proxy
+M.MAX_NAME = 256          -- bytes in a proxy or toxic name
+
+local proxies = {}        -- name -> proxy
+local nproxies = 0
+
+local cjson                -- loaded by serve (the API's only dependency)
+
+---------------------------------------------------------------------------
+-- Errors (toxiproxy's messages and statuses)
+---------------------------------------------------------------------------
+local function apierr(status, msg) return { status = status, error = msg } end
+
+local E = {
+  proxy_not_found = function() return apierr(404, "proxy not found") end,
+  proxy_exists = function() return apierr(409, "proxy already exists") end,
+  toxic_not_found = function() return apierr(404, "toxic not found") end,
+  toxic_exists = function() return apierr(409, "toxic already exists") end,
+  invalid_type = function() return apierr(400, "invalid toxic type") end,
+  invalid_stream = function()
+    return apierr(400, "stream was invalid, can be either upstream or downstream")
+  end,
+  bad_body = function(why) return apierr(400, "bad request body: " .. why) end,
+  missing = function(field) return apierr(400, "missing required field: " .. field) end,
+}
+
+---------------------------------------------------------------------------
+-- Proxies
+---------------------------------------------------------------------------
+
+-- toxiproxy listens where it is told; "localhost" is taken as 127.0.0.1 here
+-- so that no name lookup blocks the loop.
+local function listen_spec(listen)
+  local host, port = listen:match("^(.*):(%d+)$")
+  if host == "localhost" then return "127.0.0.1:" .. port end
+  return listen
+end
+
+local function stop(proxy)
+  if proxy.listener then
+    proxy.listener:close()
+    proxy.listener = nil
+  end
+  proxy.set:close_all("close")
+end
+
+-- Opens the proxy's listener. Returns true or nil, apierr.
+local function start(proxy)
+  if proxy.adopted then return true end
+  local ok, l, err = pcall(echokit.listen, listen_spec(proxy.listen), proxy.handler)
+  if not ok then -- a malformed address
+    local msg = tostring(l):gsub("^.-echokit%.listen: ", "")
+    return nil, apierr(400, "listen: " .. msg)
+  end
+  if not l then return nil, apierr(500, "listen " .. proxy.listen .. ": " .. tostring(err)) end
+  proxy.listener = l
+  proxy.listen = l:address()
+  echokit.log("info", "proxy %s: listening on %s, upstream %s", proxy.name, proxy.listen,
+              proxy.upstream)
+  return true
+end
+
+local function new_proxy(name, listen, upstream)
+  local proxy = { name = name, listen = listen, upstream = upstream, enabled = false,
+                  set = toxics.set() }
+  proxy.handler = toxics.handler {
+    upstream = function() return proxy.upstream end,
+    toxics = proxy.set,
+    down = function() return not proxy.enabled end,
+  }
+  return proxy
+end
+
+-- toxiproxy.adopt(name, upstream, set): shows a handler's own toxic set as a
+-- proxy (listening on echokit's --listen addresses), so its toxics can be
+-- changed through the API. Returns the proxy; proxy.enabled false means the
+-- handler should drop connections (see toxics.handler's `down`).
+function M.adopt(name, upstream, set)
+  local proxy = { name = name, listen = "(--listen)", upstream = upstream, enabled = true,
+                  set = set, adopted = true }
+  if not proxies[name] then nproxies = nproxies + 1 end
+  proxies[name] = proxy
+  return proxy
+end
+
+---------------------------------------------------------------------------
+-- JSON views
+---------------------------------------------------------------------------
+
+-- Attributes in the API's units (a spec's api factor undone; whole numbers
+-- come out as integers, as toxiproxy's int64 fields).
+local function api_attributes(toxic)
+  local ty = toxics.types[toxic.type]
+  local out = {}
+  for k, v in pairs(toxic.attributes) do
+    local spec = ty.specs[k]
+    if type(v) == "number" and spec and spec.api then
+      v = v / spec.api
+      local r = math.floor(v + 0.5)
+      if math.abs(v - r) < 1e-6 then v = math.tointeger(r) or r end
+    end
+    out[k] = v
+  end
+  return out
+end
+
+local function toxic_view(toxic)
+  return { name = toxic.name, type = toxic.type, stream = toxic.stream,
+           toxicity = toxic.toxicity, attributes = api_attributes(toxic) }
+end
+
+-- cjson writes an empty table as {}: arrays are joined by hand so that an
+-- empty list stays [].
+local function encode_array(list, view)
+  local parts = {}
+  for i, v in ipairs(list) do parts[i] = cjson.encode(view(v)) end
+  return "[" .. table.concat(parts, ",") .. "]"
+end
+
+local function proxy_json(proxy)
+  local head = cjson.encode { name = proxy.name, listen = proxy.listen,
+                              upstream = proxy.upstream, enabled = proxy.enabled }
+  return head:sub(1, -2) .. ',"toxics":' .. encode_array(proxy.set:list(), toxic_view) .. "}"
+end
+
+local function sorted_names()
+  local names = {}
+  for name in pairs(proxies) do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+---------------------------------------------------------------------------
+-- Request bodies
+---------------------------------------------------------------------------
+
+-- Decodes a JSON body; cjson.null becomes nil. Returns value or nil, apierr.
+local function decode(body)
+  if body == nil or body == "" then return nil, E.bad_body("EOF") end
+  local ok, v = pcall(cjson.decode, body)
+  if not ok then return nil, E.bad_body(tostring(v)) end
+  return v
+end
+
+local function nonull(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+-- Checks field k of t is nil or of type ty; returns the value or nil, apierr.
+local function field(t, k, ty, what)
+  local v = nonull(t[k])
+  if v ~= nil and type(v) ~= ty then
+    return false, E.bad_body(string.format("%s: %s must be a %s (got %s)", what, k,
+                                           ty == "string" and "string" or ty, type(v)))
+  end
+  return v
+end
+
+-- A proxy object from a body: name, listen, upstream, enabled (types checked).
+local function proxy_input(t, what)
+  if type(t) ~= "table" or t[1] ~= nil then
+    return nil, E.bad_body(what .. " must be a JSON object")
+  end
+  local out = {}
+  for _, k in ipairs { "name", "listen", "upstream" } do
+    local v, err = field(t, k, "string", what)
+    if v == false then return nil, err end
+    out[k] = v
+  end
+  local en, err = field(t, "enabled", "boolean", what)
+  if en == false and err then return nil, err end
+  out.enabled = en
+  if out.name and #out.name > M.MAX_NAME then
+    return nil, E.bad_body(what .. ": name longer than " .. M.MAX_NAME .. " bytes")
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- Handlers: each returns status, body (a JSON string or nil)
+---------------------------------------------------------------------------
+local H = {}
+
+function H.version()
+  return 200, cjson.encode { version = echokit.version, server = "echokit" } .. "\n"
+end
+
+function H.proxy_index()
+  local parts = {}
+  for _, name in ipairs(sorted_names()) do
+    parts[#parts + 1] = cjson.encode(name) .. ":" .. proxy_json(proxies[name])
+  end
+  return 200, "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- Adds a proxy (started if enabled). Returns proxy or nil, apierr.
+local function add_proxy(input)
+  if not input.name or input.name == "" then return nil, E.missing("name") end
+  if not input.upstream or input.upstream == "" then return nil, E.missing("upstream") end
+  if proxies[input.name] then return nil, E.proxy_exists() end
+  if nproxies >= M.MAX_PROXIES then
+    return nil, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")")
+  end
+  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
+  if input.enabled ~= false then
+    local ok, err = start(proxy)
+    if not ok then return nil, err end
+    proxy.enabled = true
+  end
+  proxies[proxy.name] = proxy
+  nproxies = nproxies + 1
+  return proxy
+end
+
+function H.proxy_create(req)
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = proxy_input(body, "proxy")
+  if not input then return err end
+  local proxy
+  proxy, err = add_proxy(input)
+  if not proxy then return err end
+  return 201, proxy_json(proxy)
+end
+
+local function remove_proxy(proxy)
+  stop(proxy)
+  proxy.set:clear()
+  proxies[proxy.name] = nil
+  nproxies = nproxies - 1
+end
+
+-- POST /populate: a list of proxies, all checked before any is applied. A
+-- proxy of the same name with the same listen and upstream is kept (with its
+-- toxics); one that differs is replaced.
+function H.populate(req)
+  local body, err = decode(req.body)
+  if err then return err end
+  if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) then
+    return E.bad_body("expected a JSON array of proxies")
+  end
+  local inputs, seen = {}, {}
+  for i, t in ipairs(body) do
+    local input
+    input, err = proxy_input(t, "proxy " .. i)
+    if not input then return err end
+    if not input.name or input.name == "" then return E.missing("name at proxy " .. i) end
+    if not input.upstream or input.upstream == "" then
+      return E.missing("upstream at proxy " .. i)
+    end
+    if seen[input.name] then
+      return apierr(400, string.format("duplicate proxy name %q", input.name))
+    end
+    seen[input.name] = true
+    inputs[#inputs + 1] = input
+  end
+  local out = {}
+  for _, input in ipairs(inputs) do
+    local old = proxies[input.name]
+    local proxy = old
+    if old and old.adopted then
+      return apierr(400, "proxy " .. input.name .. " is the main handler's; it cannot be replaced")
+    end
+    if old and not (old.upstream == input.upstream and
+                    (input.listen == nil or old.listen == input.listen or
+                     listen_spec(input.listen) == old.listen)) then
+      remove_proxy(old)
+      proxy = nil
+    end
+    if not proxy then
+      proxy, err = add_proxy(input)
+      if not proxy then return err end
+    elseif input.enabled ~= nil and input.enabled ~= proxy.enabled then
+      if input.enabled then
+        local ok
+        ok, err = start(proxy)
+        if not ok then return err end
+        proxy.enabled = true
+      else
+        stop(proxy)
+        proxy.enabled = false
+      end
+    end
+    out[#out + 1] = proxy
+  end
+  local parts = {}
+  for i, p in ipairs(out) do parts[i] = proxy_json(p) end
+  return 201, '{"proxies":[' .. table.concat(parts, ",") .. "]}"
+end
+
+function H.proxy_show(_, proxy)
+  return 200, proxy_json(proxy)
+end
+
+function H.proxy_update(req, proxy)
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = proxy_input(body, "proxy")
+  if not input then return err end
+  if proxy.adopted then
+    if (input.listen and input.listen ~= proxy.listen) or
+       (input.upstream and input.upstream ~= proxy.upstream) then
+      return apierr(400, "proxy " .. proxy.name .. " is the main handler's: only enabled can change")
+    end
+    if input.enabled ~= nil then
+      proxy.enabled = input.enabled
+      if not input.enabled then proxy.set:close_all("close") end
+    end
+    return 200, proxy_json(proxy)
+  end
+  local listen = input.listen or proxy.listen
+  local upstream = input.upstream or proxy.upstream
+  local enabled = input.enabled
+  if enabled == nil then enabled = proxy.enabled end
+  if listen ~= proxy.listen or upstream ~= proxy.upstream then
+    if proxy.enabled then stop(proxy) end
+    proxy.listen, proxy.upstream = listen, upstream
+    if proxy.enabled then proxy.enabled = false end
+  end
+  if enabled ~= proxy.enabled then
+    if enabled then
+      local ok
+      ok, err = start(proxy)
+      if not ok then return err end
+      proxy.enabled = true
+    else
+      stop(proxy)
+      proxy.enabled = false
+    end
+  end
+  return 200, proxy_json(proxy)
+end
+
+function H.proxy_delete(_, proxy)
+  if proxy.adopted then
+    return apierr(400, "proxy " .. proxy.name .. " is the main handler's; it cannot be deleted")
+  end
+  remove_proxy(proxy)
+  return 204
+end
+
+function H.toxic_index(_, proxy)
+  return 200, encode_array(proxy.set:list(), toxic_view)
+end
+
+-- Maps a toxics.set error kind to toxiproxy's error.
+local function set_error(msg, kind)
+  if kind == "type" then return E.invalid_type() end
+  if kind == "stream" then return E.invalid_stream() end
+  if kind == "exists" then return E.toxic_exists() end
+  if kind == "missing" then return E.toxic_not_found() end
+  return E.bad_body(msg)
+end
+
+local function toxic_input(t)
+  if type(t) ~= "table" or t[1] ~= nil then return nil, E.bad_body("toxic must be a JSON object") end
+  local out = {}
+  for _, k in ipairs { "name", "type", "stream" } do
+    local v, err = field(t, k, "string", "toxic")
+    if v == false then return nil, err end
+    out[k] = v
+  end
+  local v, err = field(t, "toxicity", "number", "toxic")
+  if v == false then return nil, err end
+  out.toxicity = v
+  local attrs = nonull(t.attributes)
+  if attrs ~= nil and (type(attrs) ~= "table" or attrs[1] ~= nil) then
+    return nil, E.bad_body("toxic: attributes must be a JSON object")
+  end
+  if attrs then
+    for k, a in pairs(attrs) do if a == cjson.null then attrs[k] = nil end end
+  end
+  out.attributes = attrs
+  out.api = true
+  if out.name and #out.name > M.MAX_NAME then
+    return nil, E.bad_body("toxic: name longer than " .. M.MAX_NAME .. " bytes")
+  end
+  return out
+end
+
+function H.toxic_create(req, proxy)
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = toxic_input(body)
+  if not input then return err end
+  if #proxy.set:list() >= M.MAX_TOXICS then
+    return apierr(400, "too many toxics on proxy " .. proxy.name .. " (at most " ..
+                  M.MAX_TOXICS .. ")")
+  end
+  local toxic, msg, kind = proxy.set:add(input)
+  if not toxic then return set_error(msg, kind) end
+  return 200, cjson.encode(toxic_view(toxic))
+end
+
+function H.toxic_show(_, proxy, name)
+  local toxic = proxy.set:find(name)
+  if not toxic then return E.toxic_not_found() end
+  return 200, cjson.encode(toxic_view(toxic))
+end
+
+function H.toxic_update(req, proxy, name)
+  if not proxy.set:find(name) then return E.toxic_not_found() end
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = toxic_input(body)
+  if not input then return err end
+  local toxic, msg, kind = proxy.set:update(name, input)
+  if not toxic then return set_error(msg, kind) end
+  return 200, cjson.encode(toxic_view(toxic))
+end
+
+function H.toxic_delete(_, proxy, name)
+  local ok, msg, kind = proxy.set:remove(name)
+  if not ok then return set_error(msg, kind) end
+  return 204
+end
+
+-- POST /reset: every proxy enabled, every toxic removed.
+function H.reset()
+  for _, name in ipairs(sorted_names()) do
+    local proxy = proxies[name]
+    proxy.set:clear()
+    if not proxy.enabled then
+      if not proxy.adopted then
+        local ok, err = start(proxy)
+        if not ok then return err end
+      end
+      proxy.enabled = true
+    end
+  end
+  return 204
+end
+
+---------------------------------------------------------------------------
+-- Routing
+---------------------------------------------------------------------------
+local ROUTES = {
+  { "^/version$", { GET = H.version } },
+  { "^/reset$", { POST = H.reset } },
+  { "^/populate$", { POST = H.populate } },
+  { "^/proxies$", { GET = H.proxy_index, POST = H.proxy_create } },
+  { "^/proxies/([^/]+)$", { GET = H.proxy_show, POST = H.proxy_update,
+                            PATCH = H.proxy_update, DELETE = H.proxy_delete }, proxy = true },
+  { "^/proxies/([^/]+)/toxics$", { GET = H.toxic_index, POST = H.toxic_create }, proxy = true },
+  { "^/proxies/([^/]+)/toxics/([^/]+)$", { GET = H.toxic_show, POST = H.toxic_update,
+                                           PATCH = H.toxic_update, DELETE = H.toxic_delete },
+    proxy = true },
+}
+
+local JSON = { ["Content-Type"] = "application/json" }
+
+-- One request -> status, headers, body (for echokit.http's handler).
+function M.route(req, unescape)
+  local ua = req.headers and req.headers["user-agent"]
+  if ua and ua:find("^Mozilla/") then
+    -- As toxiproxy: browsers are turned away, so a web page cannot drive the
+    -- API from a user's machine.
+    return 403, { ["Content-Type"] = "text/plain; charset=utf-8" }, "User agent not allowed\n"
+  end
+  for _, r in ipairs(ROUTES) do
+    local caps = { req.path:match(r[1]) }
+    if caps[1] or req.path:match(r[1]) then
+      local fn = r[2][req.method]
+      if not fn then
+        local res = apierr(405, "method " .. req.method .. " not allowed on " .. req.path)
+        return 405, JSON, cjson.encode(res) .. "\n"
+      end
+      for i, c in ipairs(caps) do caps[i] = unescape and unescape(c) or c end
+      local status, body
+      if r.proxy then
+        local proxy = proxies[caps[1]]
+        if not proxy then
+          status, body = 404, E.proxy_not_found()
+        else
+          status, body = fn(req, proxy, caps[2])
+        end
+      else
+        status, body = fn(req)
+      end
+      if type(status) == "table" then
+        return status.status, JSON, cjson.encode(status) .. "\n"
+      end
+      if type(body) == "table" then
+        return body.status, JSON, cjson.encode(body) .. "\n"
+      end
+      if status == 204 then return 204, {}, nil end
+      return status, JSON, body
+    end
+  end
+  return 404, JSON, cjson.encode(apierr(404, "no route for " .. req.path)) .. "\n"
+end
+
+-- toxiproxy.serve(addr): starts the control API on addr. Returns the bound
+-- address ("127.0.0.1:8474"), or nil and the reason.
+function M.serve(addr)
+  local ok, lib = pcall(require, "cjson")
+  if not ok then
+    return nil, "the control API needs lua-cjson for Lua 5.4 (Debian: apt-get install lua-cjson): " ..
+                tostring(lib):match("^[^\n]*")
+  end
+  -- A private instance: strict numbers (no NaN, Infinity or hex, which
+  -- JSON has not) and a bound on nesting, whatever other code sets globally.
+  cjson = lib.new()
+  cjson.decode_invalid_numbers(false)
+  cjson.decode_max_depth(32)
+  local http = require "echokit.http"
+  local handler = http.handler(function(req)
+    return M.route(req, http.unescape)
+  end, { server = "echokit" })
+  local l, err = echokit.listen(addr, handler)
+  if not l then return nil, "cannot listen on " .. err end
+  M.listener = l
+  return l:address()
+end
+
+-- For tests and embedding: the proxies by name.
+M.proxies = proxies
+
+return M

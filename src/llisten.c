@@ -1,0 +1,209 @@
+/* echokit.listen(addr, handler): listeners opened at run time, each with its
+ * own callback table (a runtime-created proxy, the control API).
+ *
+ * A listener is a full userdata holding a struct server (accept loop, EMFILE
+ * back-off) with one listening socket. While open it holds a registry
+ * reference to itself, so the collector cannot take it while libev may still
+ * call it, and one reference per callback; :close() (or shutdown) releases
+ * them. Accepted connections take references of their own to the callbacks,
+ * so they outlive the listener that accepted them. */
+#include <lauxlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "script.h"
+
+#define LISTEN_MT "echokit.listener"
+
+struct llisten {
+    struct server srv;
+    struct script *S;
+    struct handler h;
+    int self_ref;
+    int open;
+    char name[200]; /* as bound: "127.0.0.1:8474", "unix:/path" */
+    struct llisten *next, **pprev; /* S->listeners while open */
+};
+
+/* server on_accept: the connection runs this listener's callbacks. */
+static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
+{
+    struct llisten *ll = container_of(srv, struct llisten, srv);
+    lconn_accept_with(ll->S, fd, peer, &ll->h);
+}
+
+/* Stops accepting, closes the socket and releases the references. Safe to
+ * call twice. Not for lua_close (see ll_gc). */
+static void ll_close(struct llisten *ll)
+{
+    if (!ll->open)
+        return;
+    ll->open = 0;
+    server_stop(&ll->srv);
+    server_unlink_unix(&ll->srv);
+    for (int i = 0; i < CB_COUNT; i++)
+        script_unref(ll->S, &ll->h.cb[i]);
+    if (ll->pprev) {
+        *ll->pprev = ll->next;
+        if (ll->next)
+            ll->next->pprev = ll->pprev;
+        ll->next = NULL;
+        ll->pprev = NULL;
+    }
+    script_unref(ll->S, &ll->self_ref);
+}
+
+/* echokit.listen(addr, handler) -> listener | nil, err.
+ * A malformed address or handler raises (misuse); an address that cannot be
+ * bound (taken, no permission) returns nil and the reason. [-2, +1|2, e] */
+int llisten_listen(lua_State *L)
+{
+    struct script *S = script_of(L);
+    const char *spec = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    struct net_addr probe;
+    char err[ECHOKIT_ERR_LEN];
+    if (net_parse_addr(spec, 1, &probe, err) < 0)
+        return luaL_error(L, "echokit.listen: %s", err);
+    lconn_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
+
+    struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);
+    memset(ll, 0, sizeof *ll);
+    ll->S = S;
+    ll->self_ref = LUA_NOREF;
+    for (int i = 0; i < CB_COUNT; i++)
+        ll->h.cb[i] = LUA_NOREF;
+    luaL_setmetatable(L, LISTEN_MT);
+    /* stack: addr, handler, listener */
+    server_init(&ll->srv, S->ctx);
+    ll->srv.on_accept = ll_accept;
+    if (server_listen(&ll->srv, spec, err) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
+    lconn_take_handler(L, 2, &ll->h);
+    lua_pushvalue(L, -1);
+    ll->self_ref = script_ref(S);
+    ll->open = 1;
+    ll->next = S->listeners;
+    if (ll->next)
+        ll->next->pprev = &ll->next;
+    ll->pprev = &S->listeners;
+    S->listeners = ll;
+    server_start(&ll->srv);
+    log_msg(LOG_DEBUG, "listening on %s (echokit.listen)", ll->name);
+    return 1;
+}
+
+/* [-0, +0, v] */
+static struct llisten *check_ll(lua_State *L)
+{
+    return luaL_checkudata(L, 1, LISTEN_MT);
+}
+
+/* listener:close(): stop accepting (connections already accepted carry on).
+ * [-0, +0, -] */
+static int m_close(lua_State *L)
+{
+    ll_close(check_ll(L));
+    return 0;
+}
+
+/* listener:address() -> "HOST:PORT" as bound (port 0 resolved), or nil,
+ * "closed". [-0, +1|2, -] */
+static int m_address(lua_State *L)
+{
+    struct llisten *ll = check_ll(L);
+    if (!ll->open) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushstring(L, ll->name);
+    return 1;
+}
+
+/* [-0, +1, m] */
+static int m_tostring(lua_State *L)
+{
+    struct llisten *ll = check_ll(L);
+    lua_pushfstring(L, "listener %s%s", ll->name, ll->open ? "" : " (closed)");
+    return 1;
+}
+
+/* [-0, +0, -] Only reached for an open listener by lua_close (an open one is referenced):
+ * close the socket, leave the registry alone. */
+static int m_gc(lua_State *L)
+{
+    struct llisten *ll = check_ll(L);
+    if (ll->open) {
+        ll->open = 0;
+        server_stop(&ll->srv);
+    }
+    return 0;
+}
+
+/* Registers the listener metatable. [-0, +0, m] */
+void llisten_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"close", m_close}, {"address", m_address}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, LISTEN_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, m_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, m_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+}
+
+void llisten_close_all(struct script *S)
+{
+    while (S->listeners)
+        ll_close(S->listeners);
+}
+
+/* Message handler for llisten_admin: the bare message. [-1, +1, m] */
+static int admin_msgh(lua_State *L)
+{
+    if (!lua_isstring(L, 1))
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    return 1;
+}
+
+/* Runs require("echokit.toxiproxy").serve(addr) in protected mode; the stack
+ * is left as found. [-0, +0, -] */
+int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
+                  size_t errcap)
+{
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, admin_msgh);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "echokit.toxiproxy");
+    /* stack: msgh, require, "echokit.toxiproxy" */
+    if (lua_pcall(L, 1, 1, top + 1) != LUA_OK)
+        goto fail;
+    lua_getfield(L, -1, "serve");
+    lua_pushstring(L, addr);
+    /* stack: msgh, module, serve, addr */
+    if (lua_pcall(L, 1, 2, top + 1) != LUA_OK)
+        goto fail;
+    if (lua_isnil(L, -2)) {
+        snprintf(err, errcap, "%s", luaL_optstring(L, -1, "cannot listen"));
+        lua_settop(L, top);
+        return -1;
+    }
+    snprintf(name, namecap, "%s", lua_tostring(L, -2));
+    lua_settop(L, top);
+    return 0;
+fail:
+    snprintf(err, errcap, "%s", lua_tostring(L, -1));
+    lua_settop(L, top);
+    return -1;
+}

@@ -1,0 +1,77 @@
+-- echokit.listen: listeners opened and closed at run time with their own
+-- handler, next to the main listener. Every wait is bounded.
+local t = require "echokit_test"
+
+local HANDLER = "tests/handlers/listen.lua"
+
+local function ask(c, line)
+  t.send_all(c, line .. "\n")
+  return t.recv_line(c, 3)
+end
+
+describe("echokit.listen", function()
+  after_each(t.teardown)
+
+  it("opens a listener with its own handler; close stops it, its connections carry on", function()
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local base = ask(ctl, "refs")
+    local addr = ask(ctl, "listen 127.0.0.1:0"):match("^ok (.+)$")
+    assert.truthy(addr, "no address from listen")
+    local host, port = addr:match("^(.+):(%d+)$")
+    local socket = require "socket"
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(t.T(3))
+    t.send_all(c, "hello\n")
+    assert.equal("HELLO", t.recv_line(c))
+    assert.equal("closed nil", ask(ctl, "close"))
+    local c2, err = socket.connect(host, tonumber(port))
+    assert.is_nil(c2, "connected to a closed listener")
+    assert.equal("connection refused", err)
+    t.send_all(c, "still\n")
+    assert.equal("STILL", t.recv_line(c))             -- accepted before the close
+    c:close()
+    assert.equal("plain", ask(ctl, "plain"))           -- the main handler is untouched
+    t.eventually(function() return ask(ctl, "refs") == base end, 3,
+                 "registry references back to the baseline (" .. base .. ")")
+  end)
+
+  it("a taken address is a clear error, and what runs keeps running", function()
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local addr = ask(ctl, "listen 127.0.0.1:0"):match("^ok (.+)$")
+    local reply = ask(ctl, "listen " .. addr)
+    assert.matches("^err .*" .. addr:gsub("%p", "%%%0") .. ".*[Aa]ddress already in use", reply)
+    reply = ask(ctl, "listen 127.0.0.1:" .. srv:port())
+    assert.matches("^err .*already in use", reply)
+    local host, port = addr:match("^(.+):(%d+)$")
+    local c = assert(require("socket").connect(host, tonumber(port)))
+    c:settimeout(t.T(3))
+    t.send_all(c, "up\n")
+    assert.equal("UP", t.recv_line(c))
+    c:close()
+    assert.equal("main", ask(srv:connect(), "main"))
+  end)
+
+  it("a malformed address raises in the caller; the server carries on", function()
+    local srv = t.start { handler = HANDLER, expect_errors = { "echokit.listen:" } }
+    local ctl = srv:connect()
+    t.send_all(ctl, "bad 127.0.0.1:notaport\n")
+    local d, err = t.recv_until_closed(ctl, 3)
+    assert.equal("", d)
+    srv:await_log("on_data: .*echokit.listen: ")
+    assert.equal("fine", ask(srv:connect(), "fine"))
+  end)
+
+  it("stops accepting at shutdown", function()
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local addr = ask(ctl, "listen 127.0.0.1:0"):match("^ok (.+)$")
+    ctl:close()
+    local how, code = srv:stop()
+    assert.equal("exited", how)
+    assert.equal(0, code)
+    local host, port = addr:match("^(.+):(%d+)$")
+    assert.is_nil(require("socket").connect(host, tonumber(port)))
+  end)
+end)

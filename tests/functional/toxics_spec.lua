@@ -1,0 +1,276 @@
+-- Toxics (echokit.toxics) through the chaos handler, each measured from a
+-- real client: an echokit echo server is the upstream, a chaos proxy sits in
+-- front of it, luasocket talks to the proxy. Every wait is bounded.
+local t = require "echokit_test"
+local socket = require "socket"
+
+local function upstream(opts)
+  return t.start { handler = "echo", opts = opts }
+end
+
+local proxies = {}
+
+-- A chaos proxy in front of `up` with the given handler arguments.
+local function chaos(up, args, o)
+  args.upstream = "127.0.0.1:" .. up:port()
+  o = o or {}
+  o.handler = "chaos"
+  o.args = args
+  local px = t.start(o)
+  proxies[#proxies + 1] = px
+  return px
+end
+
+-- The harness stops servers in the order they started; the proxies go first
+-- here (their clients closed), so no upstream waits out its grace period for
+-- a proxy's connection.
+local function teardown()
+  for _, px in ipairs(proxies) do
+    for _, c in ipairs(px.clients) do pcall(c.close, c) end
+    px.clients = {}
+    if not px.stopped then pcall(px.stop, px) end
+  end
+  proxies = {}
+  t.teardown()
+end
+
+-- Waits (bounded) until c is readable, then takes what has arrived: a
+-- string, or nil, err ("closed", "timeout", "connection reset by peer"...).
+local function recv_some(c, timeout)
+  local r = socket.select({ c }, nil, t.T(timeout or 5))
+  if not r[1] then return nil, "timeout" end
+  c:settimeout(0)
+  local d, err, partial = c:receive(65536)
+  if d then return d end
+  if partial and #partial > 0 then return partial end
+  return nil, err
+end
+
+-- Connects with Python, sends `data`, reads until the end and prints how the
+-- stream ended: "EOF <n> after <s>" or "ECONNRESET after <s>".
+local PYCLIENT = [[
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+t0 = time.monotonic(); s.sendall(sys.argv[2].encode()); n = 0
+try:
+    while True:
+        d = s.recv(65536)
+        if not d: print("EOF %d after %.3f" % (n, time.monotonic() - t0)); break
+        n += len(d)
+except ConnectionResetError:
+    print("ECONNRESET after %.3f" % (time.monotonic() - t0))
+except socket.timeout:
+    print("TIMEOUT")
+]]
+local function python_client(port, data)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(PYCLIENT)
+  f:close()
+  local p = io.popen(string.format("python3 %s %d '%s'", path, port, data))
+  local out = p:read("a")
+  p:close()
+  os.remove(path)
+  return out
+end
+
+local function mean(xs)
+  local s = 0
+  for _, x in ipairs(xs) do s = s + x end
+  return s / #xs
+end
+
+describe("toxics", function()
+  after_each(teardown)
+
+  it("latency adds latency +- jitter to every chunk and keeps their order", function()
+    local up = upstream()
+    local px = chaos(up, { latency = 0.05, jitter = 0.01 })
+    local c = px:connect()
+    local samples = {}
+    for i = 1, 30 do
+      local t0 = t.now()
+      t.send_all(c, "ping " .. i .. "\n")
+      assert.equal("ping " .. i, t.recv_line(c, 2))
+      samples[#samples + 1] = t.now() - t0
+    end
+    table.sort(samples)
+    local m = mean(samples)
+    assert(samples[1] >= 0.039, "a round trip took less than latency - jitter: " .. samples[1])
+    assert(m >= 0.045 and m <= 0.05 + 0.02 * t.slow,
+           string.format("mean added latency %.4fs, expected 0.05s (+- jitter)", m))
+    -- A burst of chunks, each delayed independently, arrives in order.
+    local lines = {}
+    for i = 1, 200 do
+      lines[#lines + 1] = string.format("%04d\n", i)
+      t.send_all(c, lines[#lines])
+    end
+    local want = table.concat(lines)
+    t.assert_bytes(want, t.recv_n(c, #want, 5), "burst through latency")
+  end)
+
+  it("bandwidth holds the rate within 15 %", function()
+    local up = upstream()
+    local px = chaos(up, { bandwidth = 200 })            -- 200 KB/s downstream
+    local c = px:connect()
+    local data = t.random_bytes(200 * 1000)              -- one second's worth
+    local t0 = t.now()
+    t.send_all(c, data)
+    t.assert_bytes(data, t.recv_n(c, #data, 10), "through bandwidth")
+    local rate = #data / (t.now() - t0) / 1000
+    assert(rate >= 200 * 0.85 and rate <= 200 * 1.15,
+           string.format("measured %.1f KB/s through bandwidth=200", rate))
+  end)
+
+  it("slicer delivers the data in slices of average_size, delay apart", function()
+    local up = upstream()
+    local px = chaos(up, { slicer = 10, slice_delay = 0.05 })
+    local c = px:connect()
+    local data = string.rep("0123456789", 10)
+    local t0 = t.now()
+    t.send_all(c, data)
+    local got, reads = {}, {}
+    while #table.concat(got) < #data do
+      local d, err = recv_some(c, 3)
+      assert(d, "slicer: stream ended early: " .. tostring(err))
+      got[#got + 1] = d
+      reads[#reads + 1] = #d
+    end
+    assert.equal(data, table.concat(got))
+    for _, n in ipairs(reads) do
+      assert(n % 10 == 0, "a read of " .. n .. " bytes: slices are 10 bytes")
+    end
+    assert(#reads >= 6, "10 slices 50 ms apart came in " .. #reads .. " reads")
+    assert(t.now() - t0 >= 0.9 * 9 * 0.05, "10 slices 50 ms apart took " .. (t.now() - t0))
+  end)
+
+  it("reset_peer resets the client (ECONNRESET) after the timeout", function()
+    local up = upstream()
+    local px = chaos(up, { reset_peer = 0.2, stream = "upstream" })
+    -- luasocket reports a reset as "closed"; Python tells ECONNRESET apart.
+    local out = python_client(px:port(), "hello\n")
+    assert.matches("^ECONNRESET after ", out)
+    local after = tonumber(out:match("after ([%d.]+)"))
+    assert(after >= 0.19, "reset after " .. after .. "s, timeout was 0.2s")
+  end)
+
+  it("timeout holds the data, then closes the connection", function()
+    local up = upstream()
+    local px = chaos(up, { timeout = 0.4 })
+    local c = px:connect()
+    local t0 = t.now()
+    t.send_all(c, "hello\n")
+    local data, err = t.recv_until_closed(c, 3)
+    assert.equal("", data)
+    assert.equal("closed", err)
+    assert(t.now() - t0 >= 0.35, "closed after " .. (t.now() - t0) .. "s, timeout was 0.4s")
+  end)
+
+  it("limit_data delivers exactly N bytes, then closes", function()
+    local up = upstream()
+    local px = chaos(up, { limit_data = 1000 })
+    local c = px:connect()
+    local data = t.random_bytes(3000)
+    t.send_all(c, data)
+    local got, err = t.recv_until_closed(c, 5)
+    assert.equal("closed", err)
+    t.assert_bytes(data:sub(1, 1000), got, "limit_data")
+  end)
+
+  it("slow_close delays the end of the stream", function()
+    local up = upstream()
+    local px = chaos(up, { slow_close = 0.3 })
+    local c = px:connect()
+    t.send_all(c, "bye\n")
+    assert.equal("bye", t.recv_line(c, 2))
+    local t0 = t.now()
+    c:shutdown("send")                 -- the echo server closes; the proxy waits
+    local rest, err = t.recv_until_closed(c, 3)
+    assert.equal("", rest)
+    assert.equal("closed", err)
+    assert(t.now() - t0 >= 0.25, "closed after " .. (t.now() - t0) .. "s, delay was 0.3s")
+  end)
+
+  it("down drops every connection", function()
+    local up = upstream { "-v" }                -- logs each connection it accepts
+    local px = chaos(up, { down = 1 })
+    for _ = 1, 5 do
+      local c, err = px:try_connect(nil, t.T(3))
+      local d
+      if c then
+        pcall(c.send, c, "x")
+        d, err = recv_some(c, 3)
+      end
+      assert.is_nil(d)
+      assert.truthy(err == "closed" or err == "connection reset by peer", err)
+    end
+    -- and the upstream was never bothered
+    assert.same({}, up:log_matching("%] open$"))
+  end)
+
+  it("toxicity 0.5 applies to roughly half of many connections", function()
+    local up = upstream()
+    local px = chaos(up, { down = 1, toxicity = 0.5 })
+    local n, hit = 120, 0
+    for _ = 1, n do
+      -- A dropped connection may already fail in connect (reset at once).
+      local c = px:try_connect(nil, t.T(3))
+      local d
+      if c then
+        pcall(c.send, c, "x")
+        d = recv_some(c, 3)
+        c:close()
+      end
+      if d ~= "x" then hit = hit + 1 end
+    end
+    -- Binomial(120, 0.5): sd 5.5; 30..90 is more than 5 sd either way.
+    assert(hit >= 30 and hit <= 90, hit .. " of " .. n .. " connections dropped")
+  end)
+
+  it("a connection that cannot reach the upstream is closed, others carry on", function()
+    local up = upstream()
+    local px = chaos(up, { latency = 0.01 })
+    local port = up:port()
+    local c1 = px:connect()
+    t.send_all(c1, "one\n")
+    assert.equal("one", t.recv_line(c1, 2))
+    c1:close()
+    up:stop()
+    local c2 = px:connect()
+    local d, err = t.recv_until_closed(c2, 3)
+    assert.equal("", d)
+    assert.truthy(err == "closed" or err == "connection reset by peer", err)
+    px:await_log("upstream 127.0.0.1:" .. port .. ": refused")
+  end)
+
+  it("holds a client that sends faster than the bandwidth allows (memory bounded)", function()
+    local up = upstream()
+    local px = chaos(up, { bandwidth = 100, stream = "upstream" })
+    local c = px:connect()
+    c:settimeout(0.2)
+    local chunk = string.rep("x", 65536)
+    local sent, t0 = 0, t.now()
+    -- Send until the proxy stops taking data (bounded: 64 MiB or 5 s).
+    while sent < 64 * 1024 * 1024 and t.now() - t0 < 5 * t.slow do
+      local last, err, partial = c:send(chunk)
+      sent = sent + (last or partial or 0)
+      if not last then break end
+    end
+    assert(sent < 16 * 1024 * 1024, "the proxy took " .. sent .. " bytes from a fast client")
+    assert(px:alive())
+    c:setoption("linger", { on = true, timeout = 0 })   -- leave with a reset
+    c:close()
+  end)
+
+  it("rejects bad arguments at load time", function()
+    local r = t.run { handler = "chaos", args = { upstream = "127.0.0.1:1", latency = "soon" } }
+    assert.equal(2, r.code)
+    assert.matches("latency=soon is not a number", r.stderr)
+    r = t.run { handler = "chaos", args = { upstream = "127.0.0.1:1", frobnicate = "1" } }
+    assert.equal(2, r.code)
+    assert.matches("unknown argument 'frobnicate'", r.stderr)
+    r = t.run { handler = "chaos", args = { upstream = "127.0.0.1:1", latency = 1, stream = "sideways" } }
+    assert.equal(2, r.code)
+    assert.matches("stream was invalid", r.stderr)
+  end)
+end)

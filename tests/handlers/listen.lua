@@ -1,0 +1,39 @@
+-- Test handler: opens and closes listeners at run time (echokit.listen).
+--   listen ADDR  -> "ok HOST:PORT\n" or "err MESSAGE\n"; the new listener
+--                   echoes lines upper-cased
+--   close        -> closes the last listener opened: "closed\n"
+--   bad ADDR     -> echokit.listen with a malformed address (raises)
+--   refs         -> "refs N\n" after a full collection
+local echokit = require "echokit"
+
+local upper = {
+  on_data = function(conn, data) conn:write(data:upper()) end,
+}
+local last
+
+return {
+  on_data = function(conn, data)
+    for line in data:gmatch("([^\n]*)\n") do
+      local cmd, arg = line:match("^(%S+)%s*(.*)$")
+      if cmd == "listen" then
+        local l, err = echokit.listen(arg, upper)
+        if l then
+          last = l
+          conn:write("ok " .. l:address() .. "\n")
+        else
+          conn:write("err " .. err .. "\n")
+        end
+      elseif cmd == "close" then
+        last:close()
+        conn:write("closed " .. tostring(last:address()) .. "\n")
+      elseif cmd == "bad" then
+        echokit.listen(arg, upper)
+      elseif cmd == "refs" then
+        collectgarbage("collect")
+        conn:write("refs " .. echokit.stats().refs .. "\n")
+      else
+        conn:write(line .. "\n")
+      end
+    end
+  end,
+}

@@ -1,0 +1,127 @@
+// Drives echokit's control API with toxiproxy's Node client library, the way
+// a test suite written for toxiproxy would, and checks that traffic through
+// the proxy changes accordingly. Prints TAP-style lines; exits 0 only if
+// every step passed.
+//
+//   node client_test.js http://127.0.0.1:ADMIN UPSTREAM_PORT
+"use strict";
+const net = require("net");
+const { Toxiproxy, ToxiproxyError } = require("toxiproxy-node-client");
+
+const [admin, upstreamPort] = process.argv.slice(2);
+const upstream = `127.0.0.1:${upstreamPort}`;
+let step = 0;
+
+function ok(cond, what) {
+  step++;
+  if (!cond) throw new Error(`step ${step} failed: ${what}`);
+  console.log(`ok ${step} - ${what}`);
+}
+
+// Round trip of one line through host:port; resolves with seconds taken, or
+// rejects with the socket error (bounded by `limit` seconds).
+function roundTrip(listen, limit = 5) {
+  const [host, port] = listen.split(":");
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const s = net.connect({ host, port: Number(port) });
+    let got = "";
+    const timer = setTimeout(() => { s.destroy(); reject(new Error("timeout")); }, limit * 1000);
+    s.on("connect", () => s.write("ping\n"));
+    s.on("data", (d) => {
+      got += d;
+      if (got === "ping\n") {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+    });
+    s.on("error", (e) => { clearTimeout(timer); reject(e); });
+    s.on("close", () => { clearTimeout(timer); reject(new Error(`closed after ${JSON.stringify(got)}`)); });
+  });
+}
+
+async function rejects(promise, what) {
+  try {
+    await promise;
+  } catch (e) {
+    ok(e instanceof ToxiproxyError, `${what} (rejected: ${e.message})`);
+    return;
+  }
+  ok(false, `${what}: expected an error`);
+}
+
+async function main() {
+  const toxiproxy = new Toxiproxy(admin);
+  const version = await toxiproxy.getVersion();
+  ok(/"version"/.test(version), `getVersion: ${version.trim()}`);
+
+  const proxy = await toxiproxy.createProxy({ name: "echo", listen: "127.0.0.1:0", upstream });
+  ok(proxy.name === "echo" && /^127\.0\.0\.1:\d+$/.test(proxy.listen) && proxy.enabled,
+     `createProxy: listening on ${proxy.listen}`);
+  const base = await roundTrip(proxy.listen);
+  ok(base < 0.1, `traffic passes untouched (${base.toFixed(4)}s)`);
+
+  const toxic = await proxy.addToxic({ type: "latency", stream: "downstream", toxicity: 1,
+                                       attributes: { latency: 200, jitter: 0 } });
+  ok(toxic.name === "latency_downstream" && toxic.attributes.latency === 200, "addToxic latency 200 ms");
+  const slow = await roundTrip(proxy.listen);
+  ok(slow >= 0.19 && slow < 1, `latency applies (${slow.toFixed(4)}s)`);
+
+  const got = await proxy.getToxic("latency_downstream");
+  ok(got.type === "latency" && got.stream === "downstream", "getToxic");
+  const updated = await got.update({ attributes: { latency: 400 } });
+  ok(updated.attributes.latency === 400, "toxic.update to 400 ms");
+  const slower = await roundTrip(proxy.listen);
+  ok(slower >= 0.39 && slower < 2, `updated latency applies (${slower.toFixed(4)}s)`);
+
+  await updated.remove();
+  const fast = await roundTrip(proxy.listen);
+  ok(fast < 0.1, `toxic removed: latency gone (${fast.toFixed(4)}s)`);
+
+  await proxy.addToxic({ type: "timeout", stream: "upstream", toxicity: 1, attributes: { timeout: 100 } });
+  let err = null;
+  try { await roundTrip(proxy.listen); } catch (e) { err = e; }
+  ok(err && /closed/.test(err.message), `timeout toxic closes the connection (${err && err.message})`);
+
+  await rejects(proxy.addToxic({ type: "timeout", stream: "upstream", toxicity: 1, attributes: {} }),
+                "a duplicate toxic name is refused");
+  await rejects(proxy.addToxic({ type: "no_such_toxic", stream: "upstream", toxicity: 1, attributes: {} }),
+                "an unknown toxic type is refused");
+  await rejects(toxiproxy.createProxy({ name: "echo", listen: "127.0.0.1:0", upstream }),
+                "a duplicate proxy name is refused");
+
+  const disabled = await proxy.update({ enabled: false, listen: proxy.listen, upstream });
+  ok(disabled.enabled === false, "proxy.update enabled=false");
+  err = null;
+  try { await roundTrip(proxy.listen); } catch (e) { err = e; }
+  ok(err && err.code === "ECONNREFUSED", `a disabled proxy refuses connections (${err && err.code})`);
+
+  await toxiproxy.reset();
+  const after = await toxiproxy.get("echo");
+  ok(after.enabled === true, "reset enables the proxy");
+  const again = await roundTrip(after.listen);
+  ok(again < 0.1, `reset removed the toxics (${again.toFixed(4)}s)`);
+
+  const populated = await toxiproxy.populate([
+    { name: "echo", listen: after.listen, upstream },
+    // As the client's own TestHelper does: localhost, any port.
+    { name: "second", listen: "localhost:0", upstream: `localhost:${upstreamPort}` },
+  ]);
+  ok(populated.echo && populated.second && /^127\.0\.0\.1:\d+$/.test(populated.second.listen),
+     `populate two proxies (one kept, one new on ${populated.second && populated.second.listen})`);
+  const all = await toxiproxy.getAll();
+  ok(Object.keys(all).includes("second") && all.echo.listen === after.listen, "getAll");
+  const t2 = await roundTrip(populated.second.listen);
+  ok(t2 < 0.5, "the populated proxy relays");
+
+  await populated.second.remove();
+  await rejects(toxiproxy.get("second"), "a removed proxy is gone (404)");
+  await after.remove();
+  console.log(`1..${step}`);
+}
+
+main().catch((e) => {
+  console.log(`not ok ${step + 1} - ${e.stack || e}`);
+  process.exit(1);
+});
