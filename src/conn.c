@@ -351,7 +351,10 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
                         CONN_SHUT_DONE)) &&
         splice_relay(c, dst))
         return;
-    ssize_t n = read(c->fd, ctx->rbuf, ctx->rbuf_len);
+    /* recv, not read: every fd here is a socket, and read(2) takes the
+     * VFS path (vfs_read, ~2% of the proxy's CPU in a ping-pong profile)
+     * before it reaches the same socket code. */
+    ssize_t n = recv(c->fd, ctx->rbuf, ctx->rbuf_len, 0);
     if (n > 0) {
         /* A full buffer means a stream, not messages: from now on a pipe
          * moves it with splice. Message traffic keeps the copy path, which
