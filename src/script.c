@@ -325,6 +325,8 @@ static void install_searcher(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, lechokit_open);
     lua_setfield(L, -2, "echokit");
+    lua_pushcfunction(L, lcodec_open);
+    lua_setfield(L, -2, "echokit.codec");
     lua_pop(L, 2);
 }
 
