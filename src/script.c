@@ -378,6 +378,7 @@ void script_free(struct script *S)
 static const struct {
     const char *name, *file;
 } aliases[] = {
+    {"http", "http_echo"},
     {NULL, NULL},
 };
 

@@ -253,7 +253,15 @@ function Parser:next()
     if state == "head" then
       local line = self:line(self.max_header)
       if line == false then return self:fail("request header too large", 431) end
-      if line == nil then return nil end
+      if line == nil then
+        -- Refuse at once what can never become a request line (a TLS hello,
+        -- binary noise) instead of waiting for a line end that may not come.
+        if not self.req then
+          local bad = self.buf:find("[^!#$%%&'*+%-.^_`|~%w\r\n]", self.pos)
+          if bad and self.buf:byte(bad) ~= 32 then return self:fail("bad request line", 400) end
+        end
+        return nil
+      end
       if line:find("\r", 1, true) then return self:fail("bare CR in request head", 400) end
       if not self.req then
         -- RFC 9112 2.2: ignore empty lines before the request line

@@ -122,6 +122,8 @@ describe("echokit.http parser", function()
     { "oversized header", "GET / HTTP/1.1\r\nHost: h\r\nX: " .. ("a"):rep(9000) .. "\r\n\r\n", 431 },
     { "oversized request line", "GET /" .. ("a"):rep(9000) .. " HTTP/1.1\r\n\r\n", 431 },
     { "endless header line", "GET / HTTP/1.1\r\nX: " .. ("a"):rep(9000), 431 },
+    { "binary without a line end", "\22\3\1\0\165\1\0\0", 400 },
+    { "a method then a control char", "GET\1", 400 },
     { "too many headers", "GET / HTTP/1.1\r\nHost: h\r\n" .. ("X: y\r\n"):rep(101) .. "\r\n", 431 },
   }
   for _, case in ipairs(bad) do
