@@ -379,6 +379,7 @@ static const struct {
     const char *name, *file;
 } aliases[] = {
     {"http", "http_echo"},
+    {"redis", "redis_mock"},
     {NULL, NULL},
 };
 
