@@ -380,6 +380,7 @@ static const struct {
 } aliases[] = {
     {"http", "http_echo"},
     {"redis", "redis_mock"},
+    {"websocket", "websocket_echo"},
     {NULL, NULL},
 };
 

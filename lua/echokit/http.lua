@@ -22,6 +22,8 @@
 --   p:finish() -> nil | nil, err, 400  -- the peer ended its input: an error if it
 --                                       stopped in the middle of a request
 --   p:pending() -> bytes buffered but not yet part of a returned request
+--   p:leftover() -> those bytes, removed from the parser (after a request that
+--                   switches protocols, e.g. a WebSocket upgrade)
 --
 --   req = { method = "GET", target = "/a?b=1", path = "/a", query = "b=1" or nil,
 --           version = "1.1" or "1.0", headers = { ["content-type"] = "..." },
@@ -110,6 +112,12 @@ end
 
 function Parser:pending()
   return #self.buf - self.pos + 1
+end
+
+function Parser:leftover()
+  local rest = self.buf:sub(self.pos)
+  self.buf, self.pos = "", 1
+  return rest
 end
 
 function Parser:fail(err, status)
