@@ -406,8 +406,15 @@ static void builtin_names(char *buf, size_t cap)
         if (strncmp(f->name, "handlers/", 9) != 0)
             continue;
         size_t n = strlen(f->name) - 9 - 4;
+        const char *shown = f->name + 9;
+        /* a file with an alias is listed under the name users type */
+        for (int i = 0; aliases[i].name; i++)
+            if (strlen(aliases[i].file) == n && strncmp(aliases[i].file, shown, n) == 0) {
+                shown = aliases[i].name;
+                n = strlen(shown);
+            }
         pos += (size_t)snprintf(buf + pos, cap - pos, "%s%.*s", pos ? ", " : "", (int)n,
-                                f->name + 9);
+                                shown);
         if (pos >= cap)
             break;
     }

@@ -48,6 +48,17 @@ end
 describe("http handler", function()
   after_each(tools.teardown)
 
+  it("is listed, with the other protocol handlers, under the names users type", function()
+    local r = t.run{ handler = "no_such_handler" }
+    assert.equal(2, r.code)
+    local list = r.stderr:match("built%-in: ([^;]+);")
+    assert(list, r.stderr)
+    for _, name in ipairs({ "http", "websocket", "redis", "chat" }) do
+      assert.truthy((", " .. list .. ","):find(", " .. name .. ",", 1, true), list)
+    end
+    assert.falsy(list:find("http_echo", 1, true), list)
+  end)
+
   it("answers curl with what it received, as JSON", function()
     local srv = t.start{ handler = "http" }
     local r = tools.assert_ok(curl{ "-H", "X-Test: one two", "-d", 'a "quoted" body',
