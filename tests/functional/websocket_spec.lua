@@ -147,6 +147,52 @@ describe("websocket handler", function()
     assert.truthy(r.out:find("\r\nUpgrade: websocket\r\n", 1, true), r.out)
   end)
 
+  it("runs on_open, a server-started close handshake and on_close", function()
+    local srv = t.start{ handler = "tests/handlers/ws_close.lua" }
+    local c = upgraded(srv)
+    assert.equal(frame(0x81, "hello /chat", false), t.recv_n(c, 13))
+    t.send_all(c, frame(0x81, "ping me", true))
+    assert.equal(frame(0x89, "from server", false), t.recv_n(c, 13))
+    t.send_all(c, frame(0x81, "bye", true))
+    local closing = t.recv_n(c, 14)
+    assert.equal(frame(0x88, "\15\160server bye", false), closing)
+    -- messages after our close frame are not answered; the peer's close ends it
+    t.send_all(c, frame(0x81, "too late", true) .. frame(0x88, "\15\160", true))
+    local rest, err = t.recv_until_closed(c, 5)
+    assert.same({ "", "closed" }, { rest, err })
+    srv:await_log("ws closed: 4000 ")
+  end)
+
+  it("closes the TCP connection when the peer never answers our close", function()
+    local srv = t.start{ handler = "tests/handlers/ws_close.lua" }
+    local c = upgraded(srv)
+    t.recv_n(c, 13)
+    t.send_all(c, frame(0x81, "bye", true))
+    local t0 = t.now()
+    local all, err = t.recv_until_closed(c, 5)
+    assert.equal("closed", err)
+    assert.equal(frame(0x88, "\15\160server bye", false), all)
+    assert(t.now() - t0 >= 0.4, "closed before close_timeout")
+    srv:await_log("ws closed: nil")
+  end)
+
+  it("picks the first subprotocol it supports from the client's offer", function()
+    local srv = t.start{ handler = "tests/handlers/ws_close.lua" }
+    local c = srv:connect()
+    t.send_all(c, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n" ..
+                  "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n" ..
+                  "Sec-WebSocket-Protocol: v1, v2\r\n\r\n")
+    local head = {}
+    repeat
+      local l = t.recv_line(c)
+      head[#head + 1] = l
+    until l == ""
+    local text = table.concat(head, "\n")
+    assert.truthy(text:find("^HTTP/1%.1 101 "), text)
+    assert.truthy(text:find("\nSec%-WebSocket%-Protocol: v2\n"), text)
+    assert.truthy(text:find("\nSec%-WebSocket%-Accept: ICX%+Yqv66kxgM0FcWaLWlFLwTAI=\n"), text)
+  end)
+
   it("keeps other sessions going when one fails", function()
     local srv = t.start{ handler = "websocket" }
     local good = upgraded(srv)
