@@ -51,6 +51,10 @@ echokit.every(1, function()
   end
 end)
 
+-- Expiry times past these would overflow a millisecond deadline.
+local LIMIT_MS = math.maxinteger // 4
+local LIMIT_S = LIMIT_MS // 1000
+
 local OOM = resp.error("OOM command not allowed when used memory > 'maxmemory'.")
 local NOT_INT = resp.error("ERR value is not an integer or out of range")
 local SYNTAX = resp.error("ERR syntax error")
@@ -152,8 +156,11 @@ def("set", -3, function(a)
            and a[i + 1] then
       local n = int(a[i + 1])
       if not n then return NOT_INT end
-      if n <= 0 then return resp.error("ERR invalid expire time in 'set' command") end
-      local ms = (o == "ex" or o == "exat") and n * 1000 or n
+      local seconds = o == "ex" or o == "exat"
+      if n <= 0 or n > (seconds and LIMIT_S or LIMIT_MS) then
+        return resp.error("ERR invalid expire time in 'set' command")
+      end
+      local ms = seconds and n * 1000 or n
       if o == "ex" or o == "px" then dl = now_ms() + ms
       else dl = now_ms() + (ms - math.floor(os.time() * 1000)) end
       i = i + 1
@@ -198,22 +205,20 @@ def("decrby", 3, function(a)
   if not by or by == math.mininteger then return NOT_INT end
   return incr(a[2], -by)
 end)
-def("expire", -3, function(a)
-  local n = int(a[3])
-  if not n or a.n > 4 then return a.n > 4 and SYNTAX or NOT_INT end
-  if n > (math.maxinteger // 1000) - now_ms() // 1000 then
-    return resp.error("ERR invalid expire time in 'expire' command")
-  end
-  return expire_at(a[2], now_ms() + n * 1000)
-end)
-def("pexpire", -3, function(a)
-  local n = int(a[3])
-  if not n or a.n > 4 then return a.n > 4 and SYNTAX or NOT_INT end
-  if n > math.maxinteger - now_ms() then
-    return resp.error("ERR invalid expire time in 'pexpire' command")
-  end
-  return expire_at(a[2], now_ms() + n)
-end)
+-- EXPIRE / PEXPIRE: a time in the past deletes the key, as in Redis.
+local function expire_cmd(name, unit)
+  def(name, -3, function(a)
+    if a.n > 4 then return SYNTAX end
+    local n = int(a[3])
+    if not n then return NOT_INT end
+    if n > (unit == 1000 and LIMIT_S or LIMIT_MS) or n < -(unit == 1000 and LIMIT_S or LIMIT_MS) then
+      return resp.error("ERR invalid expire time in '" .. name .. "' command")
+    end
+    return expire_at(a[2], now_ms() + n * unit)
+  end)
+end
+expire_cmd("expire", 1000)
+expire_cmd("pexpire", 1)
 def("persist", 2, function(a)
   if get(a[2]) == nil or not expires[a[2]] then return 0 end
   expires[a[2]] = nil

@@ -94,6 +94,11 @@ function Lines:feed(data)
   self.avail = self.avail + #data
 end
 
+function Lines:rest()
+  self.scanned, self.hit, self.tail = 0, false, ""
+  return Base.rest(self)
+end
+
 function Lines:next()
   if self.err then return nil, self.err end
   while true do

@@ -29,6 +29,13 @@ describe("echokit.framing lines", function()
     end
   end)
 
+  it("starts afresh after rest()", function()
+    local f = framing.lines()
+    assert.same({ "a" }, drain(f, "a\nlong partial line"))
+    assert.equal("long partial line", f:rest())
+    assert.same({ "b", "c" }, drain(f, "b\nc\n", 1))
+  end)
+
   it("splits at a multi-byte delimiter that straddles chunks", function()
     for step = 1, 7 do
       assert.same({ "a", "b\r", "" }, drain(framing.lines{ delimiter = "\r\n\r\n" },
