@@ -93,7 +93,7 @@ function M.parser(opts)
     on_headers = opts.on_headers,
     buf = "", pos = 1,
     state = "head",
-    -- per-request state, reset by begin()
+    -- per-request state, reset when a request is returned
     req = nil, head_bytes = 0, nheaders = 0, remaining = 0, parts = nil, body_len = 0,
     err = nil, status = nil,
   }, Parser)
@@ -213,6 +213,8 @@ local function head_done(p)
     end
     if #codings > 1 then return p:fail("unsupported transfer coding", 501) end
     req.chunked = true
+    -- RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after it
+    if req.version == "1.0" then req.keep_alive = false end
     p.state = "chunk_size"
   elseif cl then
     -- repeated identical values ("5, 5") are allowed, differing ones are not

@@ -85,6 +85,13 @@ describe("echokit.http parser", function()
     assert.equal("body", p:next().body)
   end)
 
+  it("closes after an HTTP/1.0 request framed with Transfer-Encoding", function()
+    local reqs, err = parse("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                            "1\r\nx\r\n0\r\n\r\n")
+    assert.is_nil(err)
+    assert.same({ "x", false }, { reqs[1].body, reqs[1].keep_alive })
+  end)
+
   it("ignores empty lines before a request line", function()
     local reqs, err = parse("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert.is_nil(err)
