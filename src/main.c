@@ -393,6 +393,8 @@ int main(int argc, char **argv)
     char err[1024];
     if (script_load(a.S, o.handler, o.hargv, o.hargc, err, sizeof err) < 0) {
         fprintf(stderr, "echokit: %s\n", err);
+        script_free(a.S);
+        free(rbuf);
         return 2;
     }
     if (o.check) {
@@ -413,6 +415,8 @@ int main(int argc, char **argv)
         char perr[ECHOKIT_ERR_LEN];
         if (net_parse_addr(o.listen[i], 1, &probe, perr) < 0) {
             fprintf(stderr, "echokit: --listen %s (see echokit --help)\n", perr);
+            script_free(a.S);
+            free(rbuf);
             return 2;
         }
     }
