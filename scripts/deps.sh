@@ -5,7 +5,10 @@ set -eu
 
 build="gcc make cmake pkg-config liblua5.4-dev libev-dev"
 test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind
-      redis-server redis-tools curl python3"
+      redis-server redis-tools curl python3
+      wrk python3-websockets"
+# wrk: the HTTP handler's load test (100 connections, zero errors);
+# python3-websockets: the real WebSocket client the websocket handler is tested with
 # the debugging proxy's pcap files are read back by tshark
 test="$test tshark"
 # lua-cjson: the JSON codec of the control API (--admin), also used by its spec.

@@ -325,6 +325,8 @@ static void install_searcher(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, lechokit_open);
     lua_setfield(L, -2, "echokit");
+    lua_pushcfunction(L, lcodec_open);
+    lua_setfield(L, -2, "echokit.codec");
     lua_pop(L, 2);
 }
 
@@ -385,6 +387,9 @@ static const struct {
 } aliases[] = {
     {"debug", "debug_proxy"},
     {"chaos", "chaos_proxy"},
+    {"http", "http_echo"},
+    {"redis", "redis_mock"},
+    {"websocket", "websocket_echo"},
     {NULL, NULL},
 };
 

@@ -89,6 +89,7 @@ int lechokit_open(lua_State *L);
 void ltimer_open(lua_State *L);
 int ltimer_timer(lua_State *L); /* echokit.timer */
 int ltimer_every(lua_State *L); /* echokit.every */
+int lcodec_open(lua_State *L);  /* require "echokit.codec" */
 int lconn_sleep(lua_State *L);  /* echokit.sleep */
 int lconn_connect(lua_State *L); /* echokit.connect */
 void lpcap_open_lib(lua_State *L);

@@ -22,6 +22,8 @@
 --   p:finish() -> nil | nil, err, 400  -- the peer ended its input: an error if it
 --                                       stopped in the middle of a request
 --   p:pending() -> bytes buffered but not yet part of a returned request
+--   p:leftover() -> those bytes, removed from the parser (after a request that
+--                   switches protocols, e.g. a WebSocket upgrade)
 --
 --   req = { method = "GET", target = "/a?b=1", path = "/a", query = "b=1" or nil,
 --           version = "1.1" or "1.0", headers = { ["content-type"] = "..." },
@@ -91,7 +93,7 @@ function M.parser(opts)
     on_headers = opts.on_headers,
     buf = "", pos = 1,
     state = "head",
-    -- per-request state, reset by begin()
+    -- per-request state, reset when a request is returned
     req = nil, head_bytes = 0, nheaders = 0, remaining = 0, parts = nil, body_len = 0,
     err = nil, status = nil,
   }, Parser)
@@ -110,6 +112,12 @@ end
 
 function Parser:pending()
   return #self.buf - self.pos + 1
+end
+
+function Parser:leftover()
+  local rest = self.buf:sub(self.pos)
+  self.buf, self.pos = "", 1
+  return rest
 end
 
 function Parser:fail(err, status)
@@ -205,6 +213,8 @@ local function head_done(p)
     end
     if #codings > 1 then return p:fail("unsupported transfer coding", 501) end
     req.chunked = true
+    -- RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after it
+    if req.version == "1.0" then req.keep_alive = false end
     p.state = "chunk_size"
   elseif cl then
     -- repeated identical values ("5, 5") are allowed, differing ones are not
@@ -253,7 +263,15 @@ function Parser:next()
     if state == "head" then
       local line = self:line(self.max_header)
       if line == false then return self:fail("request header too large", 431) end
-      if line == nil then return nil end
+      if line == nil then
+        -- Refuse at once what can never become a request line (a TLS hello,
+        -- binary noise) instead of waiting for a line end that may not come.
+        if not self.req then
+          local bad = self.buf:find("[^!#$%%&'*+%-.^_`|~%w\r\n]", self.pos)
+          if bad and self.buf:byte(bad) ~= 32 then return self:fail("bad request line", 400) end
+        end
+        return nil
+      end
       if line:find("\r", 1, true) then return self:fail("bare CR in request head", 400) end
       if not self.req then
         -- RFC 9112 2.2: ignore empty lines before the request line

@@ -85,6 +85,13 @@ describe("echokit.http parser", function()
     assert.equal("body", p:next().body)
   end)
 
+  it("closes after an HTTP/1.0 request framed with Transfer-Encoding", function()
+    local reqs, err = parse("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                            "1\r\nx\r\n0\r\n\r\n")
+    assert.is_nil(err)
+    assert.same({ "x", false }, { reqs[1].body, reqs[1].keep_alive })
+  end)
+
   it("ignores empty lines before a request line", function()
     local reqs, err = parse("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert.is_nil(err)
@@ -122,6 +129,8 @@ describe("echokit.http parser", function()
     { "oversized header", "GET / HTTP/1.1\r\nHost: h\r\nX: " .. ("a"):rep(9000) .. "\r\n\r\n", 431 },
     { "oversized request line", "GET /" .. ("a"):rep(9000) .. " HTTP/1.1\r\n\r\n", 431 },
     { "endless header line", "GET / HTTP/1.1\r\nX: " .. ("a"):rep(9000), 431 },
+    { "binary without a line end", "\22\3\1\0\165\1\0\0", 400 },
+    { "a method then a control char", "GET\1", 400 },
     { "too many headers", "GET / HTTP/1.1\r\nHost: h\r\n" .. ("X: y\r\n"):rep(101) .. "\r\n", 431 },
   }
   for _, case in ipairs(bad) do

@@ -1,0 +1,114 @@
+-- chat: a line-based chat room. Every line a client sends goes to every other
+-- client, prefixed with the sender's nick; state shared across connections.
+--
+--   echokit -H chat               then, in two terminals: nc 127.0.0.1 7000
+--   /nick NAME   take a nick (letters, digits, _ and -, up to 32)
+--   /me ACTION   "* NAME ACTION"
+--   /who         who is here
+--   /quit        leave
+--
+--   echokit -H chat -- max_line=1024
+--
+-- A client that does not read its messages is dropped once its backlog passes
+-- the output high-water mark, so one stalled reader never holds up the room.
+local echokit = require "echokit"
+local framing = require "echokit.framing"
+local args = ...
+
+local MAX_LINE = tonumber(args.max_line) or 4096
+
+local clients = {}    -- conn -> true, everyone in the room
+local nicks = {}      -- lower-case nick -> conn
+local guests = 0
+
+local function send(conn, line)
+  if conn:write(line .. "\n") == false then
+    -- above high water: it is not reading; drop it rather than stall the room
+    echokit.log("warn", "chat: dropping %s (%s), not reading", conn.nick, tostring(conn))
+    conn:reset()
+  end
+end
+
+local function broadcast(line, except)
+  for c in pairs(clients) do
+    if c ~= except then send(c, line) end
+  end
+end
+
+local function leave(conn)
+  if not clients[conn] then return end
+  clients[conn] = nil
+  nicks[conn.nick:lower()] = nil
+  broadcast("* " .. conn.nick .. " left")
+end
+
+local commands = {}
+
+function commands.nick(conn, name)
+  if not name:match("^[%w_%-]+$") or #name > 32 then
+    return send(conn, "! a nick is 1 to 32 letters, digits, _ or -")
+  end
+  local owner = nicks[name:lower()]
+  if owner and owner ~= conn then return send(conn, "! nick " .. name .. " is taken") end
+  nicks[conn.nick:lower()] = nil
+  nicks[name:lower()] = conn
+  broadcast("* " .. conn.nick .. " is now " .. name)
+  conn.nick = name
+end
+
+function commands.me(conn, action)
+  broadcast("* " .. conn.nick .. " " .. action)
+end
+
+function commands.who(conn)
+  local names = {}
+  for c in pairs(clients) do names[#names + 1] = c.nick end
+  table.sort(names)
+  send(conn, "* here: " .. table.concat(names, ", "))
+end
+
+function commands.quit(conn)
+  send(conn, "* bye")
+  leave(conn)
+  conn:close()
+end
+
+return {
+  on_connect = function(conn)
+    repeat
+      guests = guests + 1
+      conn.nick = "guest" .. guests
+    until not nicks[conn.nick]
+    conn.lines = framing.lines{ max = MAX_LINE }
+    send(conn, "* welcome, " .. conn.nick .. "; commands: /nick NAME, /me ACTION, /who, /quit")
+    broadcast("* " .. conn.nick .. " joined")
+    clients[conn] = true
+    nicks[conn.nick] = conn
+  end,
+
+  on_data = function(conn, data)
+    conn.lines:feed(data)
+    while clients[conn] do
+      local line, err = conn.lines:next()
+      if not line then
+        if err then
+          send(conn, "! " .. err .. " (max " .. MAX_LINE .. " bytes)")
+          leave(conn)
+          conn:close()
+        end
+        return
+      end
+      local cmd, rest = line:match("^/(%a+)%s*(.-)%s*$")
+      if cmd then
+        local fn = commands[cmd:lower()]
+        if fn then fn(conn, rest) else send(conn, "! unknown command /" .. cmd) end
+      elseif line ~= "" then
+        broadcast("<" .. conn.nick .. "> " .. line, conn)
+      end
+    end
+  end,
+
+  on_close = function(conn)
+    leave(conn)
+  end,
+}

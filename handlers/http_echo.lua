@@ -1,0 +1,60 @@
+-- http: an HTTP/1.1 server that answers every request with what it received,
+-- as JSON, and a fixed small body at /hello for load tests.
+--
+--   echokit -H http              then: curl -d hi 127.0.0.1:7000/some/path?x=1
+--   echokit -H http -- max_body=16m max_header=16k
+--
+-- Keep-alive, pipelining, chunked uploads and 100-continue come from
+-- echokit.http; malformed requests get 400/413/431/501/505 and a close.
+local http = require "echokit.http"
+local codec = require "echokit.codec"
+local args = ...
+
+-- "16k", "1m", "1048576" -> bytes
+local function size(v, default)
+  if not v then return default end
+  local n, unit = tostring(v):lower():match("^(%d+)([kmg]?)$")
+  if not n then error("not a size: " .. tostring(v), 0) end
+  return math.tointeger(n * ({ [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 })[unit])
+end
+
+-- A JSON string. Bytes that are not UTF-8 (obs-text in a header) are read
+-- as Latin-1, which is how HTTP has always treated them.
+local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+local function jstr(s)
+  if not utf8.len(s) then
+    s = s:gsub("[\128-\255]", function(c) return utf8.char(c:byte()) end)
+  end
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return ESC[c] or ("\\u%04x"):format(c:byte())
+  end) .. '"'
+end
+
+local function describe(req)
+  local hs = {}
+  for i, kv in ipairs(req.header_list) do hs[i] = "[" .. jstr(kv[1]) .. "," .. jstr(kv[2]) .. "]" end
+  local body, encoding = req.body, "text"
+  if not utf8.len(body) then body, encoding = codec.base64(body), "base64" end
+  return table.concat{
+    '{"method":', jstr(req.method),
+    ',"path":', jstr(req.path),
+    ',"query":', req.query and jstr(req.query) or "null",
+    ',"version":', jstr(req.version),
+    ',"headers":[', table.concat(hs, ","), "]",
+    ',"body":', jstr(body),
+    ',"body_encoding":', jstr(encoding),
+    "}\n",
+  }
+end
+
+local HELLO = "Hello, World!\n"
+
+return http.handler(function(req)
+  if req.path == "/hello" then
+    return 200, { { "Content-Type", "text/plain" } }, HELLO
+  end
+  return 200, { { "Content-Type", "application/json" } }, describe(req)
+end, {
+  max_body = size(args.max_body, http.MAX_BODY),
+  max_header = size(args.max_header, http.MAX_HEADER),
+})

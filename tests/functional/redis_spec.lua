@@ -1,0 +1,141 @@
+-- The built-in `redis` mock (handlers/redis_mock.lua on echokit.resp) against
+-- Debian's redis-cli and redis-benchmark, and raw sockets for protocol errors.
+local t = require "echokit_test"
+local tools = require "tools"
+
+-- redis-cli with formatted replies ("(integer) 1", "(nil)", "(error) ...").
+local function cli(srv, ...)
+  local argv = { "redis-cli", "-h", "127.0.0.1", "-p", tostring(srv:port()), "--no-raw", ... }
+  local r = tools.assert_ok(tools.run(argv, 10))
+  return (r.out:gsub("\n$", ""))
+end
+
+describe("redis mock", function()
+  after_each(tools.teardown)
+
+  it("answers redis-cli for every command it implements", function()
+    local srv = t.start{ handler = "redis" }
+    local cases = {
+      { { "ping" }, "PONG" },
+      { { "ping", "hi there" }, '"hi there"' },
+      { { "echo", "a\nb" }, '"a\\nb"' },
+      { { "set", "k", "v1" }, "OK" },
+      { { "get", "k" }, '"v1"' },
+      { { "get", "missing" }, "(nil)" },
+      { { "set", "k", "v2", "NX" }, "(nil)" },
+      { { "set", "k", "v3", "XX", "GET" }, '"v1"' },
+      { { "set", "new", "x", "XX" }, "(nil)" },
+      { { "exists", "k", "k", "new" }, "(integer) 2" },
+      { { "incr", "n" }, "(integer) 1" },
+      { { "incrby", "n", "41" }, "(integer) 42" },
+      { { "decr", "n" }, "(integer) 41" },
+      { { "decrby", "n", "50" }, "(integer) -9" },
+      { { "set", "big", "9223372036854775807" }, "OK" },
+      { { "incr", "big" }, "(error) ERR increment or decrement would overflow" },
+      { { "incr", "k" }, "(error) ERR value is not an integer or out of range" },
+      { { "ttl", "k" }, "(integer) -1" },
+      { { "ttl", "missing" }, "(integer) -2" },
+      { { "expire", "k", "100" }, "(integer) 1" },
+      { { "ttl", "k" }, "(integer) 100" },
+      { { "expire", "missing", "100" }, "(integer) 0" },
+      { { "set", "t", "x", "EX", "50" }, "OK" },
+      { { "ttl", "t" }, "(integer) 50" },
+      { { "set", "t", "x", "EX", "0" }, "(error) ERR invalid expire time in 'set' command" },
+      { { "set", "t", "x", "EX", "ten" }, "(error) ERR value is not an integer or out of range" },
+      { { "set", "t", "x", "NX", "XX" }, "(error) ERR syntax error" },
+      { { "set", "t", "x", "EX", "9223372036854775807" }, "(error) ERR invalid expire time in 'set' command" },
+      { { "expire", "k", "9223372036854775807" }, "(error) ERR invalid expire time in 'expire' command" },
+      { { "set", "gone", "x" }, "OK" },
+      { { "expire", "gone", "-5" }, "(integer) 1" },
+      { { "exists", "gone" }, "(integer) 0" },
+      { { "keys", "[kn]" }, '1) "k"\n2) "n"' },
+      { { "keys", "b*" }, '1) "big"' },
+      { { "del", "k", "n", "missing" }, "(integer) 2" },
+      { { "dbsize" }, "(integer) 2" },
+      { { "flushall" }, "OK" },
+      { { "dbsize" }, "(integer) 0" },
+      { { "get" }, "(error) ERR wrong number of arguments for 'get' command" },
+      { { "set", "a" }, "(error) ERR wrong number of arguments for 'set' command" },
+      { { "nosuch", "x", "y" }, "(error) ERR unknown command 'nosuch', with args beginning with: 'x' 'y' " },
+    }
+    for _, c in ipairs(cases) do
+      assert.equal(c[2], cli(srv, table.unpack(c[1])), table.concat(c[1], " "))
+    end
+    local count = tonumber(cli(srv, "command", "count"):match("%(integer%) (%d+)"))
+    assert(count and count >= 20, "COMMAND COUNT: " .. tostring(count))
+    assert.truthy(cli(srv, "command", "info", "get"):find('"get"', 1, true))
+  end)
+
+  it("expires keys set with PX and PEXPIRE", function()
+    local srv = t.start{ handler = "redis" }
+    assert.equal("OK", cli(srv, "set", "soon", "x", "PX", "100"))
+    assert.equal("OK", cli(srv, "set", "later", "y"))
+    assert.equal("(integer) 1", cli(srv, "pexpire", "later", "150"))
+    local ttl = tonumber(cli(srv, "pttl", "soon"):match("%(integer%) (%d+)"))
+    assert(ttl and ttl > 0 and ttl <= 100, "PTTL " .. tostring(ttl))
+    t.eventually(function() return cli(srv, "get", "soon") == "(nil)" end, 3, "key 'soon' expiring")
+    t.eventually(function() return cli(srv, "exists", "later") == "(integer) 0" end, 3,
+                 "key 'later' expiring")
+    assert.equal("(integer) -2", cli(srv, "ttl", "soon"))
+  end)
+
+  it("shares the data between connections", function()
+    local srv = t.start{ handler = "redis" }
+    local a, b = srv:connect(), srv:connect()
+    t.send_all(a, "SET shared 42\r\n")
+    assert.equal("+OK", t.recv_line(a))
+    t.send_all(b, "*2\r\n$4\r\nINCR\r\n$6\r\nshared\r\n")
+    assert.equal(":43", t.recv_line(b))
+  end)
+
+  it("passes redis-benchmark -t ping,set,get,incr with zero errors", function()
+    local srv = t.start{ handler = "redis" }
+    for _, pipeline in ipairs({ "1", "16" }) do
+      local r = tools.assert_ok(tools.run({ "redis-benchmark", "-h", "127.0.0.1", "-p",
+        tostring(srv:port()), "-t", "ping,set,get,incr", "-n", "20000", "-c", "50",
+        "-P", pipeline, "-q", "--csv" }, 60))
+      local tests = {}
+      for name in r.out:gmatch('"([%w_]+)","[%d.]+"') do tests[#tests + 1] = name end
+      assert.same({ "PING_INLINE", "PING_MBULK", "SET", "GET", "INCR" }, tests)
+      assert.falsy((r.out .. r.err):find("[Ee]rror"), r.out .. r.err)
+      assert.falsy((r.out .. r.err):find("WARNING"), r.out .. r.err)
+    end
+    -- INCR on the benchmark's key ran 2 x 20000 times
+    assert.equal('"40000"', cli(srv, "get", "counter:__rand_int__"))
+  end)
+
+  it("answers a protocol error in Redis's words, closes, and keeps serving", function()
+    local srv = t.start{ handler = "redis", args = { max_bulk = "1k" } }
+    for _, case in ipairs({
+      { "*x\r\n", "-ERR Protocol error: invalid multibulk length" },
+      { "*1\r\n$2048\r\n", "-ERR Protocol error: invalid bulk length" },
+      { "*1\r\n+PING\r\n", "-ERR Protocol error: expected '$', got '+'" },
+      { 'SET "a b\r\n', "-ERR Protocol error: unbalanced quotes in request" },
+    }) do
+      local c = srv:connect()
+      t.send_all(c, "PING\r\n" .. case[1])
+      assert.equal("+PONG", t.recv_line(c))
+      assert.equal(case[2], t.recv_line(c))
+      local rest, err = t.recv_until_closed(c, 5)
+      assert.same({ "", "closed" }, { rest, err })
+    end
+    assert.equal("PONG", cli(srv, "ping"))
+  end)
+
+  it("answers QUIT after the replies before it, then closes", function()
+    local srv = t.start{ handler = "redis" }
+    local c = srv:connect()
+    t.send_all(c, "PING\r\nECHO hi\r\nQUIT\r\nPING\r\n")
+    local all = t.recv_until_closed(c, 5)
+    assert.equal("+PONG\r\n$2\r\nhi\r\n+OK\r\n", all)
+  end)
+
+  it("refuses new keys past max_keys with Redis's OOM error", function()
+    local srv = t.start{ handler = "redis", args = { max_keys = 3 } }
+    for i = 1, 3 do assert.equal("OK", cli(srv, "set", "k" .. i, "v")) end
+    assert.equal("OK", cli(srv, "set", "k1", "overwrite is fine"))
+    assert.truthy(cli(srv, "set", "k4", "v"):find("^%(error%) OOM "))
+    assert.equal("(integer) 1", cli(srv, "del", "k2"))
+    assert.equal("OK", cli(srv, "set", "k4", "v"))
+  end)
+end)
