@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--md", required=True)
     ap.add_argument("--png", required=True)
     ap.add_argument("--meta", default="")
+    ap.add_argument("--readme", help="README.md whose <!-- bench:begin/end --> section "
+                    "gets the targets table and the chart")
     a = ap.parse_args()
     runs = parse(a.results)
     meta = dict(kv.split("=", 1) for kv in a.meta.split())
@@ -224,8 +226,8 @@ def main():
             fewer = [f"{NAMES.get(r, r)}: {c}" for r, c in cnt if c and c != meta.get("idle")]
             if fewer:
                 out += ["", "Rows held fewer connections, as the open-files hard limit here could not be "
-                        "raised: HAProxy and nginx take two descriptors per connection, echokit's proxy six "
-                        "(two sockets and the two pipes its splice relay keeps per connection): "
+                        "raised and they take two descriptors per connection (a proxy's client and "
+                        "upstream sockets; HAProxy reserves two even for its Lua service): "
                         + ", ".join(fewer) + "."]
         out.append("")
 
@@ -234,8 +236,33 @@ def main():
     out += ["", "![chart](bench.png)", ""]
     with open(a.md, "w") as f:
         f.write("\n".join(out))
+    if a.readme:
+        update_readme(a.readme, out, a.md, a.png)
     sys.stdout.write("\n".join(out) + "\n")
     chart(vals, a.png, series)
+
+
+def update_readme(path, out, md, png):
+    """Replaces the README's bench section (between its markers) with the
+    run's first paragraph and targets table, linking the full report and
+    the chart by paths relative to the README."""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    with open(path) as f:
+        text = f.read()
+    if begin not in text or end not in text:
+        sys.exit(f"report.py: {path} has no {begin} ... {end} section")
+    where = os.path.dirname(os.path.abspath(path))
+    rel_md = os.path.relpath(os.path.abspath(md), where)
+    rel_png = os.path.relpath(os.path.abspath(png), where)
+    i = out.index("## Targets")
+    j = out.index("", i + 3)
+    section = [begin, "", out[2], "", *out[i + 2:j], "",
+               f"Every figure, per test and row: [{rel_md}]({rel_md}).", "",
+               f"![benchmark chart]({rel_png})", "", end]
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(head + "\n".join(section) + tail)
 
 
 def cpu_model():
