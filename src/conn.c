@@ -356,10 +356,11 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
      * before it reaches the same socket code. */
     ssize_t n = recv(c->fd, ctx->rbuf, ctx->rbuf_len, 0);
     if (n > 0) {
-        /* A full buffer means a stream, not messages: from now on a pipe
-         * moves it with splice. Message traffic keeps the copy path, which
-         * costs no kernel pipe (two descriptors) per connection. */
-        if ((size_t)n == ctx->rbuf_len)
+        /* A read of a kernel pipe's worth or more means a stream, not
+         * messages: from now on a pipe moves it with splice. Message
+         * traffic keeps the copy path, which costs no kernel pipe (two
+         * descriptors) per connection. */
+        if ((size_t)n >= CONN_BULK_READ)
             c->flags |= CONN_BULK;
         c->bytes_in += (uint64_t)n;
         ctx->stats.bytes_in += (uint64_t)n;

@@ -36,6 +36,9 @@ struct conn_ops {
     /* (on_tap with buf NULL: a piped source's EOF, if CONN_TAP_EOF is set.) */
 };
 
+/* A read at least this large marks a connection as carrying a stream. */
+#define CONN_BULK_READ (64 * 1024)
+
 struct conn_stats {
     uint64_t open, total, bytes_in, bytes_out, errors;
 };
@@ -72,7 +75,7 @@ enum {
     CONN_CONNECTING = 1u << 9,
     CONN_READING = 1u << 10,   /* read watcher active */
     CONN_TAP = 1u << 11,       /* call ops->on_tap for piped chunks */
-    CONN_BULK = 1u << 12,      /* a read filled the buffer: splice when piped */
+    CONN_BULK = 1u << 12,      /* a read of CONN_BULK_READ+: splice when piped */
     CONN_TAP_EOF = 1u << 13,   /* call ops->on_tap(c, NULL, 0) at a piped EOF */
 };
 

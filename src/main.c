@@ -19,7 +19,10 @@
 #include "server.h"
 #include "util.h"
 
-#define READ_BUFFER (64 * 1024)
+/* The loop's one read buffer. A stream read 256 KiB at a time costs a
+ * quarter of the syscalls and handler calls of 64 KiB reads: 18% less CPU
+ * per MB in a bulk echo (A/B, medians of 6). Idle connections hold none. */
+#define READ_BUFFER (256 * 1024)
 
 struct options {
     const char *listen[SERVER_MAX_LISTENERS];
@@ -388,7 +391,7 @@ static int supervise(pid_t *pids, long n)
     return status;
 }
 
-/* Every chunk a handler sees is a fresh Lua string of up to 64 KiB; the
+/* Every chunk a handler sees is a fresh Lua string of up to 256 KiB; the
  * collector frees them in batches. With glibc's default (dynamic) trim
  * threshold each batch shrank the heap with brk and the next one grew it
  * again, paying page faults and zeroing for memory just given back: a third
@@ -398,6 +401,10 @@ static void tune_malloc(void)
 #ifdef __GLIBC__
     mallopt(M_TRIM_THRESHOLD, 8 << 20);
     mallopt(M_TOP_PAD, 1 << 20);
+    /* Setting either of the above freezes glibc's mmap threshold at 128 KiB,
+     * which would give every 256 KiB chunk string its own mmap, munmap and
+     * page faults. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif
 }
 
