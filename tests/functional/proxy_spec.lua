@@ -294,22 +294,34 @@ describe("proxy upstream failures", function()
     assert.same({}, proxy:log_matching("upstream localhost"))
   end)
 
-  it("falls back past a refusing [::1] to 127.0.0.1 when the name has both", function()
-    local addrs = socket.dns.getaddrinfo("localhost") or {}
-    local v6, v4
-    for _, a in ipairs(addrs) do
-      if a.family == "inet6" and a.addr == "::1" then v6 = true end
-      if a.family == "inet" and a.addr == "127.0.0.1" then v4 = true end
-    end
-    if not (v6 and v4) then
-      pending("localhost resolves to one address here: no fallback to exercise")
+  it("tries each address of a name in turn, past the ones that refuse", function()
+    -- A private /etc/hosts (bind-mounted in a mount namespace of the proxy's
+    -- own) gives dual.test two addresses; only the second has a listener.
+    local dir = tmpdir()
+    write_file(dir .. "/hosts", "127.0.0.2 dual.test\n127.0.0.3 dual.test\n")
+    local wrap = { "unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                   dir .. "/hosts" }
+    local probe = run({ wrap[1], wrap[2], wrap[3], wrap[4], wrap[5], wrap[6],
+                        "getent", "ahostsv4", "dual.test" }, 10)
+    if probe.code ~= 0 and probe.err:find("unshare") then
+      pending("no mount namespaces here (" .. probe.err:gsub("\n", " ") .. ")")
       return
     end
-    local up = t.start{ handler = "echo" }
-    local proxy = start_proxy("localhost:" .. up:port())
-    local c = proxy:connect()
-    t.send_all(c, "fallback\n")
-    assert.equal("fallback", t.recv_line(c, 5))
+    assert_ok(probe, "getent in the private hosts namespace")
+    local order = {}
+    for a in probe.out:gmatch("(%S+)%s+STREAM") do order[#order + 1] = a end
+    assert.same({ "127.0.0.2", "127.0.0.3" }, order)
+    local up = t.start{ handler = "echo", listen = { "127.0.0.3:0" } }
+    local proxy = t.start{ handler = PROXY_STATS, wrap = wrap,
+                           args = { upstream = "dual.test:" .. up:port() } }
+    for i = 1, 3 do
+      local c = proxy:connect()
+      t.send_all(c, "fallback " .. i .. "\n")
+      assert.equal("fallback " .. i, t.recv_line(c, 5))
+      c:close()
+    end
+    await_idle(proxy, 6)
+    assert.same({}, proxy:log_matching("upstream dual%.test"))
   end)
 
   it("gives a resolve reason for an unresolvable host", function()

@@ -116,10 +116,11 @@ local function tmpname()
   return p
 end
 
--- Builds argv: wrapper + binary + options + handler + (-- args).
+-- Builds argv: o.wrap + $ECHOKIT_WRAPPER + binary + options + handler + (-- args).
 local function build_argv(o)
   assert(M.bin and M.bin ~= "", "ECHOKIT_BIN is not set (path of the echokit binary)")
   local argv = {}
+  for _, w in ipairs(o.wrap or {}) do argv[#argv + 1] = w end
   if M.wrapper then
     for _, w in ipairs(words(M.wrapper)) do argv[#argv + 1] = w end
   end
