@@ -26,11 +26,30 @@ struct llisten {
     struct llisten *next, **pprev; /* S->listeners while open */
 };
 
-/* server on_accept: the connection runs this listener's callbacks. */
+/* server on_accept: the connection runs this listener's callbacks.
+ * on_connect may close this listener and drop the last Lua reference to it;
+ * a collection then would free srv, which accept_cb still reads when we
+ * return. The userdata stays on the stack across the call so it cannot be
+ * collected before accept_cb sees srv->accepting cleared. Only called while
+ * open (self_ref valid). [-0, +0, m] */
 static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
 {
     struct llisten *ll = container_of(srv, struct llisten, srv);
+    lua_State *L = ll->S->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
+    /* stack: ..., listener */
     lconn_accept_with(ll->S, fd, peer, &ll->h);
+    lua_settop(L, top);
+}
+
+/* Releases the references a listener took (its callbacks, itself); after
+ * it the userdata may be collected. */
+static void ll_unref(struct llisten *ll)
+{
+    for (int i = 0; i < CB_COUNT; i++)
+        script_unref(ll->S, &ll->h.cb[i]);
+    script_unref(ll->S, &ll->self_ref);
 }
 
 /* Stops accepting, closes the socket and releases the references. Safe to
@@ -42,8 +61,6 @@ static void ll_close(struct llisten *ll)
     ll->open = 0;
     server_stop(&ll->srv);
     server_unlink_unix(&ll->srv);
-    for (int i = 0; i < CB_COUNT; i++)
-        script_unref(ll->S, &ll->h.cb[i]);
     if (ll->pprev) {
         *ll->pprev = ll->next;
         if (ll->next)
@@ -51,7 +68,7 @@ static void ll_close(struct llisten *ll)
         ll->next = NULL;
         ll->pprev = NULL;
     }
-    script_unref(ll->S, &ll->self_ref);
+    ll_unref(ll);
 }
 
 /* echokit.listen(addr, handler) -> listener | nil, err.
@@ -78,15 +95,18 @@ int llisten_listen(lua_State *L)
     /* stack: addr, handler, listener */
     server_init(&ll->srv, S->ctx);
     ll->srv.on_accept = ll_accept;
+    /* The references first: they may raise (memory), and nothing would close
+     * a socket bound before that (__gc only closes an open listener). */
+    lconn_take_handler(L, 2, &ll->h);
+    lua_pushvalue(L, -1);
+    ll->self_ref = script_ref(S);
     if (server_listen(&ll->srv, spec, err) < 0) {
+        ll_unref(ll);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
     server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
-    lconn_take_handler(L, 2, &ll->h);
-    lua_pushvalue(L, -1);
-    ll->self_ref = script_ref(S);
     ll->open = 1;
     ll->next = S->listeners;
     if (ll->next)
