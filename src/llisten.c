@@ -72,17 +72,29 @@ static void ll_close(struct llisten *ll)
 }
 
 /* echokit.listen(addr, handler) -> listener | nil, err.
- * A malformed address or handler raises (misuse); an address that cannot be
- * bound (taken, no permission) returns nil and the reason. [-2, +1|2, e] */
+ * The address must be numeric (or "localhost", taken as 127.0.0.1): this runs
+ * on the event loop, where a name lookup would block every connection. A
+ * malformed or non-numeric address or a bad handler raises (misuse); an
+ * address that cannot be bound (taken, no permission) returns nil and the
+ * reason. [-2, +1|2, e] */
 int llisten_listen(lua_State *L)
 {
     struct script *S = script_of(L);
     const char *spec = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     struct net_addr probe;
-    char err[ECHOKIT_ERR_LEN];
-    if (net_parse_addr(spec, 1, &probe, err) < 0)
+    char err[ECHOKIT_ERR_LEN], host[256], mapped[64];
+    int port;
+    int rc = net_parse_addr2(spec, 0, &probe, host, sizeof host, &port, err);
+    if (rc < 0)
         return luaL_error(L, "echokit.listen: %s", err);
+    if (rc == 1) {
+        if (strcmp(host, "localhost") != 0)
+            return luaL_error(L, "echokit.listen: %s: '%s' is not a numeric address (names are "
+                              "not looked up here: give an IP address, or localhost)", spec, host);
+        snprintf(mapped, sizeof mapped, "127.0.0.1:%d", port);
+        spec = mapped;
+    }
     lconn_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
 
     struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);

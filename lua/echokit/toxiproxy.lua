@@ -53,8 +53,9 @@ local E = {
 -- Proxies
 ---------------------------------------------------------------------------
 
--- toxiproxy listens where it is told; "localhost" is taken as 127.0.0.1 here
--- so that no name lookup blocks the loop.
+-- toxiproxy listens where it is told; echokit.listen takes numeric addresses
+-- only (no name lookup blocks the loop) and "localhost" as 127.0.0.1. The
+-- same mapping here lets populate see "localhost:N" as the proxy's address.
 local function listen_spec(listen)
   local host, port = listen:match("^(.*):(%d+)$")
   if host == "localhost" then return "127.0.0.1:" .. port end

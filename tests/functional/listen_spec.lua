@@ -87,6 +87,21 @@ describe("echokit.listen", function()
                  "registry references back to the baseline (" .. base .. ")")
   end)
 
+  it("takes numeric addresses only (and localhost), so it never blocks on a lookup", function()
+    local srv = t.start { handler = HANDLER, expect_errors = { "echokit.listen:" } }
+    local ctl = srv:connect()
+    local addr = ask(ctl, "listen localhost:0"):match("^ok (.+)$")
+    assert.matches("^127%.0%.0%.1:%d+$", addr)
+    local t0 = t.now()
+    t.send_all(ctl, "bad nonexistent.invalid:1234\n")
+    local d = t.recv_until_closed(ctl, 3)
+    assert.equal("", d)
+    srv:await_log("echokit.listen: nonexistent.invalid:1234: 'nonexistent.invalid' is not a " ..
+                  "numeric address")
+    assert(t.now() - t0 < t.T(2), "the refusal took " .. (t.now() - t0) .. "s")
+    assert.equal("fine", ask(srv:connect(), "fine"))
+  end)
+
   it("stops accepting at shutdown", function()
     local srv = t.start { handler = HANDLER }
     local ctl = srv:connect()

@@ -119,6 +119,9 @@ describe("control API", function()
       { "POST", "/proxies", cjson.encode { name = "taken", upstream = upstream, listen = p.listen },
         500, "[Aa]ddress already in use" },
       { "POST", "/proxies", '{"name":"bad","upstream":"a:1","listen":"127.0.0.1:http"}', 400, "^listen: " },
+      -- No name lookup on the event loop: only numeric addresses and localhost.
+      { "POST", "/proxies", '{"name":"bad","upstream":"a:1","listen":"nonexistent.invalid:1234"}', 400,
+        "^listen: .*'nonexistent%.invalid' is not a numeric address" },
       { "GET", "/proxies/nope", nil, 404, "^proxy not found$" },
       { "POST", path, "{", 400, "^bad request body: " },
       { "POST", path, '{"type":"frobnicate"}', 400, "^invalid toxic type$" },
