@@ -74,6 +74,14 @@ local function round_trip(addr)
   return t.now() - t0
 end
 
+-- A round trip that must succeed: seconds (fails clearly otherwise).
+local function rt(addr, what)
+  local secs, err = round_trip(addr)
+  assert(secs, string.format("%s: no round trip through %s: %s", what or "relay", addr,
+                             tostring(err)))
+  return secs
+end
+
 local function create(srv, name, upstream, listen)
   local st, p = request(srv, "POST", "/proxies", cjson.encode {
     name = name, upstream = upstream, listen = listen or "127.0.0.1:0" })
@@ -260,6 +268,48 @@ describe("control API", function()
     assert.equal("", rest)
     assert.equal("closed", err)
     c:close()
+  end)
+
+  it("populate: checks the list first; a listen failure keeps what came before (as toxiproxy)", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local function names()
+      local _, list = request(srv, "GET", "/proxies")
+      local n = {}
+      for k in pairs(list) do n[#n + 1] = k end
+      table.sort(n)
+      return n
+    end
+    -- A bad entry anywhere: nothing is applied.
+    local st, body = request(srv, "POST", "/populate", cjson.encode {
+      { name = "one", upstream = upstream, listen = "127.0.0.1:0" },
+      { name = "two", listen = "127.0.0.1:0" } })
+    assert.equal(400, st)
+    assert.equal("missing required field: upstream at proxy 2", body.error)
+    assert.equal(400, body.status)
+    assert.same({}, body.proxies)
+    assert.same({}, names())
+    -- A listen address that cannot be bound: the ones before it stay, and
+    -- the answer lists them.
+    st, body = request(srv, "POST", "/populate", cjson.encode {
+      { name = "one", upstream = upstream, listen = "127.0.0.1:0" },
+      { name = "two", upstream = upstream, listen = srv.admin },
+      { name = "three", upstream = upstream, listen = "127.0.0.1:0" } })
+    assert.equal(500, st, cjson.encode(body))
+    assert.matches("[Aa]ddress already in use", body.error)
+    assert.equal(500, body.status)
+    assert.equal(1, #body.proxies)
+    assert.equal("one", body.proxies[1].name)
+    assert.same({ "one" }, names())
+    rt(body.proxies[1].listen, "the proxy applied before the failure")
+    -- Success: 201 and every proxy.
+    st, body = request(srv, "POST", "/populate", cjson.encode {
+      { name = "one", upstream = upstream, listen = body.proxies[1].listen },
+      { name = "two", upstream = upstream } })
+    assert.equal(201, st, cjson.encode(body))
+    assert.is_nil(body.error)
+    assert.equal(2, #body.proxies)
+    assert.same({ "one", "two" }, names())
   end)
 
   it("runs the custom toxic from the README, also when added through the API", function()
