@@ -166,6 +166,17 @@ describe("toxics", function()
     assert(t.now() - t0 >= 0.35, "closed after " .. (t.now() - t0) .. "s, timeout was 0.4s")
   end)
 
+  it("limit_data=0 closes at the first chunk, passing nothing", function()
+    local up = upstream()
+    local px = chaos(up, { limit_data = 0 })
+    local c = px:connect()
+    t.expect_silence(c, 0.2, "limit_data=0 before any data")   -- open until data comes
+    t.send_all(c, "hello\n")
+    local got, err = t.recv_until_closed(c, 5)
+    assert.equal("closed", err)
+    assert.equal("", got)
+  end)
+
   it("limit_data delivers exactly N bytes, then closes", function()
     local up = upstream()
     local px = chaos(up, { limit_data = 1000 })

@@ -82,6 +82,32 @@ local function rt(addr, what)
   return secs
 end
 
+-- echokit.stats() from a connection to tests/handlers/stats.lua, after a
+-- full collection.
+local function stats(ctl)
+  t.send_all(ctl, "statsgc\n")
+  local line = t.recv_line(ctl, 5)
+  assert(line:match("^stats "), line)
+  return t.parse_kv(line)
+end
+
+-- Waits (bounded) until only `ctl` is open (the API's own connections and
+-- every proxied one gone); returns the stats.
+local function settle(ctl, what)
+  return t.eventually(function()
+    local s = stats(ctl)
+    if s.connections_open == 1 then return s end
+    return false, "connections_open=" .. tostring(s.connections_open)
+  end, 5, what)
+end
+
+local function connect(addr)
+  local host, port = addr:match("^(.+):(%d+)$")
+  local c = assert(socket.connect(host, tonumber(port)))
+  c:settimeout(t.T(5))
+  return c
+end
+
 local function create(srv, name, upstream, listen)
   local st, p = request(srv, "POST", "/proxies", cjson.encode {
     name = name, upstream = upstream, listen = listen or "127.0.0.1:0" })
@@ -250,24 +276,40 @@ describe("control API", function()
     c:close()
   end)
 
-  it("a removed timeout toxic passes on the end of stream it held", function()
-    local srv, up = setup()
+  it("timeout=0 holds data, closes at the end of stream and when removed (as toxiproxy)", function()
+    local srv, up = setup { handler = "tests/handlers/stats.lua" }
+    local ctl = srv:connect()
+    settle(ctl, "baseline")
     local p = create(srv, "held", "127.0.0.1:" .. up:port())
     local st = request(srv, "POST", "/proxies/held/toxics",
                        '{"name":"stall","type":"timeout","stream":"upstream","attributes":{"timeout":0}}')
     assert.equal(200, st)
-    local host, port = p.listen:match("^(.+):(%d+)$")
-    local c = assert(socket.connect(host, tonumber(port)))
+    -- Clients that send and go away: nothing of theirs may stay open.
+    for i = 1, 3 do
+      local c = connect(p.listen)
+      t.send_all(c, "dropped " .. i .. "\n")
+      c:close()
+    end
+    settle(ctl, "connections through timeout=0 closed after their clients left")
+    -- A client that half-closes is closed by the proxy.
+    local c = connect(p.listen)
     t.send_all(c, "dropped\n")
     c:shutdown("send")
-    t.expect_silence(c, 0.2, "a connection behind timeout=0")
-    st = request(srv, "DELETE", "/proxies/held/toxics/stall")
-    assert.equal(204, st)
-    -- The echo server gets the end of stream, closes, and so does the proxy.
     local rest, err = t.recv_until_closed(c, 3)
     assert.equal("", rest)
     assert.equal("closed", err)
     c:close()
+    -- A held connection is closed when the toxic is removed.
+    c = connect(p.listen)
+    t.send_all(c, "held\n")
+    t.expect_silence(c, 0.2, "a connection behind timeout=0")
+    st = request(srv, "DELETE", "/proxies/held/toxics/stall")
+    assert.equal(204, st)
+    rest, err = t.recv_until_closed(c, 3)
+    assert.equal("", rest)
+    assert.equal("closed", err)
+    c:close()
+    settle(ctl, "every connection closed")
   end)
 
   it("populate: checks the list first; a listen failure keeps what came before (as toxiproxy)", function()
