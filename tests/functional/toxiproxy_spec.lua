@@ -135,8 +135,8 @@ describe("control API", function()
     end
     local srv, up = setup()
     local cmd = string.format("cd %s && NODE_PATH=%s/node_modules timeout %d node " ..
-                              "tests/toxiproxy/client_test.js http://%s %d 2>&1",
-                              t.src, prefix, math.floor(t.T(60)), srv.admin, up:port())
+                              "tests/toxiproxy/client_test.js http://%s %d %g 2>&1",
+                              t.src, prefix, math.floor(t.T(60)), srv.admin, up:port(), t.slow)
     local p = io.popen(cmd)
     local out = p:read("a")
     local _, _, status = p:close()
@@ -147,7 +147,7 @@ describe("control API", function()
     local srv, up = setup()
     local upstream = "127.0.0.1:" .. up:port()
     local p = create(srv, "good", upstream)
-    assert(round_trip(p.listen) < 0.5)
+    rt(p.listen, "a new proxy")
     local path = "/proxies/good/toxics"
     local cases = {
       { "POST", "/proxies", "{not json", 400, "^bad request body: " },
@@ -198,7 +198,7 @@ describe("control API", function()
     local st3 = request(srv, "GET", "/proxies", nil, { ["User-Agent"] = "Mozilla/5.0" })
     assert.equal(403, st3)
     -- Nothing broke: the proxy relays, the list shows exactly it.
-    assert(round_trip(p.listen) < 0.5, "the running proxy stopped relaying")
+    rt(p.listen, "the running proxy after bad requests")
     local _, list = request(srv, "GET", "/proxies")
     assert.same({ "good" }, (function() local n = {} for k in pairs(list) do n[#n + 1] = k end return n end)())
   end)
@@ -206,25 +206,35 @@ describe("control API", function()
   it("changes the chaos handler's toxics at run time", function()
     local srv = setup { handler = "chaos", args = {} }
     local main = srv:addr().host .. ":" .. srv:port()
-    assert(round_trip(main) < 0.1)
+    -- Without toxics: what the machine takes. A removed latency of 0.5 s must
+    -- be gone again: well under base + 0.5 s (generous, as the machine may
+    -- be loaded; the lower bound with the toxic is strict).
+    local base = rt(main, "no toxics")
+    local gone = base + t.T(0.3)
     local st, p = request(srv, "GET", "/proxies/chaos")
     assert.equal(200, st)
     assert.same({}, p.toxics)
     st = request(srv, "POST", "/proxies/chaos/toxics",
-                 '{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":150}}')
+                 '{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":500}}')
     assert.equal(200, st)
-    local rt = round_trip(main)
-    assert(rt >= 0.14, "latency added through the API did not apply: " .. rt)
+    local slow = rt(main, "latency 500 ms")
+    assert(slow >= 0.49, "latency added through the API did not apply: " .. slow)
     st = request(srv, "DELETE", "/proxies/chaos/toxics/slow")
     assert.equal(204, st)
-    assert(round_trip(main) < 0.1)
+    local after = rt(main, "latency removed")
+    assert(after < gone, string.format("a removed latency still applies: %.3fs (%.3fs before)",
+                                       after, base))
     st = request(srv, "POST", "/proxies/chaos", '{"enabled":false}')
     assert.equal(200, st)
-    local ok, err = round_trip(main)
+    local ok = round_trip(main)
     assert.is_nil(ok, "a disabled proxy relayed")
+    st = request(srv, "POST", "/proxies/chaos/toxics",
+                 '{"name":"slow","type":"latency","stream":"upstream","attributes":{"latency":500}}')
+    assert.equal(200, st)
     st = request(srv, "POST", "/reset")
     assert.equal(204, st)
-    assert(round_trip(main) < 0.1)
+    after = rt(main, "after /reset")
+    assert(after < gone, string.format("/reset left a latency: %.3fs (%.3fs before)", after, base))
   end)
 
   it("changes toxics of open connections; a removed toxic lets go of what it held", function()
@@ -262,23 +272,25 @@ describe("control API", function()
     local upstream = "127.0.0.1:" .. up:port()
     local slow = create(srv, "slow", upstream)
     local fast = create(srv, "fast", upstream)
-    local st = request(srv, "POST", "/proxies/slow/toxics",
-                       '{"type":"latency","attributes":{"latency":1000}}')
+    local delay = t.T(2)
+    local st = request(srv, "POST", "/proxies/slow/toxics", cjson.encode {
+      type = "latency", attributes = { latency = math.floor(delay * 1000) } })
     assert.equal(200, st)
-    local host, port = slow.listen:match("^(.+):(%d+)$")
-    local c = assert(socket.connect(host, tonumber(port)))
-    c:settimeout(t.T(5))
+    local c = connect(slow.listen)
     local t0 = t.now()
     t.send_all(c, "slow\n")
-    -- While that line waits out its second: other proxies and the API answer.
-    for _ = 1, 5 do
-      local rt = assert(round_trip(fast.listen))
-      assert(rt < 0.2, "a round trip on another proxy took " .. rt .. "s")
+    -- While that line waits out its delay, other proxies and the API answer:
+    -- each of their replies comes before the slow line.
+    for i = 1, 5 do
+      rt(fast.listen, "the other proxy")
       assert.equal(200, (request(srv, "GET", "/proxies/slow")))
+      local ready = socket.select({ c }, nil, 0)
+      assert(not ready[1], string.format(
+        "the delayed line came before reply %d of the others (%.3fs): they were held up", i,
+        t.now() - t0))
     end
-    assert(t.now() - t0 < 0.9, "the checks themselves were held up")
-    assert.equal("slow", t.recv_line(c, 3))
-    assert(t.now() - t0 >= 0.99, "the slow line came early")
+    assert.equal("slow", t.recv_line(c, delay + 3))
+    assert(t.now() - t0 >= delay - 0.01, "the slow line came early")
     c:close()
   end)
 
