@@ -330,6 +330,36 @@ describe("control API", function()
     settle(ctl, "every connection closed")
   end)
 
+  it("leaves no connection or registry reference behind (latency, slicer, delete)", function()
+    local srv, up = setup { handler = "tests/handlers/stats.lua" }
+    local ctl = srv:connect()
+    local base = settle(ctl, "baseline")
+    local p = create(srv, "refs", "127.0.0.1:" .. up:port())
+    assert.equal(200, (request(srv, "POST", "/proxies/refs/toxics",
+      '{"type":"latency","stream":"downstream","attributes":{"latency":20}}')))
+    assert.equal(200, (request(srv, "POST", "/proxies/refs/toxics",
+      '{"type":"slicer","stream":"upstream","attributes":{"average_size":3,"delay":1000}}')))
+    local clients = {}
+    for i = 1, 4 do
+      local c = connect(p.listen)
+      t.send_all(c, "line " .. i .. "\n")
+      assert.equal("line " .. i, t.recv_line(c, 3))
+      clients[i] = c
+    end
+    -- One leaves with data still held in the toxics, one half-closes.
+    t.send_all(clients[1], "in flight\n")
+    clients[1]:close()
+    clients[2]:shutdown("send")
+    assert.equal("closed", select(2, t.recv_until_closed(clients[2], 3)))
+    for _, c in ipairs(clients) do c:close() end
+    settle(ctl, "proxied connections closed")
+    assert.equal(204, (request(srv, "DELETE", "/proxies/refs")))
+    local after = settle(ctl, "after the proxy was deleted")
+    assert(after.refs == base.refs, string.format(
+      "%d registry references held, %d at the baseline (leak of %d)",
+      after.refs, base.refs, after.refs - base.refs))
+  end)
+
   it("populate: checks the list first; a listen failure keeps what came before (as toxiproxy)", function()
     local srv, up = setup()
     local upstream = "127.0.0.1:" .. up:port()
