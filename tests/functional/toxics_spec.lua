@@ -3,35 +3,20 @@
 -- front of it, luasocket talks to the proxy. Every wait is bounded.
 local t = require "echokit_test"
 local socket = require "socket"
+local peers = require "peers"
 
 local function upstream(opts)
   return t.start { handler = "echo", opts = opts }
 end
 
-local proxies = {}
-
--- A chaos proxy in front of `up` with the given handler arguments.
+-- A chaos proxy in front of `up` with the given handler arguments; stopped
+-- before the upstream (peers.front).
 local function chaos(up, args, o)
   args.upstream = "127.0.0.1:" .. up:port()
   o = o or {}
   o.handler = "chaos"
   o.args = args
-  local px = t.start(o)
-  proxies[#proxies + 1] = px
-  return px
-end
-
--- The harness stops servers in the order they started; the proxies go first
--- here (their clients closed), so no upstream waits out its grace period for
--- a proxy's connection.
-local function teardown()
-  for _, px in ipairs(proxies) do
-    for _, c in ipairs(px.clients) do pcall(c.close, c) end
-    px.clients = {}
-    if not px.stopped then pcall(px.stop, px) end
-  end
-  proxies = {}
-  t.teardown()
+  return peers.front(t.start(o))
 end
 
 -- Waits (bounded) until c is readable, then takes what has arrived: a
@@ -81,7 +66,7 @@ local function mean(xs)
 end
 
 describe("toxics", function()
-  after_each(teardown)
+  after_each(peers.teardown)
 
   it("latency adds latency +- jitter to every chunk and keeps their order", function()
     local up = upstream()

@@ -3,8 +3,7 @@
 local t = require "echokit_test"
 local socket = require "socket"
 local cjson = require "cjson"
-
-local proxies = {}
+local peers = require "peers"
 
 -- An echo upstream, and echokit with --admin in front of it.
 local function setup(o)
@@ -14,9 +13,8 @@ local function setup(o)
   for _, v in ipairs(o.opts or {}) do opts[#opts + 1] = v end
   local args = o.args
   if args then args.upstream = "127.0.0.1:" .. up:port() end
-  local srv = t.start { handler = o.handler, args = args, opts = opts,
-                        expect_errors = o.expect_errors }
-  proxies[#proxies + 1] = srv
+  local srv = peers.front(t.start { handler = o.handler, args = args, opts = opts,
+                                    expect_errors = o.expect_errors })
   local admin
   for _, line in ipairs(srv.stdout_lines) do
     admin = admin or line:match("^admin listening on (.+)$")
@@ -24,17 +22,6 @@ local function setup(o)
   assert(admin, "no 'admin listening on' line; stdout: " .. table.concat(srv.stdout_lines, "\n"))
   srv.admin = admin
   return srv, up
-end
-
--- The servers in front go first (see toxics_spec.lua).
-local function teardown()
-  for _, s in ipairs(proxies) do
-    for _, c in ipairs(s.clients) do pcall(c.close, c) end
-    s.clients = {}
-    if not s.stopped then pcall(s.stop, s) end
-  end
-  proxies = {}
-  t.teardown()
 end
 
 -- One HTTP/1.1 request (Connection: close); returns status, decoded JSON body
@@ -116,7 +103,7 @@ local function create(srv, name, upstream, listen)
 end
 
 describe("control API", function()
-  after_each(teardown)
+  after_each(peers.teardown)
 
   it("is driven by toxiproxy's Node client (toxiproxy-node-client)", function()
     -- Installed at set-up time by scripts/deps.sh test (scripts/npm-deps.sh).
@@ -442,7 +429,7 @@ describe("control API", function()
 
   it("with --admin and no --listen, only the control API listens", function()
     local srv = t.start { listen = {}, opts = { "--admin", "127.0.0.1:0" } }
-    proxies[#proxies + 1] = srv
+    peers.front(srv)
     local line = srv.p:readline(t.T(5))
     srv.admin = line and line:match("^admin listening on (.+)$")
     assert(srv.admin, "expected the admin line, got " .. tostring(line))
