@@ -7,7 +7,7 @@
 -- One toxic per TYPE=VALUE argument, VALUE being its main attribute (seconds
 -- for durations, like every echokit option):
 --   latency=S [jitter=S]   bandwidth=KB/s   slicer=BYTES [size_variation=BYTES]
---   [slice_delay=S]   slow_close=S   timeout=S (0: hold forever)
+--   [slice_delay=S]   slow_close=S   timeout=S (0: until the stream ends)
 --   reset_peer=S   limit_data=BYTES   down=1 (drop every connection)
 -- Any attribute as TYPE.ATTR=VALUE; per toxic TYPE.stream= and
 -- TYPE.toxicity=. Defaults for all: stream=downstream (or upstream),

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the npm packages the test suite drives echokit with, into PREFIX
-# (default build/npm), pinned, and only when missing. Exit status 3 means the
-# npm registry cannot be reached (the caller may skip); anything else non-zero
-# is a real failure. Bounded (20 s + 80 s) to stay inside the spec's ctest
-# timeout. Usage: scripts/npm-deps.sh [PREFIX]
+# (default build/npm), pinned, and only when missing. Run at set-up time by
+# scripts/deps.sh test; tests/functional/toxiproxy_spec.lua looks for the
+# package there (ECHOKIT_NPM_PREFIX, default SOURCE/build/npm). Exit status 3
+# means the npm registry cannot be reached; anything else non-zero is a real
+# failure. Each registry call is bounded (20 s + 80 s).
+# Usage: scripts/npm-deps.sh [PREFIX]
 set -eu
 
 prefix="${1:-build/npm}"

@@ -26,11 +26,30 @@ struct llisten {
     struct llisten *next, **pprev; /* S->listeners while open */
 };
 
-/* server on_accept: the connection runs this listener's callbacks. */
+/* server on_accept: the connection runs this listener's callbacks.
+ * on_connect may close this listener and drop the last Lua reference to it;
+ * a collection then would free srv, which accept_cb still reads when we
+ * return. The userdata stays on the stack across the call so it cannot be
+ * collected before accept_cb sees srv->accepting cleared. Only called while
+ * open (self_ref valid). [-0, +0, m] */
 static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
 {
     struct llisten *ll = container_of(srv, struct llisten, srv);
+    lua_State *L = ll->S->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
+    /* stack: ..., listener */
     lconn_accept_with(ll->S, fd, peer, &ll->h);
+    lua_settop(L, top);
+}
+
+/* Releases the references a listener took (its callbacks, itself); after
+ * it the userdata may be collected. */
+static void ll_unref(struct llisten *ll)
+{
+    for (int i = 0; i < CB_COUNT; i++)
+        script_unref(ll->S, &ll->h.cb[i]);
+    script_unref(ll->S, &ll->self_ref);
 }
 
 /* Stops accepting, closes the socket and releases the references. Safe to
@@ -42,8 +61,6 @@ static void ll_close(struct llisten *ll)
     ll->open = 0;
     server_stop(&ll->srv);
     server_unlink_unix(&ll->srv);
-    for (int i = 0; i < CB_COUNT; i++)
-        script_unref(ll->S, &ll->h.cb[i]);
     if (ll->pprev) {
         *ll->pprev = ll->next;
         if (ll->next)
@@ -51,21 +68,33 @@ static void ll_close(struct llisten *ll)
         ll->next = NULL;
         ll->pprev = NULL;
     }
-    script_unref(ll->S, &ll->self_ref);
+    ll_unref(ll);
 }
 
 /* echokit.listen(addr, handler) -> listener | nil, err.
- * A malformed address or handler raises (misuse); an address that cannot be
- * bound (taken, no permission) returns nil and the reason. [-2, +1|2, e] */
+ * The address must be numeric (or "localhost", taken as 127.0.0.1): this runs
+ * on the event loop, where a name lookup would block every connection. A
+ * malformed or non-numeric address or a bad handler raises (misuse); an
+ * address that cannot be bound (taken, no permission) returns nil and the
+ * reason. [-2, +1|2, e] */
 int llisten_listen(lua_State *L)
 {
     struct script *S = script_of(L);
     const char *spec = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     struct net_addr probe;
-    char err[ECHOKIT_ERR_LEN];
-    if (net_parse_addr(spec, 1, &probe, err) < 0)
+    char err[ECHOKIT_ERR_LEN], host[256], mapped[64];
+    int port;
+    int rc = net_parse_addr2(spec, 0, &probe, host, sizeof host, &port, err);
+    if (rc < 0)
         return luaL_error(L, "echokit.listen: %s", err);
+    if (rc == 1) {
+        if (strcmp(host, "localhost") != 0)
+            return luaL_error(L, "echokit.listen: %s: '%s' is not a numeric address (names are "
+                              "not looked up here: give an IP address, or localhost)", spec, host);
+        snprintf(mapped, sizeof mapped, "127.0.0.1:%d", port);
+        spec = mapped;
+    }
     lconn_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
 
     struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);
@@ -78,15 +107,18 @@ int llisten_listen(lua_State *L)
     /* stack: addr, handler, listener */
     server_init(&ll->srv, S->ctx);
     ll->srv.on_accept = ll_accept;
+    /* The references first: they may raise (memory), and nothing would close
+     * a socket bound before that (__gc only closes an open listener). */
+    lconn_take_handler(L, 2, &ll->h);
+    lua_pushvalue(L, -1);
+    ll->self_ref = script_ref(S);
     if (server_listen(&ll->srv, spec, err) < 0) {
+        ll_unref(ll);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
     server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
-    lconn_take_handler(L, 2, &ll->h);
-    lua_pushvalue(L, -1);
-    ll->self_ref = script_ref(S);
     ll->open = 1;
     ll->next = S->listeners;
     if (ll->next)

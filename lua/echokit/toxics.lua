@@ -30,6 +30,9 @@
 --   data(self, bytes)  bytes arrived; default: self:send(bytes)
 --   eof(self)          the stream ended; default: self:send_eof()
 --   stop(self)         the stub ends (timers it made are cancelled anyway)
+--   cleanup(self)      the toxic was removed while the connection is open
+--                      (after stop; not called when the connection ends);
+--                      may close or reset the connection
 -- and self offers self.attributes (live: updates show), self.stream, self.name,
 -- self.client, self.server (the two connections; server is nil before
 -- start), self:send(data [, delay]), self:pace(data, gap),
@@ -56,7 +59,7 @@ function M.define(name, def)
     error("toxics.define: name must be a word (letters, digits, _ and -)", 2)
   end
   if type(def) ~= "table" then error("toxics.define: def must be a table", 2) end
-  for _, k in ipairs { "start", "data", "eof", "stop" } do
+  for _, k in ipairs { "start", "data", "eof", "stop", "cleanup", "validate" } do
     if def[k] ~= nil and type(def[k]) ~= "function" then
       error("toxics.define: def." .. k .. " must be a function", 2)
     end
@@ -344,13 +347,19 @@ function Dir:rebuild()
     new[#new + 1] = s
     s.index = #new
   end
+  local in_chain = {}
+  for _, toxic in ipairs(self.pair.set.chain[self.name]) do in_chain[toxic] = true end
   -- Stubs leaving: stop them, keep their queues for the stub that follows.
-  local moved = {}
+  -- A stub whose toxic left the set (not one replaced after a change of
+  -- toxicity) gets its cleanup, as toxiproxy's CleanupToxic: whether or not
+  -- its toxicity drew it active, as there.
+  local moved, removed = {}, {}
   for i, s in ipairs(old) do
     if by_toxic[s.toxic] == s then
       s:_stop()
+      if s.def.cleanup and not in_chain[s.toxic] then removed[#removed + 1] = s end
       local items = s:_drain_queue()
-      -- An end of stream the toxic kept back (timeout) goes on now.
+      -- An end of stream the toxic kept back goes on now.
       if s.got_eof and not s.sent_eof then items[#items + 1] = false end
       local after
       for j = i + 1, #old do
@@ -360,6 +369,14 @@ function Dir:rebuild()
     end
   end
   self.stubs = new
+  for _, s in ipairs(removed) do
+    local ok, err = xpcall(s.def.cleanup, debug.traceback, s)
+    if not ok then
+      echokit.log("error", "toxic %s (%s): %s", s.name, s.type, tostring(err))
+      self.pair:reset()
+    end
+    if self.pair.dead then return end
+  end
   for _, s in ipairs(started) do start_stub(s) end
   for _, m in ipairs(moved) do
     local idx = m.after and m.after.index or #new + 1
@@ -680,16 +697,26 @@ M.define("slow_close", {
   eof = function(self) self:send_eof(self.attributes.delay) end,
 })
 
--- timeout: nothing gets through; after timeout seconds (0 = never) the
--- connection is closed.
+-- timeout: nothing gets through. The connection is closed once timeout
+-- seconds pass without data (0 = never; each chunk starts the wait again),
+-- at the end of the stream, and when the toxic is removed: toxiproxy's
+-- timeout toxic, so that a client that gives up frees the connection.
+local function arm_timeout(self)
+  if self.wait then
+    self.wait:cancel()
+    self.timers[self.wait] = nil
+    self.wait = nil
+  end
+  local t = self.attributes.timeout
+  if t > 0 then self.wait = self:timer(t, function() self:close() end) end
+end
+
 M.define("timeout", {
   attributes = { timeout = { default = 0, api = MS } },
-  start = function(self)
-    local t = self.attributes.timeout
-    if t > 0 then self:timer(t, function() self:close() end) end
-  end,
-  data = function() end,
-  eof = function() end,
+  start = arm_timeout,
+  data = arm_timeout,
+  eof = function(self) self:close() end,
+  cleanup = function(self) self:close() end,
 })
 
 -- reset_peer: when data first arrives, wait timeout seconds, then reset the
@@ -704,27 +731,29 @@ M.define("reset_peer", {
   end,
 })
 
--- limit_data: bytes bytes get through, then the connection is closed.
+-- limit_data: bytes bytes get through, then the connection is closed (with
+-- bytes = 0, at the first chunk: toxiproxy's limit_data).
 M.define("limit_data", {
   attributes = { bytes = 0 },
   start = function(self) self.passed = 0 end,
   data = function(self, data)
-    local limit = self.attributes.bytes
-    local left = limit - self.passed
-    if left <= 0 then return end
-    if #data >= left then
-      self.passed = limit
-      self:send(data:sub(1, left))
-      -- Once the bytes have left the toxics after this one, close.
-      self.dir.close_on_eof = true
-      self:send_eof()
-      return
+    if self.done then return end
+    local left = self.attributes.bytes - self.passed
+    if #data < left then
+      self.passed = self.passed + #data
+      return self:send(data)
     end
-    self.passed = self.passed + #data
-    self:send(data)
+    self.done = true
+    if left > 0 then
+      self.passed = self.passed + left
+      self:send(data:sub(1, left))
+    end
+    -- Once the bytes have left the toxics after this one, close.
+    self.dir.close_on_eof = true
+    self:send_eof()
   end,
   eof = function(self)
-    if self.passed < self.attributes.bytes then self:send_eof() end
+    if not self.done then self:send_eof() end
   end,
 })
 

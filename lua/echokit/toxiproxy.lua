@@ -53,8 +53,9 @@ local E = {
 -- Proxies
 ---------------------------------------------------------------------------
 
--- toxiproxy listens where it is told; "localhost" is taken as 127.0.0.1 here
--- so that no name lookup blocks the loop.
+-- toxiproxy listens where it is told; echokit.listen takes numeric addresses
+-- only (no name lookup blocks the loop) and "localhost" as 127.0.0.1. The
+-- same mapping here lets populate see "localhost:N" as the proxy's address.
 local function listen_spec(listen)
   local host, port = listen:match("^(.*):(%d+)$")
   if host == "localhost" then return "127.0.0.1:" .. port end
@@ -82,6 +83,20 @@ local function start(proxy)
   proxy.listen = l:address()
   echokit.log("info", "proxy %s: listening on %s, upstream %s", proxy.name, proxy.listen,
               proxy.upstream)
+  return true
+end
+
+-- Enables (listener opened) or disables (listener and open connections
+-- closed) a proxy of the API's. Returns true or nil, apierr.
+local function set_enabled(proxy, on)
+  if on == proxy.enabled then return true end
+  if on then
+    local ok, err = start(proxy)
+    if not ok then return nil, err end
+  else
+    stop(proxy)
+  end
+  proxy.enabled = on
   return true
 end
 
@@ -229,9 +244,8 @@ local function add_proxy(input)
   end
   local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
   if input.enabled ~= false then
-    local ok, err = start(proxy)
+    local ok, err = set_enabled(proxy, true)
     if not ok then return nil, err end
-    proxy.enabled = true
   end
   proxies[proxy.name] = proxy
   nproxies = nproxies + 1
@@ -257,26 +271,47 @@ local function remove_proxy(proxy)
   nproxies = nproxies - 1
 end
 
--- POST /populate: a list of proxies, all checked before any is applied. A
--- proxy of the same name with the same listen and upstream is kept (with its
--- toxics); one that differs is replaced.
+-- POST /populate's answer: the proxies applied, and the error that stopped
+-- it if any ({"error", "status", "proxies"}, as toxiproxy's Populate).
+local function populate_answer(applied, err)
+  local parts = {}
+  for i, p in ipairs(applied) do parts[i] = proxy_json(p) end
+  local list = '"proxies":[' .. table.concat(parts, ",") .. "]"
+  if not err then return 201, "{" .. list .. "}" end
+  local head = cjson.encode { error = err.error, status = err.status }
+  return err.status, head:sub(1, -2) .. "," .. list .. "}\n"
+end
+
+-- POST /populate: a list of proxies. The list is checked first (shapes,
+-- names, upstreams, duplicates, the main handler's proxy); nothing changes if
+-- that fails. Then each is applied in order, as toxiproxy does: a proxy of
+-- the same name with the same listen and upstream is kept (with its toxics),
+-- one that differs is replaced. A listen address that fails stops there; the
+-- proxies before it stay applied and are listed in the error's "proxies".
 function H.populate(req)
   local body, err = decode(req.body)
-  if err then return err end
+  if err then return populate_answer({}, err) end
   if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) then
-    return E.bad_body("expected a JSON array of proxies")
+    return populate_answer({}, E.bad_body("expected a JSON array of proxies"))
   end
   local inputs, seen = {}, {}
   for i, t in ipairs(body) do
     local input
     input, err = proxy_input(t, "proxy " .. i)
-    if not input then return err end
-    if not input.name or input.name == "" then return E.missing("name at proxy " .. i) end
+    if not input then return populate_answer({}, err) end
+    if not input.name or input.name == "" then
+      return populate_answer({}, E.missing("name at proxy " .. i))
+    end
     if not input.upstream or input.upstream == "" then
-      return E.missing("upstream at proxy " .. i)
+      return populate_answer({}, E.missing("upstream at proxy " .. i))
     end
     if seen[input.name] then
-      return apierr(400, string.format("duplicate proxy name %q", input.name))
+      return populate_answer({}, apierr(400, string.format("duplicate proxy name %q", input.name)))
+    end
+    local old = proxies[input.name]
+    if old and old.adopted then
+      return populate_answer({}, apierr(400, "proxy " .. input.name ..
+                                        " is the main handler's; it cannot be replaced"))
     end
     seen[input.name] = true
     inputs[#inputs + 1] = input
@@ -285,9 +320,6 @@ function H.populate(req)
   for _, input in ipairs(inputs) do
     local old = proxies[input.name]
     local proxy = old
-    if old and old.adopted then
-      return apierr(400, "proxy " .. input.name .. " is the main handler's; it cannot be replaced")
-    end
     if old and not (old.upstream == input.upstream and
                     (input.listen == nil or old.listen == input.listen or
                      listen_spec(input.listen) == old.listen)) then
@@ -296,23 +328,15 @@ function H.populate(req)
     end
     if not proxy then
       proxy, err = add_proxy(input)
-      if not proxy then return err end
-    elseif input.enabled ~= nil and input.enabled ~= proxy.enabled then
-      if input.enabled then
-        local ok
-        ok, err = start(proxy)
-        if not ok then return err end
-        proxy.enabled = true
-      else
-        stop(proxy)
-        proxy.enabled = false
-      end
+      if not proxy then return populate_answer(out, err) end
+    elseif input.enabled ~= nil then
+      local ok
+      ok, err = set_enabled(proxy, input.enabled)
+      if not ok then return populate_answer(out, err) end
     end
     out[#out + 1] = proxy
   end
-  local parts = {}
-  for i, p in ipairs(out) do parts[i] = proxy_json(p) end
-  return 201, '{"proxies":[' .. table.concat(parts, ",") .. "]}"
+  return populate_answer(out)
 end
 
 function H.proxy_show(_, proxy)
@@ -341,21 +365,12 @@ function H.proxy_update(req, proxy)
   local enabled = input.enabled
   if enabled == nil then enabled = proxy.enabled end
   if listen ~= proxy.listen or upstream ~= proxy.upstream then
-    if proxy.enabled then stop(proxy) end
+    set_enabled(proxy, false)            -- closing cannot fail
     proxy.listen, proxy.upstream = listen, upstream
-    if proxy.enabled then proxy.enabled = false end
   end
-  if enabled ~= proxy.enabled then
-    if enabled then
-      local ok
-      ok, err = start(proxy)
-      if not ok then return err end
-      proxy.enabled = true
-    else
-      stop(proxy)
-      proxy.enabled = false
-    end
-  end
+  local ok
+  ok, err = set_enabled(proxy, enabled)
+  if not ok then return err end
   return 200, proxy_json(proxy)
 end
 

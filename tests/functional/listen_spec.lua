@@ -63,6 +63,45 @@ describe("echokit.listen", function()
     assert.equal("fine", ask(srv:connect(), "fine"))
   end)
 
+  it("a listener may close itself in on_connect and be collected at once", function()
+    -- Under the ASan build this catches a read of the freed listener after
+    -- on_connect returns.
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local base = ask(ctl, "refs")
+    local socket = require "socket"
+    for _ = 1, 3 do
+      local addr = ask(ctl, "selfclose 127.0.0.1:0"):match("^ok (.+)$")
+      assert.truthy(addr, "no address from selfclose")
+      local host, port = addr:match("^(.+):(%d+)$")
+      local c = assert(socket.connect(host, tonumber(port)))
+      c:settimeout(t.T(3))
+      assert.equal("closed itself", t.recv_line(c))
+      c:close()
+      local c2, err = socket.connect(host, tonumber(port))
+      assert.is_nil(c2, "connected to a listener that closed itself")
+      assert.equal("connection refused", err)
+    end
+    assert(srv:alive(), "the server died")
+    t.eventually(function() return ask(ctl, "refs") == base end, 3,
+                 "registry references back to the baseline (" .. base .. ")")
+  end)
+
+  it("takes numeric addresses only (and localhost), so it never blocks on a lookup", function()
+    local srv = t.start { handler = HANDLER, expect_errors = { "echokit.listen:" } }
+    local ctl = srv:connect()
+    local addr = ask(ctl, "listen localhost:0"):match("^ok (.+)$")
+    assert.matches("^127%.0%.0%.1:%d+$", addr)
+    local t0 = t.now()
+    t.send_all(ctl, "bad nonexistent.invalid:1234\n")
+    local d = t.recv_until_closed(ctl, 3)
+    assert.equal("", d)
+    srv:await_log("echokit.listen: nonexistent.invalid:1234: 'nonexistent.invalid' is not a " ..
+                  "numeric address")
+    assert(t.now() - t0 < t.T(2), "the refusal took " .. (t.now() - t0) .. "s")
+    assert.equal("fine", ask(srv:connect(), "fine"))
+  end)
+
   it("stops accepting at shutdown", function()
     local srv = t.start { handler = HANDLER }
     local ctl = srv:connect()

@@ -4,6 +4,10 @@
 --   close        -> closes the last listener opened: "closed\n"
 --   bad ADDR     -> echokit.listen with a malformed address (raises)
 --   refs         -> "refs N\n" after a full collection
+--   selfclose ADDR -> "ok HOST:PORT\n"; that listener closes itself in the
+--                   on_connect of its first connection, drops the last
+--                   reference to itself and runs a full collection, then
+--                   answers "closed itself\n" on that connection
 local echokit = require "echokit"
 
 local upper = {
@@ -26,6 +30,18 @@ return {
       elseif cmd == "close" then
         last:close()
         conn:write("closed " .. tostring(last:address()) .. "\n")
+      elseif cmd == "selfclose" then
+        local l
+        l = echokit.listen(arg, {
+          on_connect = function(c)
+            l:close()
+            l = nil
+            collectgarbage("collect")
+            collectgarbage("collect")
+            c:write("closed itself\n")
+          end,
+        })
+        conn:write("ok " .. l:address() .. "\n")
       elseif cmd == "bad" then
         echokit.listen(arg, upper)
       elseif cmd == "refs" then

@@ -221,6 +221,70 @@ describe("echokit.toxics", function()
     assert.equal("close", server.ended)
   end)
 
+  it("limit_data with bytes=0 passes nothing and closes at the first chunk", function()
+    local set = toxics.set()
+    assert(set:add { type = "limit_data", attributes = { bytes = 0 } })
+    local client, server = open(set)
+    advance(1)
+    assert.is_nil(client.ended)                 -- nothing arrived yet: nothing happens
+    from_server(server, "x")
+    advance(1)
+    assert.equal("", client:data())
+    assert.equal("close", client.ended)
+    assert.equal("close", server.ended)
+    assert.equal(0, set:count())
+  end)
+
+  it("timeout=0: the end of the stream closes both sides and forgets the pair", function()
+    for _, how in ipairs { "eof", "close" } do
+      local set = toxics.set()
+      assert(set:add { type = "timeout", stream = "upstream", attributes = { timeout = 0 } })
+      local client, server, h = open(set)
+      server.handler.on_connect(server)
+      h.on_data(client, "dropped")
+      advance(10)
+      assert.equal("", server:data())
+      assert.is_nil(server.ended)
+      if how == "eof" then h.on_eof(client) else h.on_close(client, nil) end
+      assert.equal("close", server.ended, how)
+      assert.equal(0, set:count(), how)
+    end
+  end)
+
+  it("timeout: each chunk starts the wait again", function()
+    local set = toxics.set()
+    assert(set:add { type = "timeout", stream = "upstream", attributes = { timeout = 1 } })
+    local client, server, h = open(set)
+    for i = 1, 5 do
+      advance(i * 0.8)
+      h.on_data(client, "chunk")
+    end
+    advance(4.0 + 0.99)                          -- the last chunk came at 4.0
+    assert.is_nil(client.ended)
+    advance(4.0 + 1.01)
+    assert.equal("close", client.ended)
+    assert.equal("close", server.ended)
+    assert.equal("", server:data())
+  end)
+
+  it("a removed timeout toxic closes the connections it held; a new toxicity does not", function()
+    local set = toxics.set()
+    assert(set:add { name = "t", type = "timeout", attributes = { timeout = 0 } })
+    local client, server = open(set)
+    assert(set:update("t", { toxicity = 0.5 }))  -- a new draw replaces the stub: no cleanup
+    assert.is_nil(client.ended)
+    assert.equal(1, set:count())
+    assert(set:remove("t"))
+    assert.equal("close", client.ended)
+    assert.equal("close", server.ended)
+    assert.equal(0, set:count())
+    -- Other toxics being removed leave the connection open.
+    assert(set:add { type = "latency", attributes = { latency = 1 } })
+    client = open(set)
+    assert(set:remove("latency_downstream"))
+    assert.is_nil(client.ended)
+  end)
+
   it("slow_close delays the end of the stream", function()
     local set = toxics.set()
     assert(set:add { type = "slow_close", attributes = { delay = 0.3 } })

@@ -89,9 +89,26 @@ local function cleanup()
   tmp = {}
 end
 
--- t.teardown first (stops the echokit servers, checks their exit and logs),
--- then the helpers; a failure of either is reported.
+local fronts = {}     -- servers in front of others (proxies): stopped first
+
+-- Marks srv (a proxy) to be stopped before the other servers of the test, its
+-- clients closed, so that no upstream waits out its grace period for a
+-- connection of the proxy's. Returns srv.
+local function front(srv)
+  fronts[#fronts + 1] = srv
+  return srv
+end
+
+-- The servers marked with front first, then t.teardown (stops the other
+-- echokit servers, checks every exit and log), then the helpers; a failure of
+-- any is reported.
 local function teardown()
+  for _, s in ipairs(fronts) do
+    for _, c in ipairs(s.clients) do pcall(c.close, c) end
+    s.clients = {}
+    if not s.stopped then pcall(s.stop, s) end
+  end
+  fronts = {}
   local ok, err = pcall(t.teardown)
   cleanup()
   if not ok then error(err, 0) end
@@ -153,6 +170,7 @@ return {
   assert_ok = assert_ok,
   sha256 = sha256,
   cleanup = cleanup,
+  front = front,
   teardown = teardown,
   closed_port = closed_port,
   addr_of = addr_of,

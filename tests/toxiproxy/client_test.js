@@ -3,12 +3,17 @@
 // the proxy changes accordingly. Prints TAP-style lines; exits 0 only if
 // every step passed.
 //
-//   node client_test.js http://127.0.0.1:ADMIN UPSTREAM_PORT
+//   node client_test.js http://127.0.0.1:ADMIN UPSTREAM_PORT [SLOW]
+//
+// Timing: a toxic's delay is a strict lower bound; upper bounds are relative
+// to a round trip measured here without toxics, plus a margin scaled by SLOW
+// (the test harness's factor, 1 unless running under valgrind).
 "use strict";
 const net = require("net");
 const { Toxiproxy, ToxiproxyError } = require("toxiproxy-node-client");
 
-const [admin, upstreamPort] = process.argv.slice(2);
+const [admin, upstreamPort, slowArg] = process.argv.slice(2);
+const slow = Number(slowArg || 1);
 const upstream = `127.0.0.1:${upstreamPort}`;
 let step = 0;
 
@@ -60,24 +65,26 @@ async function main() {
   ok(proxy.name === "echo" && /^127\.0\.0\.1:\d+$/.test(proxy.listen) && proxy.enabled,
      `createProxy: listening on ${proxy.listen}`);
   const base = await roundTrip(proxy.listen);
-  ok(base < 0.1, `traffic passes untouched (${base.toFixed(4)}s)`);
+  ok(base >= 0, `traffic passes (${base.toFixed(4)}s without toxics)`);
+  // Well under the 200 ms latency used below, however loaded the machine.
+  const untouched = base + 0.15 * slow;
 
   const toxic = await proxy.addToxic({ type: "latency", stream: "downstream", toxicity: 1,
                                        attributes: { latency: 200, jitter: 0 } });
   ok(toxic.name === "latency_downstream" && toxic.attributes.latency === 200, "addToxic latency 200 ms");
-  const slow = await roundTrip(proxy.listen);
-  ok(slow >= 0.19 && slow < 1, `latency applies (${slow.toFixed(4)}s)`);
+  const slowRt = await roundTrip(proxy.listen);
+  ok(slowRt >= 0.19 && slowRt < 0.2 + base + slow, `latency applies (${slowRt.toFixed(4)}s)`);
 
   const got = await proxy.getToxic("latency_downstream");
   ok(got.type === "latency" && got.stream === "downstream", "getToxic");
   const updated = await got.update({ attributes: { latency: 400 } });
   ok(updated.attributes.latency === 400, "toxic.update to 400 ms");
   const slower = await roundTrip(proxy.listen);
-  ok(slower >= 0.39 && slower < 2, `updated latency applies (${slower.toFixed(4)}s)`);
+  ok(slower >= 0.39 && slower < 0.4 + base + slow, `updated latency applies (${slower.toFixed(4)}s)`);
 
   await updated.remove();
   const fast = await roundTrip(proxy.listen);
-  ok(fast < 0.1, `toxic removed: latency gone (${fast.toFixed(4)}s)`);
+  ok(fast < untouched, `toxic removed: latency gone (${fast.toFixed(4)}s)`);
 
   await proxy.addToxic({ type: "timeout", stream: "upstream", toxicity: 1, attributes: { timeout: 100 } });
   let err = null;
@@ -101,7 +108,7 @@ async function main() {
   const after = await toxiproxy.get("echo");
   ok(after.enabled === true, "reset enables the proxy");
   const again = await roundTrip(after.listen);
-  ok(again < 0.1, `reset removed the toxics (${again.toFixed(4)}s)`);
+  ok(again < untouched, `reset removed the toxics (${again.toFixed(4)}s)`);
 
   const populated = await toxiproxy.populate([
     { name: "echo", listen: after.listen, upstream },
@@ -113,7 +120,7 @@ async function main() {
   const all = await toxiproxy.getAll();
   ok(Object.keys(all).includes("second") && all.echo.listen === after.listen, "getAll");
   const t2 = await roundTrip(populated.second.listen);
-  ok(t2 < 0.5, "the populated proxy relays");
+  ok(t2 >= 0, "the populated proxy relays");
 
   await populated.second.remove();
   await rejects(toxiproxy.get("second"), "a removed proxy is gone (404)");
