@@ -2,22 +2,7 @@
 -- are gone (luv's unclosed-handle check).
 local t = require "echokit_test"
 
--- Asks `ctl` (a connection to a handler with a `stats` command) for stats.
-local function stats(ctl, cmd)
-  t.send_all(ctl, (cmd or "statsgc") .. "\n")
-  local line = t.recv_line(ctl, 5)
-  assert.truthy(line:match("^stats "), line)
-  return t.parse_kv(line)
-end
-
--- Waits (bounded) until only the control connection is open; returns stats.
-local function settle(ctl, what)
-  return t.eventually(function()
-    local s = stats(ctl)
-    if s.connections_open == 1 then return s end
-    return false, "connections_open=" .. tostring(s.connections_open)
-  end, 5, what or "all clients gone")
-end
+local stats, settle = t.stats, t.settle
 
 local function assert_refs_back(base, now, what)
   assert(now.refs == base.refs, string.format(

@@ -69,24 +69,7 @@ local function rt(addr, what)
   return secs
 end
 
--- echokit.stats() from a connection to tests/handlers/stats.lua, after a
--- full collection.
-local function stats(ctl)
-  t.send_all(ctl, "statsgc\n")
-  local line = t.recv_line(ctl, 5)
-  assert(line:match("^stats "), line)
-  return t.parse_kv(line)
-end
-
--- Waits (bounded) until only `ctl` is open (the API's own connections and
--- every proxied one gone); returns the stats.
-local function settle(ctl, what)
-  return t.eventually(function()
-    local s = stats(ctl)
-    if s.connections_open == 1 then return s end
-    return false, "connections_open=" .. tostring(s.connections_open)
-  end, 5, what)
-end
+local stats, settle = t.stats, t.settle
 
 local function connect(addr)
   local host, port = addr:match("^(.+):(%d+)$")

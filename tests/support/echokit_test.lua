@@ -611,6 +611,25 @@ function M.parse_kv(line)
   return t
 end
 
+-- Asks `ctl`, a connection to a handler with a stats command
+-- (tests/handlers/stats.lua: `statsgc` collects garbage first), for
+-- echokit.stats(); returns them parsed.
+function M.stats(ctl, cmd)
+  M.send_all(ctl, (cmd or "statsgc") .. "\n")
+  local line = M.recv_line(ctl, 5)
+  assert(line:match("^stats "), line)
+  return M.parse_kv(line)
+end
+
+-- Waits (bounded) until only `ctl` is open; returns the stats.
+function M.settle(ctl, what)
+  return M.eventually(function()
+    local s = M.stats(ctl)
+    if s.connections_open == 1 then return s end
+    return false, "connections_open=" .. tostring(s.connections_open)
+  end, 5, what or "all clients gone")
+end
+
 -- A raw recv(2) on a luasocket client: data | nil, errno, strerror.
 function M.raw_recv(c, n)
   return proc.recv(c:getfd(), n or 65536)
