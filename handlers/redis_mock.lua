@@ -12,15 +12,8 @@ local echokit = require "echokit"
 local resp = require "echokit.resp"
 local args = ...
 
-local function size(v, default)
-  if not v then return default end
-  local n, unit = tostring(v):lower():match("^(%d+)([kmg]?)$")
-  if not n then error("not a size: " .. tostring(v), 0) end
-  return math.tointeger(n * ({ [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 })[unit])
-end
-
-local MAX_KEYS = size(args.max_keys, 1000000)
-local MAX_BULK = size(args.max_bulk, 16 * 1024 * 1024)
+local MAX_KEYS = echokit.size(args.max_keys, 1000000)
+local MAX_BULK = echokit.size(args.max_bulk, 16 * 1024 * 1024)
 
 local data = {}       -- key -> string value
 local expires = {}    -- key -> deadline in ms on the loop clock
