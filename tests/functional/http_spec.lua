@@ -284,4 +284,29 @@ describe("http handler", function()
     t.send_all(c2, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.equal("fine\n", read_response(c2).body)
   end)
+
+  it("answers a pipeline of large answers as the client reads them", function()
+    -- 100 answers of 256 KiB: built up in one callback they would pass
+    -- --max-buffer and get the connection reset
+    local srv = t.start{ handler = "tests/handlers/http_big.lua", opts = { "--max-buffer", "2m" } }
+    local c = srv:connect()
+    local n = 100
+    local req = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+    local got = {}
+    local left = n
+    t.send_all(c, req:rep(n))
+    while left > 0 do
+      local status = t.recv_line(c, 30)
+      assert.equal("HTTP/1.1 200 OK", status)
+      local len
+      repeat
+        local l = t.recv_line(c, 30)
+        len = len or tonumber(l:match("^Content%-Length: (%d+)$"))
+      until l == ""
+      assert.equal(256 * 1024, len)
+      got[#got + 1] = #t.recv_n(c, len, 30)
+      left = left - 1
+    end
+    assert.equal(n, #got)
+  end)
 end)

@@ -202,4 +202,19 @@ describe("websocket handler", function()
     t.send_all(good, frame(0x81, "still here", true))
     assert.equal(frame(0x81, "still here", false), t.recv_n(good, 12))
   end)
+
+  it("reads no further messages while its answers are above high water", function()
+    -- 100 small messages, each answered with 256 KiB: answered all in one
+    -- callback they would pass --max-buffer and get the connection reset
+    local srv = t.start{ handler = "tests/handlers/ws_big.lua", opts = { "--max-buffer", "2m" } }
+    local c = upgraded(srv)
+    local n = 100
+    t.send_all(c, frame(0x82, "x", true):rep(n))
+    local size = 256 * 1024
+    local head = string.pack(">BBI8", 0x82, 127, size)
+    for i = 1, n do
+      assert.equal(head, t.recv_n(c, #head, 30), "frame " .. i)
+      assert.equal(size, #t.recv_n(c, size, 30))
+    end
+  end)
 end)
