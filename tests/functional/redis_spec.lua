@@ -1,7 +1,7 @@
 -- The built-in `redis` mock (handlers/redis_mock.lua on echokit.resp) against
 -- Debian's redis-cli and redis-benchmark, and raw sockets for protocol errors.
 local t = require "echokit_test"
-local tools = require "tools"
+local peers = require "peers"
 
 -- The bytes of a command as clients send it.
 local function resp_command(...)
@@ -13,12 +13,12 @@ end
 -- redis-cli with formatted replies ("(integer) 1", "(nil)", "(error) ...").
 local function cli(srv, ...)
   local argv = { "redis-cli", "-h", "127.0.0.1", "-p", tostring(srv:port()), "--no-raw", ... }
-  local r = tools.assert_ok(tools.run(argv, 10))
+  local r = peers.assert_ok(peers.run(argv, 10))
   return (r.out:gsub("\n$", ""))
 end
 
 describe("redis mock", function()
-  after_each(tools.teardown)
+  after_each(peers.teardown)
 
   it("answers redis-cli for every command it implements", function()
     local srv = t.start{ handler = "redis" }
@@ -101,7 +101,7 @@ describe("redis mock", function()
   it("passes redis-benchmark -t ping,set,get,incr with zero errors", function()
     local srv = t.start{ handler = "redis" }
     for _, pipeline in ipairs({ "1", "16" }) do
-      local r = tools.assert_ok(tools.run({ "redis-benchmark", "-h", "127.0.0.1", "-p",
+      local r = peers.assert_ok(peers.run({ "redis-benchmark", "-h", "127.0.0.1", "-p",
         tostring(srv:port()), "-t", "ping,set,get,incr", "-n", "20000", "-c", "50",
         "-P", pipeline, "-q", "--csv" }, 60))
       local tests = {}
