@@ -42,12 +42,14 @@
 --   http.query(qs) -> { key = "value", ... } (percent- and +-decoded)
 --   http.unescape(s) -> percent-decoded string
 --
---   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_eof)
+--   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_drain, on_eof)
 --     fn(req, conn) returns status, headers, body (body a string, or nil for none).
 --     Requests on a connection are answered in order (pipelining); keep-alive as
 --     HTTP/1.1 and 1.0 say; "Expect: 100-continue" gets its interim response;
 --     protocol errors get their status, "Connection: close", and the connection
 --     is closed. An error raised by fn is logged and answered with 500 + close.
+--     When an answer's write returns false (above high water), the requests
+--     behind it wait, with reading paused, until on_drain.
 --     opts: the parser options above, plus opts.server (the Server header,
 --     default "echokit"; false for none).
 local M = {}
