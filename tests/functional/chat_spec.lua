@@ -62,6 +62,24 @@ describe("chat handler", function()
     assert.equal("<ann> second", t.recv_line(b))
   end)
 
+  it("takes a command with a long run of inner blanks in linear time", function()
+    local srv = t.start{ handler = "chat", args = { max_line = 131072 } }
+    local a, an = join(srv)
+    local b = join(srv)
+    t.recv_line(a)
+    -- the same /me twice: letters, then blanks (quadratic for a (.-)%s*$
+    -- match, seconds inside one C call); blanks may cost a few times more
+    local function timed(inner)
+      local t0 = t.now()
+      say(a, "/me a" .. inner .. "b  ")
+      assert.equal("* " .. an .. " a" .. inner .. "b", t.recv_line(b, 60))
+      return t.now() - t0
+    end
+    local base = timed(("c"):rep(60000))
+    local blanks = timed((" "):rep(60000))
+    assert(blanks < 20 * base + t.T(0.5), ("blanks took %.3fs, letters %.3fs"):format(blanks, base))
+  end)
+
   it("closes a client whose line is over max_line", function()
     local srv = t.start{ handler = "chat", args = { max_line = 100 } }
     local a = join(srv)
