@@ -211,6 +211,15 @@ describe("redis mock", function()
     assert.equal("PONG", cli(srv, "ping"))
   end)
 
+  it("reads size arguments as the command line does, and stops on a bad one", function()
+    local srv = t.start{ handler = "redis", args = { max_bulk = "2KB" } }
+    assert.equal("OK", cli(srv, "set", "k", ("x"):rep(2048)))
+    srv:stop()
+    local r = t.run{ handler = "redis", args = { max_memory = "lots" }, opts = { "--check" } }
+    assert.equal(2, r.code)
+    assert.truthy(r.stderr:find("not a size: lots", 1, true), r.stderr)
+  end)
+
   it("refuses new keys past max_keys with Redis's OOM error", function()
     local srv = t.start{ handler = "redis", args = { max_keys = 3 } }
     for i = 1, 3 do assert.equal("OK", cli(srv, "set", "k" .. i, "v")) end
