@@ -8,15 +8,8 @@
 -- echokit.http; malformed requests get 400/413/431/501/505 and a close.
 local http = require "echokit.http"
 local codec = require "echokit.codec"
+local echokit = require "echokit"
 local args = ...
-
--- "16k", "1m", "1048576" -> bytes
-local function size(v, default)
-  if not v then return default end
-  local n, unit = tostring(v):lower():match("^(%d+)([kmg]?)$")
-  if not n then error("not a size: " .. tostring(v), 0) end
-  return math.tointeger(n * ({ [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 })[unit])
-end
 
 -- A JSON string. Bytes that are not UTF-8 (obs-text in a header) are read
 -- as Latin-1, which is how HTTP has always treated them.
@@ -55,6 +48,6 @@ return http.handler(function(req)
   end
   return 200, { { "Content-Type", "application/json" } }, describe(req)
 end, {
-  max_body = size(args.max_body, http.MAX_BODY),
-  max_header = size(args.max_header, http.MAX_HEADER),
+  max_body = echokit.size(args.max_body, http.MAX_BODY),
+  max_header = echokit.size(args.max_header, http.MAX_HEADER),
 })

@@ -4,34 +4,38 @@
 -- CONFIG SELECT QUIT. Errors read as Redis's own.
 --
 --   echokit -H redis             then: redis-cli -p 7000 set greeting hi
---   echokit -H redis -- max_keys=100000 max_bulk=1m
+--   echokit -H redis -- max_keys=100000 max_bulk=1m max_memory=256m max_command=64m
 --
 -- The data is shared by every connection of the process (with --workers N each
--- worker has its own). Expired keys vanish when touched and in a sweep every second.
+-- worker has its own). Expired keys vanish when touched, and a sweep looks at a
+-- bounded number of keys with a TTL ten times a second.
+--
+-- Replies are written as they are made (in batches of up to 64 KiB); when a
+-- client's output passes high water the rest of its pipeline waits for on_drain,
+-- so a pipeline of large GETs never sits in memory at once.
 local echokit = require "echokit"
 local resp = require "echokit.resp"
+local glob = require "echokit.glob"
 local args = ...
 
-local function size(v, default)
-  if not v then return default end
-  local n, unit = tostring(v):lower():match("^(%d+)([kmg]?)$")
-  if not n then error("not a size: " .. tostring(v), 0) end
-  return math.tointeger(n * ({ [""] = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 })[unit])
-end
-
-local MAX_KEYS = size(args.max_keys, 1000000)
-local MAX_BULK = size(args.max_bulk, 16 * 1024 * 1024)
+local MAX_KEYS = echokit.size(args.max_keys, 1000000)
+local MAX_BULK = echokit.size(args.max_bulk, 16 * 1024 * 1024)
+local MAX_MEMORY = echokit.size(args.max_memory, 1024 * 1024 * 1024)
+local MAX_COMMAND = echokit.size(args.max_command, resp.MAX_COMMAND)
 
 local data = {}       -- key -> string value
 local expires = {}    -- key -> deadline in ms on the loop clock
 local nkeys = 0
+local used = 0        -- bytes of keys and values stored, against MAX_MEMORY
 
 local function now_ms() return math.floor(echokit.now() * 1000) end
 
 local function delete(k)
-  if data[k] ~= nil then
+  local v = data[k]
+  if v ~= nil then
     data[k], expires[k] = nil, nil
     nkeys = nkeys - 1
+    used = used - #k - #v
     return true
   end
   return false
@@ -44,10 +48,18 @@ local function get(k)
   return data[k]
 end
 
-echokit.every(1, function()
+-- The sweep: at most SWEEP keys with a TTL per tick, resuming where the last
+-- tick stopped. The cursor is always a key still in `expires` (or nil), so
+-- next() can continue from it even after keys were added meanwhile.
+local SWEEP = 2000
+local cursor = nil
+echokit.every(0.1, function()
+  if cursor ~= nil and expires[cursor] == nil then cursor = nil end
   local t = now_ms()
-  for k, dl in pairs(expires) do
-    if dl <= t then expires[k] = nil; data[k] = nil; nkeys = nkeys - 1 end
+  for _ = 1, SWEEP do
+    local k, dl = next(expires, cursor)
+    if k == nil then cursor = nil; break end
+    if dl <= t then delete(k) else cursor = k end
   end
 end)
 
@@ -59,18 +71,28 @@ local OOM = resp.error("OOM command not allowed when used memory > 'maxmemory'."
 local NOT_INT = resp.error("ERR value is not an integer or out of range")
 local SYNTAX = resp.error("ERR syntax error")
 
+-- Stores v under k; false when MAX_KEYS or MAX_MEMORY would be passed.
 local function set(k, v)
-  if data[k] == nil then
-    if nkeys >= MAX_KEYS then return false end
-    nkeys = nkeys + 1
-  end
+  local old = data[k]
+  local grow = old == nil and #k + #v or #v - #old
+  if old == nil and nkeys >= MAX_KEYS then return false end
+  if grow > 0 and used + grow > MAX_MEMORY then return false end
+  if old == nil then nkeys = nkeys + 1 end
+  used = used + grow
   data[k] = v
   return true
 end
 
--- A decimal integer exactly as Redis accepts it (no spaces, no "+", no "01").
+-- A decimal integer exactly as Redis accepts it (no spaces, no "+", no "01"),
+-- within a signed 64-bit integer: tonumber would turn one just past the range
+-- into a float, so the digits are compared with the limits' own.
+local MAXDIGITS, MINDIGITS = tostring(math.maxinteger), tostring(math.mininteger):sub(2)
 local function int(s)
-  if not s:match("^%-?%d+$") or #s > 20 or s:match("^%-?0%d") or s == "-0" then return nil end
+  if not s:match("^%-?%d+$") or s:match("^%-?0%d") or s == "-0" then return nil end
+  local neg = s:byte(1) == 45
+  local digits = neg and s:sub(2) or s
+  local limit = neg and MINDIGITS or MAXDIGITS
+  if #digits > #limit or (#digits == #limit and digits > limit) then return nil end
   return math.tointeger(tonumber(s))
 end
 
@@ -91,30 +113,13 @@ local function incr(k, by)
   return n
 end
 
--- Lua pattern for a Redis glob (* ? [abc] [^a] [a-z] \x).
-local function glob(p)
-  local out, i = { "^" }, 1
-  while i <= #p do
-    local c = p:sub(i, i)
-    if c == "*" then out[#out + 1] = ".*"
-    elseif c == "?" then out[#out + 1] = "."
-    elseif c == "\\" and i < #p then
-      i = i + 1
-      out[#out + 1] = "%" .. p:sub(i, i)
-    elseif c == "[" then
-      local j = p:find("]", i + 2, true)
-      if not j then out[#out + 1] = "%[" else
-        local set = p:sub(i + 1, j - 1):gsub("^%^", "\0"):gsub("[%%%]%[]", "%%%0"):gsub("^%z", "^")
-        out[#out + 1] = "[" .. set .. "]"
-        i = j
-      end
-    else
-      out[#out + 1] = c:match("%w") and c or "%" .. c
-    end
-    i = i + 1
+-- A matcher for a Redis glob, or nil and the error to answer.
+local function matcher(p)
+  local m = glob.compile(p)
+  if not m then
+    return nil, resp.error(("ERR glob-style pattern longer than %d bytes"):format(glob.MAX_PATTERN))
   end
-  out[#out + 1] = "$"
-  return table.concat(out)
+  return m
 end
 
 local function expire_at(k, dl)
@@ -227,9 +232,13 @@ end)
 def("ttl", 2, function(a) return ttl(a[2], 1000) end)
 def("pttl", 2, function(a) return ttl(a[2], 1) end)
 def("keys", 2, function(a)
-  local pat, out = glob(a[2]), { n = 0 }
+  local match, err = matcher(a[2])
+  if not match then return err end
+  local out = { n = 0 }
+  local t = now_ms()
   for k in pairs(data) do
-    if get(k) ~= nil and k:find(pat) then out.n = out.n + 1; out[out.n] = k end
+    local dl = expires[k]
+    if (not dl or dl > t) and match(k) then out.n = out.n + 1; out[out.n] = k end
   end
   table.sort(out)
   return out
@@ -239,7 +248,7 @@ local function flush(a)
   if a.n > 2 or (a[2] and a[2]:lower() ~= "async" and a[2]:lower() ~= "sync") then
     return SYNTAX
   end
-  data, expires, nkeys = {}, {}, 0
+  data, expires, nkeys, used, cursor = {}, {}, 0, 0, nil
   return resp.OK
 end
 def("flushall", -1, flush)
@@ -253,9 +262,11 @@ def("config", -2, function(a)
   local sub = a[2]:lower()
   if sub == "get" and a.n == 3 then
     local known = { save = "", appendonly = "no", databases = "1" }
+    local match, err = matcher(a[3]:lower())
+    if not match then return err end
     local out = { n = 0 }
     for k, v in pairs(known) do
-      if k:find(glob(a[3]:lower())) then
+      if match(k) then
         out[out.n + 1], out[out.n + 2] = k, v
         out.n = out.n + 2
       end
@@ -314,32 +325,66 @@ local function call(argv, conn)
   return c.fn(argv, conn)
 end
 
-return {
-  on_connect = function(conn)
-    conn.resp = resp.parser{ max_bulk = MAX_BULK }
-  end,
-  on_data = function(conn, bytes)
-    local p = conn.resp
-    p:feed(bytes)
-    local out = {}
-    while true do
-      local argv, err = p:next()
-      if not argv then
-        if err then
-          out[#out + 1] = resp.encode(resp.error("ERR " .. err))
-          conn:write(table.concat(out))
-          conn:close()
-          return
-        end
-        break
-      end
-      out[#out + 1] = resp.encode(call(argv, conn))
-      if conn.quitting then
-        conn:write(table.concat(out))
+local BATCH = 64 * 1024
+
+-- Writes the replies gathered so far. Returns false when the connection is
+-- closed or its output is above high water: the caller stops answering, and
+-- reading is paused until on_drain.
+local function flush(conn, out)
+  if #out == 0 then return true end
+  local ok = conn:write(table.concat(out))
+  for i = #out, 1, -1 do out[i] = nil end
+  if ok == false then
+    conn.waiting = true
+    conn:pause()
+  end
+  return ok == true
+end
+
+-- Answers the commands buffered in the parser, in order, until none is left
+-- or the client has to catch up with its replies first.
+local function answer(conn)
+  local p = conn.resp
+  local out, outlen = {}, 0
+  while true do
+    local argv, err = p:next()
+    if not argv then
+      if err then
+        out[#out + 1] = resp.encode(resp.error("ERR " .. err))
+        flush(conn, out)
         conn:close()
         return
       end
+      break
     end
-    if #out > 0 then conn:write(table.concat(out)) end
+    local r = resp.encode(call(argv, conn))
+    out[#out + 1], outlen = r, outlen + #r
+    if conn.quitting then
+      flush(conn, out)
+      conn:close()
+      return
+    end
+    if outlen >= BATCH then
+      outlen = 0
+      if not flush(conn, out) then return end
+    end
+  end
+  flush(conn, out)
+end
+
+return {
+  on_connect = function(conn)
+    conn.resp = resp.parser{ max_bulk = MAX_BULK, max_command = MAX_COMMAND }
+  end,
+  on_data = function(conn, bytes)
+    conn.resp:feed(bytes)
+    if not conn.waiting then answer(conn) end
+  end,
+  on_drain = function(conn)
+    if conn.waiting then
+      conn.waiting = false
+      conn:resume()
+      answer(conn)
+    end
   end,
 }

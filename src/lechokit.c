@@ -8,6 +8,7 @@
 #include "hexdump.h"
 #include "log.h"
 #include "script.h"
+#include "util.h"
 
 static int e_now(lua_State *L)
 {
@@ -21,6 +22,24 @@ static int e_time(lua_State *L)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/* echokit.size(v [, default]) [-0, +1, e]: a byte count written as the command
+ * line takes them ("64k", "16m", "1g", "4096"; the same parser as --max-buffer),
+ * `default` when v is nil; raises "not a size: v" otherwise, so a handler
+ * argument that is wrong stops start-up with that message. */
+static int e_size(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 2);
+        return 1;
+    }
+    const char *s = luaL_tolstring(L, 1, NULL);
+    size_t v;
+    if (util_parse_size(s, &v) < 0 || v > (size_t)LUA_MAXINTEGER)
+        return luaL_error(L, "not a size: %s", s);
+    lua_pushinteger(L, (lua_Integer)v);
     return 1;
 }
 
@@ -100,6 +119,7 @@ int lechokit_open(lua_State *L)
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
         {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"listen", llisten_listen},
         {"pcap", lpcap_open}, {"time", e_time},   {"isatty", e_isatty},
+        {"size", e_size},
         {NULL, NULL},
     };
     struct script *S = script_of(L);

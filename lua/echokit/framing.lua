@@ -21,6 +21,11 @@
 --   f:encode(payload) -> the framed bytes, for sending
 --
 -- A splitter that reported an error stays failed: close the connection.
+--
+--   framing.buffer(class, fields) -> a new object of `class` (whose __index
+--     chain ends at framing.Buffer) with the shared input buffer: feed(data),
+--     fill() (join the fed chunks once `want` bytes are there), fail(err),
+--     rest(). echokit.resp and echokit.websocket parse on top of it too.
 local M = {}
 
 local Base = {}
@@ -62,6 +67,9 @@ function Base:rest()
   self.buf, self.pos, self.chunks, self.avail = "", 1, {}, 0
   return r
 end
+
+M.Buffer = Base
+M.buffer = new
 
 ---------------------------------------------------------------------------
 -- Lines

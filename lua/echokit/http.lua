@@ -12,6 +12,8 @@
 --     opts.max_header  bytes of request line + headers (default 8192)     -> 431
 --     opts.max_headers number of header lines (default 100)               -> 431
 --     opts.max_body    bytes of body, Content-Length or chunked (1 MiB)   -> 413
+--     opts.max_framing bytes of chunked framing in one body: chunk-size lines
+--                      with their extensions and the CRLFs (64 KiB)       -> 413
 --     opts.on_headers  function(req) called once a request's head is parsed,
 --                      before its body is read (to send 100 Continue)
 --   p:feed(data)                     -- append bytes, any chunk boundaries
@@ -29,7 +31,7 @@
 --           version = "1.1" or "1.0", headers = { ["content-type"] = "..." },
 --           header_list = { {"Content-Type", "..."}, ... },   -- as sent, in order
 --           body = "", chunked = bool, keep_alive = bool, expect_continue = bool }
---   (repeated headers are joined with ", " in req.headers)
+--   (repeated headers are joined with ", " in req.headers; a repeated Host is a 400)
 --
 --   http.response(status, headers, body [, opts]) -> string
 --     headers: { Name = "v" } or { {"Name", "v"}, ... } (or nil). Content-Length is
@@ -40,12 +42,14 @@
 --   http.query(qs) -> { key = "value", ... } (percent- and +-decoded)
 --   http.unescape(s) -> percent-decoded string
 --
---   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_eof)
+--   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_drain, on_eof)
 --     fn(req, conn) returns status, headers, body (body a string, or nil for none).
 --     Requests on a connection are answered in order (pipelining); keep-alive as
 --     HTTP/1.1 and 1.0 say; "Expect: 100-continue" gets its interim response;
 --     protocol errors get their status, "Connection: close", and the connection
 --     is closed. An error raised by fn is logged and answered with 500 + close.
+--     When an answer's write returns false (above high water), the requests
+--     behind it wait, with reading paused, until on_drain.
 --     opts: the parser options above, plus opts.server (the Server header,
 --     default "echokit"; false for none).
 local M = {}
@@ -53,6 +57,7 @@ local M = {}
 M.MAX_HEADER = 8192
 M.MAX_HEADERS = 100
 M.MAX_BODY = 1024 * 1024
+M.MAX_FRAMING = 64 * 1024
 
 local REASONS = {
   [100] = "Continue", [101] = "Switching Protocols",
@@ -90,11 +95,13 @@ function M.parser(opts)
     max_header = opts.max_header or M.MAX_HEADER,
     max_headers = opts.max_headers or M.MAX_HEADERS,
     max_body = opts.max_body or M.MAX_BODY,
+    max_framing = opts.max_framing or M.MAX_FRAMING,
     on_headers = opts.on_headers,
     buf = "", pos = 1,
     state = "head",
     -- per-request state, reset when a request is returned
     req = nil, head_bytes = 0, nheaders = 0, remaining = 0, parts = nil, body_len = 0,
+    framing = 0,   -- bytes of chunked framing in this body
     err = nil, status = nil,
   }, Parser)
   return p
@@ -128,7 +135,8 @@ end
 
 -- Takes one line (without LF and a CR before it) from the buffer, or nil when
 -- no complete line is buffered. `limit` bounds the bytes a line may take, counted
--- in self.head_bytes; returns false when it is passed.
+-- in self.head_bytes; returns false when it is passed. The second result tells
+-- whether the line ended with CR LF (chunked framing requires it).
 function Parser:line(limit)
   local buf, pos = self.buf, self.pos
   local e = buf:find("\n", pos, true)
@@ -140,9 +148,26 @@ function Parser:line(limit)
   if self.head_bytes > limit then return false end
   self.pos = e + 1
   local stop = e - 1
-  if stop >= pos and buf:byte(stop) == 13 then stop = stop - 1 end
-  return buf:sub(pos, stop)
+  local crlf = stop >= pos and buf:byte(stop) == 13
+  if crlf then stop = stop - 1 end
+  return buf:sub(pos, stop), crlf
 end
+
+-- s without the spaces and tabs around it. find from the front and a byte loop
+-- from the back: linear, where match("^[ \t]*(.-)[ \t]*$") is quadratic in a
+-- long run of inner blanks.
+local function trim(s)
+  local i = s:find("[^ \t]")
+  if not i then return "" end
+  local j = #s
+  while true do
+    local b = s:byte(j)
+    if b ~= 32 and b ~= 9 then break end
+    j = j - 1
+  end
+  return s:sub(i, j)
+end
+M.trim = trim
 
 local function request_line(p, line)
   local method, target, version = line:match("^(%S+) (%S+) HTTP/(%d+%.%d+)$")
@@ -170,7 +195,7 @@ local function header_line(p, line)
   if not name or not name:match(TOKEN) then
     return p:fail("bad header line", 400)
   end
-  value = value:match("^[ \t]*(.-)[ \t]*$")
+  value = trim(value)
   if value:find("[%z\1-\8\10-\31\127]") then
     return p:fail("bad header value", 400)
   end
@@ -180,6 +205,8 @@ local function header_line(p, line)
   req.header_list[#req.header_list + 1] = { name, value }
   local key = name:lower()
   local old = req.headers[key]
+  -- RFC 9112 3.2: more than one Host line is a 400
+  if old and key == "host" then return p:fail("more than one Host header", 400) end
   req.headers[key] = old and (old .. ", " .. value) or value
   return true
 end
@@ -220,7 +247,7 @@ local function head_done(p)
     -- repeated identical values ("5, 5") are allowed, differing ones are not
     local n
     for v in (cl .. ","):gmatch("([^,]*),") do
-      v = v:match("^%s*(.-)%s*$")
+      v = trim(v)
       if not v:match("^%d+$") or #v > 15 then return p:fail("bad Content-Length", 400) end
       local k = tonumber(v)
       if n and k ~= n then return p:fail("conflicting Content-Length", 400) end
@@ -240,7 +267,7 @@ local function head_done(p)
     end
     req.expect_continue = req.version == "1.1" and p.state ~= "done"
   end
-  p.parts, p.body_len = {}, 0
+  p.parts, p.body_len, p.framing = {}, 0, 0
   if p.on_headers then p.on_headers(req) end
   return true
 end
@@ -292,9 +319,16 @@ function Parser:next()
       self.state = "done"
     elseif state == "chunk_size" then
       self.head_bytes = 0
-      local line = self:line(1024)
+      local line, crlf = self:line(1024)
       if line == false then return self:fail("bad chunk size line", 400) end
       if line == nil then return nil end
+      -- RFC 9112 7.1: chunked framing ends its lines with CR LF; a bare CR or LF
+      -- is read differently by different parsers (request smuggling)
+      if not crlf or line:find("\r", 1, true) then
+        return self:fail("chunk size line not ended by CRLF", 400)
+      end
+      self.framing = self.framing + self.head_bytes
+      if self.framing > self.max_framing then return self:fail("too much chunked framing", 413) end
       local hex = line:match("^(%x+)[ \t]*;") or line:match("^(%x+)[ \t]*$")
       if not hex then return self:fail("bad chunk size", 400) end
       hex = hex:gsub("^0+(.)", "%1")
@@ -316,21 +350,21 @@ function Parser:next()
     elseif state == "chunk_end" then
       local b = self.buf:byte(self.pos)
       if not b then return nil end
-      if b == 13 then
-        local b2 = self.buf:byte(self.pos + 1)
-        if not b2 then return nil end
-        if b2 ~= 10 then return self:fail("bad chunk terminator", 400) end
-        self.pos = self.pos + 2
-      elseif b == 10 then
-        self.pos = self.pos + 1
-      else
-        return self:fail("bad chunk terminator", 400)
-      end
+      if b ~= 13 then return self:fail("bad chunk terminator", 400) end
+      local b2 = self.buf:byte(self.pos + 1)
+      if not b2 then return nil end
+      if b2 ~= 10 then return self:fail("bad chunk terminator", 400) end
+      self.pos = self.pos + 2
+      self.framing = self.framing + 2
+      if self.framing > self.max_framing then return self:fail("too much chunked framing", 413) end
       self.state = "chunk_size"
     elseif state == "trailers" then
-      local line = self:line(self.max_header)
+      local line, crlf = self:line(self.max_header)
       if line == false then return self:fail("trailer section too large", 431) end
       if line == nil then return nil end
+      if not crlf or line:find("\r", 1, true) then
+        return self:fail("trailer line not ended by CRLF", 400)
+      end
       if line == "" then
         self.state = "done"
       elseif not line:match("^[!#$%%&'*+%-.^_`|~%w]+:") then
@@ -339,7 +373,7 @@ function Parser:next()
     elseif state == "done" then
       local req = self.req
       req.body = #self.parts == 1 and self.parts[1] or table.concat(self.parts)
-      self.req, self.parts, self.head_bytes, self.nheaders = nil, nil, 0, 0
+      self.req, self.parts, self.head_bytes, self.nheaders, self.framing = nil, nil, 0, 0, 0
       self.state = "head"
       return req
     else
@@ -496,9 +530,21 @@ function M.handler(fn, opts)
       end
       local r = M.response(st, with_defaults(headers, server), body,
                            { close = close, head = req.method == "HEAD" })
-      if conn:write(r) == nil then return end
+      local ok = conn:write(r)
+      if ok == nil then return end
       if close then conn:close() return end
+      if ok == false then
+        -- above high water: the rest of the pipeline waits for on_drain
+        conn.http_waiting = true
+        conn:pause()
+        return
+      end
     end
+  end
+
+  local function eof(conn)
+    local _, err, status = conn.http_parser:finish()
+    if err then answer_error(conn, status, err) else conn:close() end
   end
 
   return {
@@ -513,11 +559,19 @@ function M.handler(fn, opts)
     end,
     on_data = function(conn, data)
       conn.http_parser:feed(data)
+      if not conn.http_waiting then serve_pending(conn) end
+    end,
+    on_drain = function(conn)
+      if not conn.http_waiting then return end
+      conn.http_waiting = false
+      conn:resume()
       serve_pending(conn)
+      if conn.http_eof and not conn.http_waiting then eof(conn) end
     end,
     on_eof = function(conn)
-      local _, err, status = conn.http_parser:finish()
-      if err then answer_error(conn, status, err) else conn:close() end
+      -- requests still waiting to be answered go first
+      if conn.http_waiting then conn.http_eof = true return end
+      eof(conn)
     end,
   }
 end

@@ -12,6 +12,9 @@
 --     opts.max_array  elements in one array (default 1048576)
 --     opts.max_inline bytes in an inline command or any protocol line (64 KiB)
 --     opts.max_depth  nesting of arrays in values mode (default 32)
+--     opts.max_command bytes of one whole command or value: the sum of its bulk
+--                     lengths plus 64 per array element (default 64 MiB) ->
+--                     "Protocol error: command too big (max_command)"
 --   p:feed(data)
 --   p:next() -> value          -- the next complete command / value
 --            -> nil            -- need more bytes
@@ -26,8 +29,12 @@
 --     error, a table an array (length .n or #); booleans are 1/0.
 --   resp.status(s), resp.error(s), resp.null, resp.OK (= resp.status("OK"))
 --   resp.command(...) -> the bytes of a command, as clients send it
+local framing = require "echokit.framing"
+
 local M = {}
 
+M.MAX_COMMAND = 64 * 1024 * 1024
+M.ELEMENT_CHARGE = 64   -- bytes charged per array element against max_command
 M.MAX_BULK = 16 * 1024 * 1024
 M.MAX_ARRAY = 1024 * 1024
 M.MAX_INLINE = 64 * 1024
@@ -44,29 +51,23 @@ M.OK = M.status("OK")
 ---------------------------------------------------------------------------
 -- Parser
 ---------------------------------------------------------------------------
-local Parser = {}
+local Buffer = framing.Buffer
+local Parser = setmetatable({}, { __index = Buffer })
 Parser.__index = Parser
 
 function M.parser(opts)
   opts = opts or {}
-  return setmetatable({
+  -- the shared buffer: fed chunks are joined (and parsed) once `want` bytes are there
+  return framing.buffer(Parser, {
     values = opts.values or false,
     max_bulk = opts.max_bulk or M.MAX_BULK,
     max_array = opts.max_array or M.MAX_ARRAY,
     max_inline = opts.max_inline or M.MAX_INLINE,
     max_depth = opts.max_depth or 32,
-    buf = "", pos = 1,
-    chunks = {}, avail = 0,   -- fed bytes not yet joined into buf
-    want = 1,                 -- join (and parse) only once this many bytes are there
+    max_command = opts.max_command or M.MAX_COMMAND,
     stack = {},               -- arrays being filled: { t = {}, n = count }
-    err = nil,
-  }, Parser)
-end
-
-function Parser:feed(data)
-  if self.err or #data == 0 then return end
-  self.chunks[#self.chunks + 1] = data
-  self.avail = self.avail + #data
+    total = 0,                -- bytes charged to the command or value in progress
+  })
 end
 
 -- Bytes not yet consumed by returned values.
@@ -75,10 +76,11 @@ function Parser:pending()
 end
 
 function Parser:fail(err)
-  self.err = err
-  self.buf, self.pos, self.chunks, self.avail, self.stack = "", 1, {}, 0, {}
-  return nil, err
+  self.stack, self.total = {}, 0
+  return Buffer.fail(self, err)
 end
+
+local TOO_BIG = "Protocol error: command too big (max_command)"
 
 -- Splits an inline command into words: blanks separate, "double quotes" take
 -- \n \r \t \" \\ \xHH escapes, 'single quotes' take \' (as Redis does).
@@ -138,13 +140,9 @@ end
 function Parser:next()
   if self.err then return nil, self.err end
   while true do
-    if self.avail > 0 and #self.buf - self.pos + 1 + self.avail >= self.want then
-      self.buf = self.buf:sub(self.pos) .. table.concat(self.chunks)
-      self.pos, self.chunks, self.avail = 1, {}, 0
-    end
+    local have = self:fill()
+    if not have then return nil end
     local buf, pos = self.buf, self.pos
-    local have = #buf - pos + 1
-    if have < self.want or have == 0 then return nil end
     local first = buf:byte(pos)
     local inline = not self.values and #self.stack == 0 and first ~= 42   -- '*'
     -- an inline command ends at LF (CR LF or LF, as telnet sends); RESP lines at CR LF
@@ -154,8 +152,8 @@ function Parser:next()
         return self:fail(inline and "Protocol error: too big inline request"
                                  or "Protocol error: too big line")
       end
-      self.want = have + 1
-      return nil
+      self.want = have + 1   -- more than is buffered: fill() joins or waits
+      goto continue
     end
     if e - pos > self.max_inline then
       return self:fail(inline and "Protocol error: too big inline request"
@@ -179,6 +177,7 @@ function Parser:next()
       if not len or len < -1 or len > self.max_bulk then
         return self:fail("Protocol error: invalid bulk length")
       end
+      if len > 0 and self.total + len > self.max_command then return self:fail(TOO_BIG) end
       if len == -1 then
         if not self.values then return self:fail("Protocol error: invalid bulk length") end
         self.pos = e + 2
@@ -187,13 +186,14 @@ function Parser:next()
         local stop = e + 2 + len
         if #buf < stop + 1 then
           self.want = stop + 2 - pos
-          return nil
+          goto continue
         end
         if buf:sub(stop, stop + 1) ~= "\r\n" then
           return self:fail("Protocol error: bulk string not terminated by CRLF")
         end
         v, done = buf:sub(e + 2, stop - 1), true
         self.pos = stop + 2
+        self.total = self.total + len
       end
     elseif first == 42 then                                             -- '*' array
       local count = line:match("^%-?%d+$") and tonumber(line)
@@ -212,6 +212,8 @@ function Parser:next()
         if #self.stack >= self.max_depth then
           return self:fail("Protocol error: arrays nested too deep")
         end
+        self.total = self.total + count * M.ELEMENT_CHARGE
+        if self.total > self.max_command then return self:fail(TOO_BIG) end
         self.stack[#self.stack + 1] = { t = { n = 0 }, n = count }
       end
     elseif not self.values then
@@ -233,8 +235,12 @@ function Parser:next()
     self.want = 1
     if done then
       local out = deliver(self, v)
-      if out ~= nil then return out end
+      if out ~= nil then
+        self.total = 0
+        return out
+      end
     end
+    ::continue::
   end
 end
 

@@ -14,7 +14,9 @@
 --   ws.accept_key(key) -> the Sec-WebSocket-Accept value for a Sec-WebSocket-Key
 --
 --   local p = ws.parser(opts)   -- frames from one peer
---     opts.max_message  bytes of one message, all fragments (default 16 MiB) -> 1009
+--     opts.max_message  bytes of one message, all fragments (default 16 MiB) -> 1009;
+--                       a message may also have at most max(64, max_message / 64)
+--                       fragments, so a flood of tiny or empty ones is bounded too
 --     opts.masked       true (default): frames must be masked (from a client);
 --                       false: must not be (from a server)
 --   p:feed(data)
@@ -27,7 +29,9 @@
 --
 --   ws.frame(opcode, payload [, fin [, mask_key]]) -> bytes of one frame
 --   ws.text(s), ws.binary(s), ws.ping(s), ws.pong(s) -> a whole unmasked frame
---   ws.close_frame([code [, reason]]) -> a close frame
+--   ws.close_frame([code [, reason]]) -> a close frame; the reason is cut to 123
+--     bytes at a UTF-8 character boundary; raises on a code that must not be
+--     sent (outside 1000-4999, or 1004, 1005, 1006, 1015)
 --   ws.OP = { continuation = 0, text = 1, binary = 2, close = 8, ping = 9, pong = 10 }
 --
 --   ws.handler(callbacks [, opts]) -> a handler table
@@ -35,13 +39,16 @@
 --     callbacks.on_message(conn, data, type)      type "text" or "binary"
 --     callbacks.on_close(conn, code, reason)      the WebSocket is over (code nil
 --                                                  when the TCP connection just ended)
---     conn.ws:send(data [, "binary"])  -> conn:write's result
+--     callbacks.on_drain(conn)                    output fell below high water
+--     conn.ws:send(data [, "binary"])  -> conn:write's result (false: above high
+--                                          water; wait for callbacks.on_drain)
 --     conn.ws:ping(data), conn.ws:close([code [, reason]])
 --     opts: max_message, protocols, max_header (the handshake request), close_timeout
 --     (seconds to wait for the peer's close reply, default 5). Pings are answered,
 --     a close is echoed and the connection closed; a protocol error sends its
 --     close code and closes; a plain HTTP request is answered 426.
 local http = require "echokit.http"
+local framing = require "echokit.framing"
 
 local M = {}
 
@@ -123,31 +130,29 @@ end
 ---------------------------------------------------------------------------
 -- Frame parser
 ---------------------------------------------------------------------------
-local Parser = {}
+local Buffer = framing.Buffer
+local Parser = setmetatable({}, { __index = Buffer })
 Parser.__index = Parser
 
 function M.parser(opts)
   opts = opts or {}
   local masked = opts.masked
   if masked == nil then masked = true end
-  return setmetatable({
+  local p = framing.buffer(Parser, {
     max_message = opts.max_message or M.MAX_MESSAGE,
     masked = masked,
-    buf = "", pos = 1, chunks = {}, avail = 0, want = 2,
-    msg_type = nil, msg_parts = nil, msg_len = 0,   -- a fragmented message in progress
-    err = nil, code = nil,
-  }, Parser)
-end
-
-function Parser:feed(data)
-  if self.err or #data == 0 then return end
-  self.chunks[#self.chunks + 1] = data
-  self.avail = self.avail + #data
+    max_fragments = math.max(64, (opts.max_message or M.MAX_MESSAGE) // 64),
+    -- a fragmented message in progress
+    msg_type = nil, msg_parts = nil, msg_len = 0, msg_frags = 0,
+    code = nil,
+  })
+  p.want = 2
+  return p
 end
 
 function Parser:fail(err, code)
-  self.err, self.code = err, code
-  self.buf, self.pos, self.chunks, self.avail, self.msg_parts = "", 1, {}, 0, nil
+  self.code, self.msg_parts = code, nil
+  Buffer.fail(self, err)
   return nil, err, code
 end
 
@@ -159,12 +164,7 @@ end
 function Parser:next()
   if self.err then return nil, self.err, self.code end
   while true do
-    local have = #self.buf - self.pos + 1
-    if have + self.avail < self.want then return nil end
-    if have < self.want then
-      self.buf = self.buf:sub(self.pos) .. table.concat(self.chunks)
-      self.pos, self.chunks, self.avail = 1, {}, 0
-    end
+    if not self:fill() then return nil end
     local buf, pos = self.buf, self.pos
     local b1, b2 = buf:byte(pos, pos + 1)
     local fin, rsv, op = b1 & 0x80 ~= 0, b1 & 0x70, b1 & 0x0F
@@ -203,6 +203,9 @@ function Parser:next()
       if self.msg_len + len > self.max_message then
         return self:fail("message too big", 1009)
       end
+      if op == 0 and self.msg_frags >= self.max_fragments then
+        return self:fail("too many fragments", 1009)
+      end
     end
     if #buf - pos + 1 < hlen + len then self.want = hlen + len; goto continue end
     do
@@ -226,15 +229,16 @@ function Parser:next()
         return { type = OPNAME[op], data = payload }
       end
       if op ~= 0 then
-        self.msg_type, self.msg_parts, self.msg_len = OPNAME[op], {}, 0
+        self.msg_type, self.msg_parts, self.msg_len, self.msg_frags = OPNAME[op], {}, 0, 0
       end
       local parts = self.msg_parts
-      parts[#parts + 1] = payload
+      if len > 0 then parts[#parts + 1] = payload end
       self.msg_len = self.msg_len + len
+      self.msg_frags = self.msg_frags + 1
       if fin then
         local data = #parts == 1 and parts[1] or table.concat(parts)
         local kind = self.msg_type
-        self.msg_type, self.msg_parts, self.msg_len = nil, nil, 0
+        self.msg_type, self.msg_parts, self.msg_len, self.msg_frags = nil, nil, 0, 0
         if kind == "text" and not utf8.len(data) then
           return self:fail("text message is not UTF-8", 1007)
         end
@@ -270,9 +274,22 @@ function M.binary(s) return M.frame(2, s) end
 function M.ping(s) return M.frame(9, s or "") end
 function M.pong(s) return M.frame(10, s or "") end
 
+-- The first n bytes of s, less the start of a UTF-8 sequence the cut would split.
+local function utf8_prefix(s, n)
+  if #s <= n then return s end
+  local i = n + 1            -- the first byte left out
+  while i > 1 and s:byte(i) & 0xC0 == 0x80 do i = i - 1 end
+  return s:sub(1, i - 1)
+end
+
 function M.close_frame(code, reason)
   if not code then return M.frame(8, "") end
-  return M.frame(8, string.pack(">I2", code) .. (reason or ""):sub(1, 123))
+  -- 1004 is reserved; 1005, 1006 and 1015 stand for "none came" and must not be sent
+  if math.type(code) ~= "integer" or code < 1000 or code > 4999 or code == 1004
+     or code == 1005 or code == 1006 or code == 1015 then
+    error("close code " .. tostring(code) .. " must not be sent", 2)
+  end
+  return M.frame(8, string.pack(">I2", code) .. utf8_prefix(reason or "", 123))
 end
 
 ---------------------------------------------------------------------------
@@ -281,14 +298,22 @@ end
 local Session = {}
 Session.__index = Session
 
+-- conn:write, remembering a false (above high water): the handler then reads
+-- no further frames until on_drain.
+local function write(s, bytes)
+  local ok, err = s.conn:write(bytes)
+  if ok == false then s.full = true end
+  return ok, err
+end
+
 function Session:send(data, kind)
   if self.closing then return nil, "closed" end
-  return self.conn:write(kind == "binary" and M.binary(data) or M.text(data))
+  return write(self, kind == "binary" and M.binary(data) or M.text(data))
 end
 
 function Session:ping(data)
   if self.closing then return nil, "closed" end
-  return self.conn:write(M.ping(data))
+  return write(self, M.ping(data))
 end
 
 -- Starts the close handshake: our close frame now, the TCP close when the
@@ -323,6 +348,12 @@ function M.handler(cb, opts)
     local s = conn.ws
     local p = s.parser
     while true do
+      if s.full and not s.closing then
+        -- our answers are above high water: read on once they drain
+        s.waiting = true
+        conn:pause()
+        return
+      end
       local ev, err, code = p:next()
       if not ev then
         if err then
@@ -338,7 +369,7 @@ function M.handler(cb, opts)
       if ev.type == "text" or ev.type == "binary" then
         if not s.closing and cb.on_message then cb.on_message(conn, ev.data, ev.type) end
       elseif ev.type == "ping" then
-        if not s.closing then conn:write(M.pong(ev.data)) end
+        if not s.closing then write(s, M.pong(ev.data)) end
       elseif ev.type == "close" then
         if not s.closing then
           s.closing = true
@@ -390,6 +421,18 @@ function M.handler(cb, opts)
         conn.ws.parser:feed(rest)
         frames(conn)
       end
+    end,
+    on_drain = function(conn)
+      local s = conn.ws
+      if s then
+        s.full = false
+        if s.waiting then
+          s.waiting = false
+          conn:resume()
+          frames(conn)
+        end
+      end
+      if cb.on_drain then cb.on_drain(conn) end
     end,
     on_eof = function(conn)
       if conn.ws_http then

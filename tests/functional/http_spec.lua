@@ -1,8 +1,8 @@
 -- The built-in `http` handler (handlers/http_echo.lua on echokit.http) against
 -- curl and wrk, and raw sockets for pipelining and malformed requests. Every
--- client run is bounded in time (curl --max-time, wrk -d, tools.run timeouts).
+-- client run is bounded in time (curl --max-time, wrk -d, peers.run timeouts).
 local t = require "echokit_test"
-local tools = require "tools"
+local peers = require "peers"
 -- lua-cjson (Debian), strict: NaN, Infinity and hex numbers are not JSON
 local json = require("cjson").new()
 json.decode_invalid_numbers(false)
@@ -13,7 +13,7 @@ local function url(srv, path) return ("http://127.0.0.1:%d%s"):format(srv:port()
 local function curl(args, timeout)
   local argv = { "curl", "--silent", "--show-error", "--max-time", tostring(t.T(timeout or 10)) }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return tools.run(argv, (timeout or 10) + 5)
+  return peers.run(argv, (timeout or 10) + 5)
 end
 
 -- Reads one HTTP response from a luasocket client:
@@ -48,7 +48,7 @@ local function text(n, seed)
 end
 
 describe("http handler", function()
-  after_each(tools.teardown)
+  after_each(peers.teardown)
 
   it("is listed, with the other protocol handlers, under the names users type", function()
     local r = t.run{ handler = "no_such_handler" }
@@ -63,7 +63,7 @@ describe("http handler", function()
 
   it("answers curl with what it received, as JSON", function()
     local srv = t.start{ handler = "http" }
-    local r = tools.assert_ok(curl{ "-H", "X-Test: one two", "-d", 'a "quoted" body',
+    local r = peers.assert_ok(curl{ "-H", "X-Test: one two", "-d", 'a "quoted" body',
                                     url(srv, "/some/path?x=1&y=2") })
     local d = json.decode(r.out)
     assert.same({ "POST", "/some/path", "x=1&y=2", "1.1", 'a "quoted" body', "text" },
@@ -77,18 +77,18 @@ describe("http handler", function()
 
   it("serves /hello with a fixed body, and HEAD without one", function()
     local srv = t.start{ handler = "http" }
-    local r = tools.assert_ok(curl{ "-i", url(srv, "/hello") })
+    local r = peers.assert_ok(curl{ "-i", url(srv, "/hello") })
     assert.truthy(r.out:find("^HTTP/1%.1 200 OK\r\n"))
     assert.truthy(r.out:find("\r\nContent%-Length: 14\r\n"))
     assert.truthy(r.out:find("\r\n\r\nHello, World!\n$"))
-    local h = tools.assert_ok(curl{ "-I", url(srv, "/hello") })
+    local h = peers.assert_ok(curl{ "-I", url(srv, "/hello") })
     assert.truthy(h.out:find("Content%-Length: 14"))
     assert.falsy(h.out:find("Hello"))
   end)
 
   it("keeps the connection alive across curl's requests", function()
     local srv = t.start{ handler = "http" }
-    local r = tools.assert_ok(curl{ "-w", "%{http_code} %{num_connects}\n",
+    local r = peers.assert_ok(curl{ "-w", "%{http_code} %{num_connects}\n",
                                     "-o", "/dev/null", url(srv, "/a"), "-o", "/dev/null", url(srv, "/b"),
                                     "-o", "/dev/null", url(srv, "/c") })
     -- one TCP connection made for the first transfer, reused for the others
@@ -98,8 +98,8 @@ describe("http handler", function()
   it("takes a chunked upload from curl", function()
     local srv = t.start{ handler = "http" }
     local body = text(300 * 1000, 7)
-    local path = tools.tmpfile(body)
-    local r = tools.assert_ok(curl{ "-H", "Transfer-Encoding: chunked", "--data-binary", "@" .. path,
+    local path = peers.tmpfile(body)
+    local r = peers.assert_ok(curl{ "-H", "Transfer-Encoding: chunked", "--data-binary", "@" .. path,
                                     url(srv, "/up") })
     local d = json.decode(r.out)
     assert.equal(#body, #d.body)
@@ -112,10 +112,10 @@ describe("http handler", function()
   it("answers Expect: 100-continue before curl sends the body", function()
     local srv = t.start{ handler = "http" }
     local body = text(100 * 1000, 3)
-    local path = tools.tmpfile(body)
+    local path = peers.tmpfile(body)
     -- --expect100-timeout: curl would send the body anyway after 30 s; the
     -- interim answer must come first
-    local r = tools.assert_ok(curl{ "-v", "--expect100-timeout", "30", "-H", "Expect: 100-continue",
+    local r = peers.assert_ok(curl{ "-v", "--expect100-timeout", "30", "-H", "Expect: 100-continue",
                                     "--data-binary", "@" .. path, url(srv, "/up") }, 20)
     assert.truthy(r.err:find("< HTTP/1.1 100 Continue", 1, true), r.err)
     assert.equal(body, json.decode(r.out).body)
@@ -123,8 +123,8 @@ describe("http handler", function()
 
   it("returns binary bodies base64-encoded and answers HTTP/1.0", function()
     local srv = t.start{ handler = "http" }
-    local path = tools.tmpfile("\0\1\2\255\254")
-    local r = tools.assert_ok(curl{ "--http1.0", "--data-binary", "@" .. path, url(srv, "/bin") })
+    local path = peers.tmpfile("\0\1\2\255\254")
+    local r = peers.assert_ok(curl{ "--http1.0", "--data-binary", "@" .. path, url(srv, "/bin") })
     local d = json.decode(r.out)
     assert.same({ "1.0", "AAEC//4=", "base64" }, { d.version, d.body, d.body_encoding })
   end)
@@ -132,7 +132,7 @@ describe("http handler", function()
   it("answers wrk at 100 connections with no errors and no non-2xx", function()
     local srv = t.start{ handler = "http" }
     for _, path in ipairs({ "/hello", "/json?q=1" }) do
-      local r = tools.assert_ok(tools.run({ "wrk", "-t", "2", "-c", "100", "-d", "2s",
+      local r = peers.assert_ok(peers.run({ "wrk", "-t", "2", "-c", "100", "-d", "2s",
                                             "--timeout", "5s", url(srv, path) }, 30))
       local n = tonumber(r.out:match("(%d+) requests in"))
       assert(n and n > 100, "wrk made too few requests:\n" .. r.out)
@@ -285,5 +285,30 @@ describe("http handler", function()
     local c2 = srv:connect()
     t.send_all(c2, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.equal("fine\n", read_response(c2).body)
+  end)
+
+  it("answers a pipeline of large answers as the client reads them", function()
+    -- 100 answers of 256 KiB: built up in one callback they would pass
+    -- --max-buffer and get the connection reset
+    local srv = t.start{ handler = "tests/handlers/http_big.lua", opts = { "--max-buffer", "2m" } }
+    local c = srv:connect()
+    local n = 100
+    local req = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+    local got = {}
+    local left = n
+    t.send_all(c, req:rep(n))
+    while left > 0 do
+      local status = t.recv_line(c, 30)
+      assert.equal("HTTP/1.1 200 OK", status)
+      local len
+      repeat
+        local l = t.recv_line(c, 30)
+        len = len or tonumber(l:match("^Content%-Length: (%d+)$"))
+      until l == ""
+      assert.equal(256 * 1024, len)
+      got[#got + 1] = #t.recv_n(c, len, 30)
+      left = left - 1
+    end
+    assert.equal(n, #got)
   end)
 end)

@@ -1,7 +1,7 @@
 -- The "Write your own protocol" examples in README.md, taken from the README
 -- itself and run as handlers, so the documentation cannot drift from what works.
 local t = require "echokit_test"
-local tools = require "tools"
+local peers = require "peers"
 
 -- The body of the ```lua block in README.md whose text contains `needle`.
 local function readme_block(needle)
@@ -13,10 +13,10 @@ local function readme_block(needle)
 end
 
 describe("README protocol examples", function()
-  after_each(tools.teardown)
+  after_each(peers.teardown)
 
   it("kv.lua answers set/get/quit over split and joined lines, and enforces its limit", function()
-    local path = tools.tmpfile(readme_block("-- kv.lua:"))
+    local path = peers.tmpfile(readme_block("-- kv.lua:"))
     local srv = t.start{ handler = path }
     local c = srv:connect()
     t.send_all(c, "set greeting hello world\r\nget gree")
@@ -31,7 +31,7 @@ describe("README protocol examples", function()
     assert.equal("VALUE hello world", t.recv_line(d))
     assert.same({ "", "closed" }, { t.recv_until_closed(d, 5) })
     -- the README's nc line
-    local r = tools.assert_ok(tools.run({ "sh", "-c", ("printf 'set a b\\r\\nget a\\r\\n' | nc -q1 127.0.0.1 %d")
+    local r = peers.assert_ok(peers.run({ "sh", "-c", ("printf 'set a b\\r\\nget a\\r\\n' | nc -q1 127.0.0.1 %d")
                                           :format(srv:port()) }, 10))
     assert.equal("STORED\r\nVALUE b\r\n", r.out)
     t.send_all(c, ("x"):rep(2000))
@@ -40,13 +40,13 @@ describe("README protocol examples", function()
   end)
 
   it("the http.handler example answers /time and 404", function()
-    local path = tools.tmpfile(readme_block('req.path ~= "/time"'))
+    local path = peers.tmpfile(readme_block('req.path ~= "/time"'))
     local srv = t.start{ handler = path }
     local base = ("http://127.0.0.1:%d"):format(srv:port())
-    local r = tools.assert_ok(tools.run({ "curl", "-s", "-w", " %{http_code}", "--max-time", "10",
+    local r = peers.assert_ok(peers.run({ "curl", "-s", "-w", " %{http_code}", "--max-time", "10",
                                           base .. "/time" }, 15))
     assert.truthy(r.out:match("^%d%d:%d%d:%d%d\n 200$"), r.out)
-    local nf = tools.assert_ok(tools.run({ "curl", "-s", "-w", " %{http_code}", "--max-time", "10",
+    local nf = peers.assert_ok(peers.run({ "curl", "-s", "-w", " %{http_code}", "--max-time", "10",
                                            base .. "/" }, 15))
     assert.equal("try /time\n 404", nf.out)
   end)

@@ -1,17 +1,24 @@
 -- The built-in `redis` mock (handlers/redis_mock.lua on echokit.resp) against
 -- Debian's redis-cli and redis-benchmark, and raw sockets for protocol errors.
 local t = require "echokit_test"
-local tools = require "tools"
+local peers = require "peers"
+
+-- The bytes of a command as clients send it.
+local function resp_command(...)
+  local out = { "*" .. select("#", ...) .. "\r\n" }
+  for _, a in ipairs({ ... }) do out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n" end
+  return table.concat(out)
+end
 
 -- redis-cli with formatted replies ("(integer) 1", "(nil)", "(error) ...").
 local function cli(srv, ...)
   local argv = { "redis-cli", "-h", "127.0.0.1", "-p", tostring(srv:port()), "--no-raw", ... }
-  local r = tools.assert_ok(tools.run(argv, 10))
+  local r = peers.assert_ok(peers.run(argv, 10))
   return (r.out:gsub("\n$", ""))
 end
 
 describe("redis mock", function()
-  after_each(tools.teardown)
+  after_each(peers.teardown)
 
   it("answers redis-cli for every command it implements", function()
     local srv = t.start{ handler = "redis" }
@@ -48,6 +55,9 @@ describe("redis mock", function()
       { { "set", "gone", "x" }, "OK" },
       { { "expire", "gone", "-5" }, "(integer) 1" },
       { { "exists", "gone" }, "(integer) 0" },
+      { { "incrby", "n", "-9223372036854775809" }, "(error) ERR value is not an integer or out of range" },
+      { { "incrby", "n", "9223372036854775808" }, "(error) ERR value is not an integer or out of range" },
+      { { "incrby", "n", "-9223372036854775808" }, "(error) ERR increment or decrement would overflow" },
       { { "keys", "[kn]" }, '1) "k"\n2) "n"' },
       { { "keys", "b*" }, '1) "big"' },
       { { "del", "k", "n", "missing" }, "(integer) 2" },
@@ -91,7 +101,7 @@ describe("redis mock", function()
   it("passes redis-benchmark -t ping,set,get,incr with zero errors", function()
     local srv = t.start{ handler = "redis" }
     for _, pipeline in ipairs({ "1", "16" }) do
-      local r = tools.assert_ok(tools.run({ "redis-benchmark", "-h", "127.0.0.1", "-p",
+      local r = peers.assert_ok(peers.run({ "redis-benchmark", "-h", "127.0.0.1", "-p",
         tostring(srv:port()), "-t", "ping,set,get,incr", "-n", "20000", "-c", "50",
         "-P", pipeline, "-q", "--csv" }, 60))
       local tests = {}
@@ -128,6 +138,86 @@ describe("redis mock", function()
     t.send_all(c, "PING\r\nECHO hi\r\nQUIT\r\nPING\r\n")
     local all = t.recv_until_closed(c, 5)
     assert.equal("+PONG\r\n$2\r\nhi\r\n+OK\r\n", all)
+  end)
+
+  it("matches KEYS and CONFIG GET globs as Redis does, in bounded time", function()
+    local srv = t.start{ handler = "redis" }
+    for _, k in ipairs({ "d", "5", "x]", ("a"):rep(2000) }) do assert.equal("OK", cli(srv, "set", k, "v")) end
+    assert.equal('1) "d"', cli(srv, "keys", "\\d"))          -- \d is a literal d
+    assert.equal('1) "5"\n2) "d"', cli(srv, "keys", "[^]"))   -- any one byte; no Lua error
+    assert.equal('1) "x]"', cli(srv, "keys", "x[\\]]"))
+    assert.equal('1) "appendonly"\n2) "no"', cli(srv, "config", "get", "append*"))
+    assert.equal("(error) ERR glob-style pattern longer than 1024 bytes",
+                 cli(srv, "keys", ("?"):rep(1025)))
+    -- exponential for a backtracking matcher; the budget could not stop it
+    local c = srv:connect()
+    t.send_all(c, "KEYS *a*a*a*a*b\r\nKEYS *a*a*a*a*a\r\nPING\r\n")
+    assert.equal("*0", t.recv_line(c, 10))
+    assert.equal("*1", t.recv_line(c, 10))
+    assert.equal("$2000", t.recv_line(c, 10))
+    assert.equal(("a"):rep(2000), t.recv_line(c, 10))
+    assert.equal("+PONG", t.recv_line(c, 10))
+  end)
+
+  it("sweeps expired keys without them being touched", function()
+    local srv = t.start{ handler = "redis" }
+    local c = srv:connect()
+    local cmds = {}
+    for i = 1, 5000 do cmds[i] = "SET k" .. i .. " v PX 50\r\n" end
+    t.send_all(c, table.concat(cmds))
+    for _ = 1, 5000 do assert.equal("+OK", t.recv_line(c, 10)) end
+    t.eventually(function()
+      t.send_all(c, "DBSIZE\r\n")
+      local n = t.recv_line(c, 5)
+      return n == ":0", n
+    end, 10, "the sweep emptying the database")
+  end)
+
+  it("answers a pipeline of large GETs as the client reads, not all at once", function()
+    -- the replies (100 MiB) are far past --max-buffer; built in one piece
+    -- they would get the connection reset
+    local srv = t.start{ handler = "redis", opts = { "--max-buffer", "4m" } }
+    local c = srv:connect()
+    local value = ("v"):rep(256 * 1024)
+    t.send_all(c, resp_command("SET", "big", value))
+    assert.equal("+OK", t.recv_line(c))
+    local n = 400
+    local reply = "$" .. #value .. "\r\n" .. value .. "\r\n"
+    local got = t.exchange(c, ("GET big\r\n"):rep(n), { expect = reply:rep(n), timeout = 60 })
+    assert.equal(#reply * n, got)
+    assert.equal("PONG", cli(srv, "ping"))
+  end)
+
+  it("refuses writes past max_memory with Redis's OOM error", function()
+    local srv = t.start{ handler = "redis", args = { max_memory = "1k" } }
+    assert.equal("OK", cli(srv, "set", "a", ("x"):rep(600)))
+    assert.truthy(cli(srv, "set", "b", ("x"):rep(600)):find("^%(error%) OOM "))
+    assert.equal("OK", cli(srv, "set", "a", ("y"):rep(300)))     -- shrinking is fine
+    assert.equal("OK", cli(srv, "set", "b", ("x"):rep(600)))
+    assert.equal("(integer) 1", cli(srv, "del", "a"))
+    assert.equal("OK", cli(srv, "set", "c", ("x"):rep(300)))
+  end)
+
+  it("closes a client whose command passes max_command, in Redis's words", function()
+    local srv = t.start{ handler = "redis", args = { max_command = "1m" } }
+    local c = srv:connect()
+    -- each element is charged 64 bytes: 20000 of them are over 1 MiB before any arrives
+    t.send_all(c, "*20000\r\n")
+    assert.equal("-ERR Protocol error: command too big (max_command)", t.recv_line(c))
+    assert.same({ "", "closed" }, { t.recv_until_closed(c, 5) })
+    c = srv:connect()
+    t.send_all(c, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1048576\r\n")
+    assert.equal("-ERR Protocol error: command too big (max_command)", t.recv_line(c))
+    assert.equal("PONG", cli(srv, "ping"))
+  end)
+
+  it("reads size arguments as the command line does, and stops on a bad one", function()
+    local srv = t.start{ handler = "redis", args = { max_bulk = "2KB" } }
+    assert.equal("OK", cli(srv, "set", "k", ("x"):rep(2048)))
+    srv:stop()
+    local r = t.run{ handler = "redis", args = { max_memory = "lots" }, opts = { "--check" } }
+    assert.equal(2, r.code)
+    assert.truthy(r.stderr:find("not a size: lots", 1, true), r.stderr)
   end)
 
   it("refuses new keys past max_keys with Redis's OOM error", function()

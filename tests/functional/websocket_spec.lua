@@ -3,14 +3,14 @@
 -- python3-websockets, tests/support/ws_client.py), and raw sockets for
 -- handshake refusals and malformed frames.
 local t = require "echokit_test"
-local tools = require "tools"
+local peers = require "peers"
 
 local PYTHON = "/usr/bin/python3"
 
 local function client(srv, scenario, timeout)
-  local r = tools.run({ PYTHON, "tests/support/ws_client.py", tostring(srv:port()), scenario },
+  local r = peers.run({ PYTHON, "tests/support/ws_client.py", tostring(srv:port()), scenario },
                       timeout or 60)
-  return tools.assert_ok(r, "ws_client.py " .. scenario)
+  return peers.assert_ok(r, "ws_client.py " .. scenario)
 end
 
 local function oks(out)
@@ -61,7 +61,7 @@ local function read_close(c)
 end
 
 describe("websocket handler", function()
-  after_each(tools.teardown)
+  after_each(peers.teardown)
 
   it("echoes text and binary messages up to 16 MiB to python3-websockets", function()
     local srv = t.start{ handler = "websocket" }
@@ -141,7 +141,7 @@ describe("websocket handler", function()
       assert.equal(case[2], tonumber(all:match("^HTTP/1%.1 (%d+)")), all)
       assert.truthy(all:find("\r\nConnection: close\r\n", 1, true), all)
     end
-    local r = tools.assert_ok(tools.run({ "curl", "-s", "-i", "--max-time", "10",
+    local r = peers.assert_ok(peers.run({ "curl", "-s", "-i", "--max-time", "10",
                                           ("http://127.0.0.1:%d/"):format(srv:port()) }, 15))
     assert.truthy(r.out:find("^HTTP/1%.1 426 "), r.out)
     assert.truthy(r.out:find("\r\nUpgrade: websocket\r\n", 1, true), r.out)
@@ -201,5 +201,20 @@ describe("websocket handler", function()
     assert.equal(1002, (read_close(bad)))
     t.send_all(good, frame(0x81, "still here", true))
     assert.equal(frame(0x81, "still here", false), t.recv_n(good, 12))
+  end)
+
+  it("reads no further messages while its answers are above high water", function()
+    -- 100 small messages, each answered with 256 KiB: answered all in one
+    -- callback they would pass --max-buffer and get the connection reset
+    local srv = t.start{ handler = "tests/handlers/ws_big.lua", opts = { "--max-buffer", "2m" } }
+    local c = upgraded(srv)
+    local n = 100
+    t.send_all(c, frame(0x82, "x", true):rep(n))
+    local size = 256 * 1024
+    local head = string.pack(">BBI8", 0x82, 127, size)
+    for i = 1, n do
+      assert.equal(head, t.recv_n(c, #head, 30), "frame " .. i)
+      assert.equal(size, #t.recv_n(c, size, 30))
+    end
   end)
 end)

@@ -132,6 +132,11 @@ describe("echokit.http parser", function()
     { "binary without a line end", "\22\3\1\0\165\1\0\0", 400 },
     { "a method then a control char", "GET\1", 400 },
     { "too many headers", "GET / HTTP/1.1\r\nHost: h\r\n" .. ("X: y\r\n"):rep(101) .. "\r\n", 431 },
+    { "two Host lines", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400 },
+    { "bare LF after a chunk size", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n", 400 },
+    { "bare CR in a chunk extension", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nx\r\n0\r\n\r\n", 400 },
+    { "bare LF after chunk data", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\n0\r\n\r\n", 400 },
+    { "bare LF ending the trailers", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n", 400 },
   }
   for _, case in ipairs(bad) do
     it("answers " .. case[1] .. " with " .. case[3] .. " (whole and byte by byte)", function()
@@ -211,5 +216,45 @@ describe("echokit.http response writer", function()
     p:feed("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" ..
            http.chunk(body:sub(1, 300)) .. http.chunk(body:sub(301)) .. http.chunk(""))
     assert.equal(body, p:next().body)
+  end)
+
+  it("bounds the framing of a chunked body, not only its data", function()
+    local head = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    -- one byte per chunk: the body is small, the framing is not
+    local reqs, err, st = parse(head .. ("1\r\nx\r\n"):rep(20000) .. "0\r\n\r\n")
+    assert.same({ 0, "too much chunked framing", 413 }, { #reqs, err, st })
+    -- long extensions on every chunk count too
+    local ext = "1;" .. ("e"):rep(1000) .. "\r\nx\r\n"
+    reqs, err, st = parse(head .. ext:rep(100) .. "0\r\n\r\n")
+    assert.same({ 0, "too much chunked framing", 413 }, { #reqs, err, st })
+    -- a body in chunks of a sane size passes, up to max_body
+    local body = ("0123456789abcdef"):rep(65536)
+    local parts = {}
+    for i = 1, #body, 4096 do parts[#parts + 1] = http.chunk(body:sub(i, i + 4095)) end
+    reqs, err = parse(head .. table.concat(parts) .. "0\r\n\r\n", nil, { max_body = #body })
+    assert.is_nil(err)
+    assert.equal(body, reqs[1].body)
+  end)
+
+  it("trims header values in linear time", function()
+    -- the same header twice: inner blanks (quadratic for a .- match) and
+    -- letters; the blanks may cost a few times the letters, not hundreds
+    local function cost(inner)
+      local req = "GET / HTTP/1.1\r\nHost: h\r\nX: a" .. inner .. "b \t \r\n\r\n"
+      local t0 = os.clock()
+      for _ = 1, 5 do
+        local reqs, err = parse(req, nil, { max_header = 64 * 1024 })
+        assert.is_nil(err)
+        assert.equal("a" .. inner .. "b", reqs[1].headers.x)
+      end
+      return os.clock() - t0
+    end
+    local n = 16 * 1024
+    local base = cost(("c"):rep(n))
+    local blanks = cost((" \t"):rep(n // 2))
+    assert.is_true(blanks < 20 * base + 0.05,
+                   ("blanks took %.3fs, letters %.3fs"):format(blanks, base))
+    assert.equal("", http.trim(" \t "))
+    assert.equal("a b", http.trim(" a b\t"))
   end)
 end)

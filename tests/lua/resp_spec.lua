@@ -160,4 +160,23 @@ describe("echokit.resp values", function()
     assert.has_error(function() resp.encode(resp.status("a\r\nb")) end)
     assert.has_error(function() resp.encode(function() end) end)
   end)
+
+  it("refuses a command past max_command from its headers", function()
+    local TOO_BIG = "Protocol error: command too big (max_command)"
+    -- the element count alone: 64 bytes each
+    local cmds, err = parse("*1048576\r\n", nil, { max_command = 1024 * 1024 })
+    assert.same({ 0, TOO_BIG }, { #cmds, err })
+    -- bulk lengths add up across elements, refused before the payload arrives
+    local big = ("$1000\r\n" .. ("x"):rep(1000) .. "\r\n")
+    cmds, err = parse("*20\r\n" .. big:rep(15) .. "$1000\r\n", 7, { max_command = 16 * 1024 })
+    assert.same({ 0, TOO_BIG }, { #cmds, err })
+    -- the count restarts with each command
+    local one = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000\r\n" .. ("v"):rep(4000) .. "\r\n"
+    cmds, err = parse(one:rep(10), 5, { max_command = 8 * 1024 })
+    assert.is_nil(err)
+    assert.equal(10, #cmds)
+    -- values mode too
+    cmds, err = parse("*2\r\n*2\r\n$5000\r\n", nil, { values = true, max_command = 4096 })
+    assert.same({ 0, TOO_BIG }, { #cmds, err })
+  end)
 end)

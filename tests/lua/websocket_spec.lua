@@ -142,4 +142,30 @@ describe("echokit.websocket writer", function()
     assert.equal("\136\0", ws.close_frame())
     assert.equal("\1\3abc", ws.frame(1, "abc", false))
   end)
+
+  it("cuts a close reason at a UTF-8 boundary and refuses reserved codes", function()
+    local reason = ("a"):rep(122) .. "é"            -- é is 2 bytes: 122 + 2 > 123
+    local f = ws.close_frame(1000, reason)
+    assert.equal(2 + 2 + 122, #f)
+    assert.truthy(utf8.len(f:sub(5)))
+    local three = ("€"):rep(50)                     -- 3-byte chars: 41 fit in 123
+    assert.equal(4 + 123, #ws.close_frame(1000, three))
+    for _, code in ipairs({ 999, 1004, 1005, 1006, 1015, 5000 }) do
+      assert.has_error(function() ws.close_frame(code, "x") end)
+    end
+    assert.equal("\136\2\15\160", ws.close_frame(4000))
+  end)
+
+  it("bounds a message of many empty or tiny fragments", function()
+    local flood = { cf(1, "", false) }
+    for i = 1, 100000 do flood[i + 1] = cf(0, "", false) end
+    local evs, err, code = parse(table.concat(flood), nil, { max_message = 1024 * 1024 })
+    assert.same({ 0, "too many fragments", 1009 }, { #evs, err, code })
+    -- a message in a fair number of fragments still passes
+    local parts = { cf(2, "x", false) }
+    for i = 1, 1000 do parts[i + 1] = cf(0, "y", i == 1000) end
+    evs, err = parse(table.concat(parts), nil, { max_message = 1024 * 1024 })
+    assert.is_nil(err)
+    assert.equal("x" .. ("y"):rep(1000), evs[1].data)
+  end)
 end)

@@ -27,6 +27,14 @@ local function write_file(path, data)
   f:close()
 end
 
+-- A temp file path (holding data if given), removed after the test.
+local function tmpfile(data)
+  local p = os.tmpname()
+  tmp[#tmp + 1] = p
+  if data then write_file(p, data) end
+  return p
+end
+
 local function shq(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 -- Starts a helper process; stderr goes to a file (h.errpath).
@@ -56,19 +64,22 @@ local function wait_helper(h, timeout, what)
   return how, code
 end
 
--- Runs a command to completion (bounded): { how=, code=, out=, err= }.
-local function run(argv, timeout)
-  local h = spawn(argv)
+-- Runs a command to completion (bounded): { how=, code=, out=, err=, argv=, elapsed= }.
+local function run(argv, timeout, o)
+  local h = spawn(argv, o)
   local t0 = t.now()
   local out = h.p:readall(t.T(timeout))
   local how, code = wait_helper(h, math.max(0.1, t.T(timeout) - (t.now() - t0)), argv[1])
-  return { how = how, code = code, out = out, err = helper_stderr(h), elapsed = t.now() - t0 }
+  return { how = how, code = code, out = out, err = helper_stderr(h), argv = argv,
+           elapsed = t.now() - t0 }
 end
 
+-- Fails unless the run exited 0; returns r.
 local function assert_ok(r, what)
   assert(r.how == "exited" and r.code == 0, string.format(
-    "%s: %s %s\nstdout:\n%s\nstderr:\n%s", what, tostring(r.how), tostring(r.code),
-    t.clip(r.out), t.clip(r.err)))
+    "%s: %s %s\nargv: %s\nstdout:\n%s\nstderr:\n%s", what or r.argv[1], tostring(r.how),
+    tostring(r.code), table.concat(r.argv, " "), t.clip(r.out), t.clip(r.err)))
+  return r
 end
 
 local function sha256(path)
@@ -162,6 +173,7 @@ end
 return {
   tmpdir = tmpdir,
   write_file = write_file,
+  tmpfile = tmpfile,
   shq = shq,
   spawn = spawn,
   helper_stderr = helper_stderr,
