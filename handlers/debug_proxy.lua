@@ -133,7 +133,7 @@ end
 local function record(s, dir, data)
   if s.stream then
     if dir == "up" then s.stream:client(data) else s.stream:server(data) end
-  elseif pcap then
+  elseif s.pending then
     s.pending[#s.pending + 1] = { dir, data } -- until the upstream is connected
   end
 end
@@ -182,7 +182,7 @@ end
 return {
   on_connect = function(client)
     local s = { id = client.id, start = echokit.time(), bytes = { up = 0, down = 0 },
-                pending = {}, fin = {}, client_addr = addr(client:peer()),
+                pending = pcap and {}, fin = {}, client_addr = addr(client:peer()),
                 upstream_addr = upstream }
     client.debug = s
     note(s, "open", "open " .. s.client_addr .. " -> " .. upstream,
@@ -197,10 +197,14 @@ return {
         if pcap then
           local chost, cport = client:peer()
           local uhost, uport = up:peer()
-          s.stream = pcap:stream(chost, cport, uhost, uport)
-          for _, p in ipairs(s.pending) do record(s, p[1], p[2]) end
+          local pending = s.pending
           s.pending = nil
-          if s.fin.client then s.stream:fin("client") end
+          -- nil once the capture has failed (logged once by echokit.pcap)
+          s.stream = pcap:stream(chost, cport, uhost, uport)
+          if s.stream then
+            for _, p in ipairs(pending) do record(s, p[1], p[2]) end
+            if s.fin.client then s.stream:fin("client") end
+          end
         end
       end,
       on_close = function(_, reason) finish(s, "server", reason) end,
