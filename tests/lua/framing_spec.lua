@@ -4,20 +4,7 @@
 local framing = require "echokit.framing"
 local fuzz = require "fuzz"
 
-local function drain(f, input, step)
-  local out = {}
-  step = math.max(1, step or #input)
-  for i = 1, #input, step do
-    f:feed(input:sub(i, i + step - 1))
-    while true do
-      local v, err = f:next()
-      if err then return out, err end
-      if v == nil then break end
-      out[#out + 1] = v
-    end
-  end
-  return out
-end
+local function drain(f, input, step) return fuzz.feed(f, input, step) end
 
 describe("echokit.framing lines", function()
   local INPUT = "one\r\ntwo\n\nthree with spaces\r\n\r\nlast-no-newline"

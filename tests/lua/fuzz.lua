@@ -14,6 +14,24 @@ function M.rng(seed)
   end
 end
 
+-- Feeds `input` to a parser `step` bytes at a time (default: all at once) and
+-- collects what p:next() returns until it has nothing more; stops at the
+-- first error. Returns the values, then err and code if one came.
+function M.feed(p, input, step)
+  local out = {}
+  step = math.max(1, step or #input)
+  for i = 1, #input, step do
+    p:feed(input:sub(i, i + step - 1))
+    while true do
+      local v, err, code = p:next()
+      if err then return out, err, code end
+      if v == nil then break end
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
+
 function M.bytes(rng, n)
   local t = {}
   for i = 1, n do t[i] = string.char(rng(0, 255)) end

@@ -4,21 +4,7 @@
 local resp = require "echokit.resp"
 local fuzz = require "fuzz"
 
-local function parse(input, step, opts)
-  local p = resp.parser(opts)
-  local out = {}
-  step = math.max(1, step or #input)
-  for i = 1, #input, step do
-    p:feed(input:sub(i, i + step - 1))
-    while true do
-      local v, err = p:next()
-      if err then return out, err end
-      if v == nil then break end
-      out[#out + 1] = v
-    end
-  end
-  return out
-end
+local function parse(input, step, opts) return fuzz.feed(resp.parser(opts), input, step) end
 
 local COMMANDS = "*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$12\r\nhello\r\nworld\r\n" ..
                  "PING\r\n" ..

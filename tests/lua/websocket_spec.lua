@@ -12,21 +12,7 @@ local function cf(op, payload, fin)
   return ws.frame(op, payload, fin, KEY)
 end
 
-local function parse(input, step, opts)
-  local p = ws.parser(opts)
-  local evs = {}
-  step = math.max(1, step or #input)
-  for i = 1, #input, step do
-    p:feed(input:sub(i, i + step - 1))
-    while true do
-      local ev, err, code = p:next()
-      if err then return evs, err, code end
-      if not ev then break end
-      evs[#evs + 1] = ev
-    end
-  end
-  return evs
-end
+local function parse(input, step, opts) return fuzz.feed(ws.parser(opts), input, step) end
 
 describe("echokit.websocket parser", function()
   it("unmasks and returns messages of 7-, 16- and 64-bit lengths", function()
