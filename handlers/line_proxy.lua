@@ -25,7 +25,9 @@ return {
       echokit.log("info", "%s > %s", tostring(client), line:gsub("\r?\n$", ""))
       out[#out + 1] = args.upper and line:upper() or line
     end
-    client.pending = buf:match("[^\n]*$")
+    -- anchored, so finding the last LF is one linear scan whatever the input
+    local cut = buf:match("^.*\n()")
+    client.pending = cut and buf:sub(cut) or buf
     client.up:write(table.concat(out))        -- back-pressure holds the client for us
   end,
 
