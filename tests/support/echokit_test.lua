@@ -133,7 +133,18 @@ local function build_argv(o)
     argv[#argv + 1] = "--handler"
     argv[#argv + 1] = o.handler
   end
-  for _, a in ipairs(o.opts or {}) do argv[#argv + 1] = tostring(a) end
+  local budget = false
+  for _, a in ipairs(o.opts or {}) do
+    argv[#argv + 1] = tostring(a)
+    if a == "--cpu-budget" then budget = true end
+  end
+  -- Under a wrapper such as valgrind code runs tens of times slower: the
+  -- default 1 s CPU budget per callback would stop handlers that are fine
+  -- natively. Tests of the budget itself give --cpu-budget explicitly.
+  if M.wrapper and not budget then
+    argv[#argv + 1] = "--cpu-budget"
+    argv[#argv + 1] = tostring(M.slow)
+  end
   if o.args then
     argv[#argv + 1] = "--"
     local keys = {}
