@@ -923,10 +923,6 @@ void lconn_open(lua_State *L)
         {"peer", m_peer},         {"sockname", m_sockname}, {"buffered", m_buffered},
         {"set_timeout", m_set_timeout}, {"pipe", m_pipe}, {"unpipe", m_unpipe}, {NULL, NULL},
     };
-    luaL_newmetatable(L, CONN_MT);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, m_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    static const luaL_Reg meta[] = {{"__tostring", m_tostring}, {NULL, NULL}};
+    script_class(L, CONN_MT, methods, meta);
 }

@@ -184,14 +184,8 @@ void llisten_open(lua_State *L)
     static const luaL_Reg methods[] = {
         {"close", m_close}, {"address", m_address}, {NULL, NULL},
     };
-    luaL_newmetatable(L, LISTEN_MT);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, m_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, m_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    static const luaL_Reg meta[] = {{"__tostring", m_tostring}, {"__gc", m_gc}, {NULL, NULL}};
+    script_class(L, LISTEN_MT, methods, meta);
 }
 
 void llisten_close_all(struct script *S)

@@ -214,26 +214,27 @@ static int s_server(lua_State *L)
     return data_from(L, PCAP_SERVER);
 }
 
-/* stream:fin(side): that side closed its sending direction. */
-static int s_fin(lua_State *L)
+/* stream:fin(side) / stream:reset(side): OP for side "client" or "server". */
+static int side_op(lua_State *L, int (*op)(struct pcap_file *, struct pcap_stream *, int))
 {
     struct lpcap *p;
     struct lstream *ls = check_stream(L, &p);
     int side = side_arg(L, 2);
     if (!p)
         return fail(L, NULL);
-    return done(L, p, pcap_stream_fin(&p->f, &ls->s, side));
+    return done(L, p, op(&p->f, &ls->s, side));
+}
+
+/* stream:fin(side): that side closed its sending direction. */
+static int s_fin(lua_State *L)
+{
+    return side_op(L, pcap_stream_fin);
 }
 
 /* stream:reset(side): that side aborted with a RST. */
 static int s_reset(lua_State *L)
 {
-    struct lpcap *p;
-    struct lstream *ls = check_stream(L, &p);
-    int side = side_arg(L, 2);
-    if (!p)
-        return fail(L, NULL);
-    return done(L, p, pcap_stream_rst(&p->f, &ls->s, side));
+    return side_op(L, pcap_stream_rst);
 }
 
 /* stream:close(): FIN from each side that has not sent one. */
@@ -267,18 +268,9 @@ void lpcap_open_lib(lua_State *L)
         {"client", s_client}, {"server", s_server}, {"fin", s_fin},     {"reset", s_reset},
         {"close", s_close},   {"bytes", s_bytes},   {NULL, NULL},
     };
-    luaL_newmetatable(L, PCAP_MT);
-    luaL_newlib(L, pmethods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, p_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, p_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, p_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, STREAM_MT);
-    luaL_newlib(L, smethods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    static const luaL_Reg pmeta[] = {
+        {"__gc", p_gc}, {"__close", p_gc}, {"__tostring", p_tostring}, {NULL, NULL},
+    };
+    script_class(L, PCAP_MT, pmethods, pmeta);
+    script_class(L, STREAM_MT, smethods, NULL);
 }

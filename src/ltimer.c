@@ -93,10 +93,6 @@ static int t_gc(lua_State *L)
 void ltimer_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {{"cancel", t_cancel}, {NULL, NULL}};
-    luaL_newmetatable(L, TIMER_MT);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, t_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    static const luaL_Reg meta[] = {{"__gc", t_gc}, {NULL, NULL}};
+    script_class(L, TIMER_MT, methods, meta);
 }

@@ -407,6 +407,17 @@ static const struct embed_file *find_builtin(const char *name)
     return NULL;
 }
 
+void script_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta)
+{
+    luaL_newmetatable(L, name);
+    if (meta)
+        luaL_setfuncs(L, meta, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
 void script_builtin_names(char *buf, size_t cap)
 {
     size_t pos = 0;

@@ -55,6 +55,14 @@ struct script *script_of(lua_State *L);
 int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
                 size_t errcap);
 
+struct luaL_Reg;
+
+/* Registers metatable NAME with METHODS as its __index table and META (or
+ * NULL) as its metamethods: the one shape of every userdata class here.
+ * [-0, +0, m] */
+void script_class(lua_State *L, const char *name, const struct luaL_Reg *methods,
+                  const struct luaL_Reg *meta);
+
 /* The built-in handlers' names, comma-separated, into buf. */
 void script_builtin_names(char *buf, size_t cap);
 
