@@ -19,6 +19,18 @@
  *             trip each, hold them; report the server's RSS and PSS (from
  *             /proc/PID/smaps_rollup, summed over its process tree) per
  *             connection above a baseline read before the first connect.
+ *
+ * Paired windows (--pair-port P --pair-pid PID): two servers, A (--port/--pid)
+ * and B, each with its own C connections, are loaded in turn in short
+ * windows (--window SEC) ordered A B B A A B B A ..., --pairs N times per
+ * server after one warm-up window each. Only one server has work at a time:
+ * a window starts the work on A's connections, and when its time is up stops
+ * starting new work and waits until everything in flight is back; the
+ * window's CPU (from /proc/PID/task/TID/schedstat, in ns), counts and wall
+ * time run from start to drained. Each window is paired with the adjacent
+ * window of the other server, and the line reports the median of those
+ * per-pair ratios (A/B) with quartiles, so drift in the host's speed that is
+ * slower than a window cancels out.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,7 +70,13 @@ static struct {
     int count;
     size_t inflight;
     const char *label;
-} opt = {PINGPONG, "127.0.0.1", 7000, 50, 0, 3.0, 0.5, 1.0, 0, 0, 0, 10000, 1u << 20, "-"};
+    int pair_port;          /* paired windows: the second server */
+    pid_t pair_pid;
+    const char *pair_label;
+    int pairs;
+    double window;
+} opt = {PINGPONG, "127.0.0.1", 7000, 50, 0, 3.0, 0.5, 1.0, 0, 0, 0, 10000, 1u << 20, "-",
+         0, 0, "b", 10, 0.5};
 
 static unsigned char *pat_pp;    /* no '\n' anywhere */
 static unsigned char *pat_bulk;  /* a '\n' every 256 bytes, for line servers */
@@ -282,6 +300,7 @@ struct conn {
     unsigned char *msg;
     int connecting;
     int dead;
+    int active;             /* has work in flight (counted in `busy`) */
 };
 
 static struct conn *cs;
@@ -289,6 +308,8 @@ static uint64_t n_done, n_bytes, n_errors, n_mismatch, n_conn_fail;
 static uint32_t *lat;     /* latencies in window, in units of 100 ns */
 static size_t nlat, caplat;
 static int in_window;
+static int draining;      /* paired windows: finish what is in flight, start nothing */
+static int busy;          /* connections with work in flight */
 
 static void set_events(struct conn *c, uint32_t ev)
 {
@@ -317,8 +338,16 @@ static void make_msg(struct conn *c)
     c->sent = c->rcvd = 0;
 }
 
+static void set_active(struct conn *c, int on)
+{
+    if (c->active == on) return;
+    c->active = on;
+    busy += on ? 1 : -1;
+}
+
 static void kill_conn(struct conn *c)
 {
+    set_active(c, 0);
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->events = 0;
@@ -368,6 +397,7 @@ static void on_pingpong(struct conn *c, uint32_t ev, uint64_t now)
             n_done++;
             c->seq++;
             c->last_progress = now;
+            if (draining) { set_active(c, 0); return; }
             make_msg(c);
             c->t0 = now;
             if (send_msg(c) < 0) { n_errors++; kill_conn(c); }
@@ -379,6 +409,11 @@ static void on_pingpong(struct conn *c, uint32_t ev, uint64_t now)
 
 static void bulk_arm(struct conn *c)
 {
+    if (draining || !c->active) {  /* send nothing more; idle once all is back */
+        set_events(c, EPOLLIN);
+        if (c->sent == c->rcvd) set_active(c, 0);
+        return;
+    }
     set_events(c, c->sent - c->rcvd < opt.inflight ? EPOLLIN | EPOLLOUT : EPOLLIN);
 }
 
@@ -399,7 +434,7 @@ static void on_bulk(struct conn *c, uint32_t ev, uint64_t now)
             c->last_progress = now;
         }
     }
-    if (ev & EPOLLOUT) {
+    if ((ev & EPOLLOUT) && c->active && !draining) {
         size_t room = opt.inflight - (size_t)(c->sent - c->rcvd);
         if (room > opt.size) room = opt.size;
         if (room > 0) {
@@ -415,12 +450,14 @@ static uint64_t connect_seq;
 
 static void connrate_start(struct conn *c, uint64_t now)
 {
+    if (draining) return;  /* the slot stays empty until the next window */
     for (int tries = 0; tries < 100; tries++) {
         int done;
         c->fd = start_connect((int)(connect_seq++), &done);
         if (c->fd < 0) { n_conn_fail++; continue; }
         c->events = 0;
         c->dead = 0;
+        set_active(c, 1);
         c->seq++;
         make_msg(c);
         c->t0 = now;
@@ -456,6 +493,24 @@ static void on_connrate(struct conn *c, uint32_t ev, uint64_t now)
     else { n_done++; record_latency(now - c->t0); c->last_progress = now; }
     kill_conn(c);
     connrate_start(c, now);
+}
+
+/* Starts the work of opt.conns connections (connrate: fills the slots). */
+static void start_work(struct conn *v, uint64_t now)
+{
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &v[i];
+        if (opt.mode == CONNRATE) { connrate_start(c, now); continue; }
+        if (c->dead || c->fd < 0) continue;
+        set_active(c, 1);
+        if (opt.mode == PINGPONG) {
+            make_msg(c);
+            c->t0 = now;
+            if (send_msg(c) < 0) { n_errors++; kill_conn(c); }
+        } else {
+            bulk_arm(c);
+        }
+    }
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -539,13 +594,203 @@ static int count_dead(void)
     return d;
 }
 
+/* opt.conns connections to `dst`; with `start`, their work begins at once. */
+static struct conn *open_conns(int start)
+{
+    struct conn *v = calloc((size_t)opt.conns, sizeof *v);
+    uint64_t now = now_ns();
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &v[i];
+        c->idx = i;
+        c->base = (uint64_t)i * 977u;
+        c->msg = malloc(opt.size);
+        c->last_progress = now;
+        c->fd = -1;
+        if (opt.mode == CONNRATE) continue;
+        c->fd = blocking_connect(i);
+        if (c->fd < 0) die("connect");
+        set_events(c, EPOLLIN);
+    }
+    if (start) start_work(v, now);
+    return v;
+}
+
+/* ---- paired windows ------------------------------------------------------- */
+
+struct target {
+    const char *label;
+    struct sockaddr_in dst;
+    pid_t pid;
+    int *pids, npids;       /* the server's process tree, read once */
+    struct conn *cs;
+};
+
+/* CPU time of a process tree in ns, from the scheduler's per-task clock. */
+static uint64_t target_cpu_ns(const struct target *t)
+{
+    uint64_t sum = 0;
+    char path[64], buf[128];
+    for (int i = 0; i < t->npids; i++) {
+        snprintf(path, sizeof path, "/proc/%d/task", t->pids[i]);
+        DIR *d = opendir(path);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (!isdigit((unsigned char)e->d_name[0])) continue;
+            snprintf(path, sizeof path, "/proc/%d/task/%.16s/schedstat", t->pids[i], e->d_name);
+            unsigned long long ns;
+            if (read_file(path, buf, sizeof buf) > 0 && sscanf(buf, "%llu", &ns) == 1) sum += ns;
+        }
+        if (d) closedir(d);
+    }
+    return sum;
+}
+
+struct wres { double cpu_us, secs; uint64_t done, bytes; int drained; };
+
+/* One window on target t: start its work, run for `len` seconds, stop
+ * starting new work and wait (up to 5 s) until what is in flight is back. */
+static void paired_window(struct target *t, double len,
+                          void (*on)(struct conn *, uint32_t, uint64_t), struct wres *r)
+{
+    struct epoll_event evs[512];
+    dst = t->dst;
+    cs = t->cs;
+    uint64_t c0 = target_cpu_ns(t), d0 = n_done, b0 = n_bytes;
+    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
+    in_window = 1;
+    start_work(cs, t0);
+    for (;;) {
+        uint64_t now = now_ns();
+        if (!draining && now >= end) {
+            draining = 1;
+            for (int i = 0; i < opt.conns; i++)
+                if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
+        }
+        if (draining && (busy == 0 || now >= limit)) break;
+        int ms = draining ? 50 : (int)((end - now) / 1000000u) + 1;
+        if (ms > 50) ms = 50;
+        int n = epoll_wait(epfd, evs, 512, ms);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        now = now_ns();
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (c->dead || c->fd < 0) continue;
+            on(c, evs[i].events, now);
+        }
+    }
+    uint64_t t1 = now_ns();
+    r->cpu_us = (double)(target_cpu_ns(t) - c0) / 1e3;
+    r->drained = busy == 0;
+    r->done = n_done - d0;
+    r->bytes = n_bytes - b0;
+    r->secs = (double)(t1 - t0) / 1e9;
+    draining = 0;
+    in_window = 0;
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double quantile(double *v, int n, double p)
+{
+    if (n <= 0) return 0;
+    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
+    double x = p * (n - 1);
+    int i = (int)x;
+    return i + 1 < n ? v[i] + (x - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+/* The figure a window yields for metric m: 0 the rate (req/s, MB/s, conns/s),
+ * 1 server CPU per unit (us per request, per MB, per connection). */
+static double metric(const struct wres *r, int m)
+{
+    double units = opt.mode == BULK ? (double)r->bytes / 1e6 : (double)r->done;
+    if (m == 0) return r->secs > 0 ? units / r->secs : 0;
+    return units > 0 ? r->cpu_us / units : 0;
+}
+
+static int run_paired(void (*on)(struct conn *, uint32_t, uint64_t))
+{
+    struct target tg[2] = {
+        {opt.label, dst, opt.pid, NULL, 0, NULL},
+        {opt.pair_label, dst, opt.pair_pid, NULL, 0, NULL},
+    };
+    tg[1].dst.sin_port = htons((uint16_t)opt.pair_port);
+    for (int k = 0; k < 2; k++) {
+        dst = tg[k].dst;
+        wait_ready();
+        tg[k].npids = tree(tg[k].pid, &tg[k].pids, NULL);
+        tg[k].cs = open_conns(0);
+    }
+    struct wres r;
+    for (int k = 0; k < 2; k++) paired_window(&tg[k], opt.warmup, on, &r);  /* warm-up */
+    double s0 = self_cpu_us(), h0 = host_busy_us(), k0 = tree_cpu_us(opt.bpid);
+    uint64_t w0 = now_ns();
+    int n = opt.pairs;
+    struct wres *res[2] = {calloc((size_t)n, sizeof(struct wres)), calloc((size_t)n, sizeof(struct wres))};
+    double cpu_all[2] = {0, 0}, secs_all[2] = {0, 0};
+    int undrained = 0;
+    for (int j = 0; j < 2 * n; j++) {
+        int k = (j % 4 == 0 || j % 4 == 3) ? 0 : 1;  /* A B B A */
+        struct wres *w = &res[k][j / 2];
+        paired_window(&tg[k], opt.window, on, w);
+        undrained += !w->drained;
+        cpu_all[k] += w->cpu_us;
+        secs_all[k] += w->secs;
+    }
+    double wall = (double)(now_ns() - w0) / 1e9;
+    double self = self_cpu_us() - s0, host = host_busy_us() - h0;
+    double backend = tree_cpu_us(opt.bpid) - k0;
+    static const char *names[3][2] = {{"rps", "cpu_us_per_req"},
+                                      {"mbps", "cpu_us_per_mb"},
+                                      {"cps", "cpu_us_per_conn"}};
+    int mi = opt.mode == PINGPONG ? 0 : opt.mode == BULK ? 1 : 2;
+    printf(" paired=1 a=%s b=%s conns=%d size=%zu pairs=%d window_s=%.2f", tg[0].label,
+           tg[1].label, opt.conns, opt.size, n, opt.window);
+    double *v = malloc(sizeof(double) * (size_t)n);
+    for (int m = 0; m < 2; m++) {
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < n; i++) v[i] = metric(&res[k][i], m);
+            printf(" %s_%s=%.3f", k ? "b" : "a", names[mi][m], quantile(v, n, 0.5));
+        }
+        for (int i = 0; i < n; i++) {
+            double b = metric(&res[1][i], m);
+            v[i] = b > 0 ? metric(&res[0][i], m) / b : 0;
+        }
+        printf(" ratio_%s=%.4f", names[mi][m], quantile(v, n, 0.5));
+        printf(" ratio_%s_q1=%.4f ratio_%s_q3=%.4f", names[mi][m], quantile(v, n, 0.25),
+               names[mi][m], quantile(v, n, 0.75));
+        printf(" ratios_%s=", names[mi][m]);
+        for (int i = 0; i < n; i++) {  /* in time order */
+            double b = metric(&res[1][i], m);
+            printf("%s%.4f", i ? "," : "", b > 0 ? metric(&res[0][i], m) / b : 0);
+        }
+    }
+    double other = (host - cpu_all[0] - cpu_all[1] - self - backend) / wall / 1e6;
+    printf(" a_server_util=%.2f b_server_util=%.2f loadgen_util=%.2f backend_util=%.2f"
+           " other_util=%.2f",
+           cpu_all[0] / secs_all[0] / 1e6, cpu_all[1] / secs_all[1] / 1e6, self / wall / 1e6,
+           backend / wall / 1e6, other < 0 ? 0 : other);
+    int dead = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < opt.conns; i++) dead += tg[k].cs[i].dead && opt.mode != CONNRATE;
+    printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", undrained, dead,
+           (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+    return (n_mismatch || dead || undrained) ? 1 : 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen --mode pingpong|bulk|connrate|idle [--host IP] [--port N]\n"
             "  [--conns C] [--size S] [--duration SEC] [--warmup SEC] [--pid SERVER_PID]\n"
             "  [--sources N] [--count N] [--hold SEC] [--inflight BYTES] [--label NAME]\n"
-            "  [--backend-pid PID]  (a proxy's upstream: its CPU is reported apart)\n");
+            "  [--backend-pid PID]  (a proxy's upstream: its CPU is reported apart)\n"
+            "  [--pair-port N --pair-pid PID [--pair-label NAME] [--pairs N] [--window SEC]]\n"
+            "      paired windows against a second server (see the top of loadgen.c)\n");
     exit(2);
 }
 
@@ -556,7 +801,9 @@ int main(int argc, char **argv)
         {"conns", 1, 0, 'c'},    {"size", 1, 0, 's'},    {"duration", 1, 0, 'd'},
         {"warmup", 1, 0, 'w'},   {"pid", 1, 0, 'P'},     {"sources", 1, 0, 'S'},
         {"count", 1, 0, 'n'},    {"hold", 1, 0, 'H'},    {"inflight", 1, 0, 'i'},
-        {"label", 1, 0, 'L'},    {"backend-pid", 1, 0, 'B'}, {0, 0, 0, 0}};
+        {"label", 1, 0, 'L'},    {"backend-pid", 1, 0, 'B'}, {"pair-port", 1, 0, 'q'},
+        {"pair-pid", 1, 0, 'Q'}, {"pair-label", 1, 0, 'l'}, {"pairs", 1, 0, 'N'},
+        {"window", 1, 0, 'W'},   {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -580,13 +827,19 @@ int main(int argc, char **argv)
         case 'i': opt.inflight = strtoul(optarg, NULL, 10); break;
         case 'L': opt.label = optarg; break;
         case 'B': opt.bpid = atoi(optarg); break;
+        case 'q': opt.pair_port = atoi(optarg); break;
+        case 'Q': opt.pair_pid = atoi(optarg); break;
+        case 'l': opt.pair_label = optarg; break;
+        case 'N': opt.pairs = atoi(optarg); break;
+        case 'W': opt.window = atof(optarg); break;
         default: usage();
         }
     }
     if (!opt.size) opt.size = opt.mode == BULK ? 65536 : opt.mode == IDLE ? 16 : 64;
     if (opt.conns < 1 || opt.size < 1 || opt.size > (64u << 20) || opt.duration > 600 ||
         opt.warmup > 60 || opt.count < 1 || opt.count > 1000000 || opt.sources < 0 ||
-        opt.sources > 250)
+        opt.sources > 250 || opt.pairs < 1 || opt.pairs > 10000 || opt.window <= 0 ||
+        opt.window > 60 || (opt.pair_port && (opt.mode == IDLE || !opt.pid || !opt.pair_pid)))
         usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
@@ -605,7 +858,7 @@ int main(int argc, char **argv)
     dst.sin_port = htons((uint16_t)opt.port);
     if (inet_pton(AF_INET, opt.host, &dst.sin_addr) != 1) usage();
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    wait_ready();
+    if (!opt.pair_port) wait_ready();
 
     printf("label=%s mode=%s", opt.label, mode_names[opt.mode]);
     double cpu = 0, secs = 0;
@@ -667,31 +920,12 @@ int main(int argc, char **argv)
         return (ok == opt.count && !n_mismatch) ? 0 : 1;
     }
 
-    cs = calloc((size_t)opt.conns, sizeof *cs);
-    uint64_t now = now_ns();
-    for (int i = 0; i < opt.conns; i++) {
-        struct conn *c = &cs[i];
-        c->idx = i;
-        c->base = (uint64_t)i * 977u;
-        c->msg = malloc(opt.size);
-        c->last_progress = now;
-        c->fd = -1;
-        if (opt.mode == CONNRATE) { connrate_start(c, now); continue; }
-        c->fd = blocking_connect(i);
-        if (c->fd < 0) die("connect");
-        if (opt.mode == PINGPONG) {
-            make_msg(c);
-            c->t0 = now_ns();
-            if (send_msg(c) < 0) die("write");
-        } else {
-            bulk_arm(c);
-        }
-    }
-
     void (*on)(struct conn *, uint32_t, uint64_t) =
         opt.mode == PINGPONG ? on_pingpong : opt.mode == BULK ? on_bulk : on_connrate;
+    if (opt.pair_port) return run_paired(on);
+    cs = open_conns(1);
     run_window(on, &cpu, &done, &bytes, &secs);
-    now = now_ns();
+    uint64_t now = now_ns();
     int stalled = opt.mode == CONNRATE ? 0 : count_stalled(now);
     int dead = opt.mode == CONNRATE ? 0 : count_dead();
     qsort(lat, nlat, sizeof *lat, cmp_u32);
