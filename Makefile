@@ -39,8 +39,8 @@ test-fast: test-deps
 
 # The functional suite with every server under valgrind's memcheck.
 test-valgrind: test-deps build
-	cd $(BUILD) && ECHOKIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" \
-		ctest --output-on-failure -R functional
+	cd $(BUILD) && ECHOKIT_LUA_POOL=0 \
+		ECHOKIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" ctest --output-on-failure -R functional
 
 test-deps:
 	@scripts/deps.sh test

@@ -20,6 +20,12 @@ struct handler {
 
 struct llisten;
 
+/* Small Lua blocks (up to 248 bytes) are kept in SCRIPT_POOL_CLASSES size
+ * classes of malloc's own chunk sizes, at most SCRIPT_POOL_MAX free ones each
+ * (none in an ASan build or with ECHOKIT_LUA_POOL=0, for valgrind). */
+#define SCRIPT_POOL_CLASSES 15
+#define SCRIPT_POOL_MAX 256
+
 struct script {
     lua_State *L;
     struct conn_ctx *ctx;
@@ -35,6 +41,11 @@ struct script {
     volatile sig_atomic_t overrun;  /* this callback is over budget */
     sig_atomic_t watch_seq, watch_ticks; /* the signal handler's own */
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
+    struct {                    /* freed small blocks kept for reuse (l_alloc) */
+        void *head[SCRIPT_POOL_CLASSES];
+        unsigned n[SCRIPT_POOL_CLASSES];
+        unsigned max; /* SCRIPT_POOL_MAX; 0 under a memory checker */
+    } pool;
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
     struct llisten *listeners;  /* open echokit.listen listeners */
