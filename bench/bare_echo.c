@@ -7,7 +7,9 @@
  *
  *   bare_echo [HOST:]PORT     prints "listening on HOST:PORT" (PORT 0 = free)
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>

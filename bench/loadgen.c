@@ -32,7 +32,9 @@
  * per-pair ratios (A/B) with quartiles, so drift in the host's speed that is
  * slower than a window cancels out.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <dirent.h>

@@ -1,0 +1,98 @@
+-- bench/loadgen, the benchmark's load generator: its modes against echokit
+-- and bench/bare_echo, paired windows (both servers at once, load alternating
+-- between them), and the byte checks that make a wrong echo fail the run.
+local t = require "echokit_test"
+local peers = require "peers"
+
+local LOADGEN = assert(os.getenv("ECHOKIT_LOADGEN"), "ECHOKIT_LOADGEN not set (run under ctest)")
+local BARE = assert(os.getenv("ECHOKIT_BARE_ECHO"), "ECHOKIT_BARE_ECHO not set (run under ctest)")
+
+local MODES = {
+  pingpong = { args = { "--conns", "8", "--size", "64" }, unit = "req", rate = "rps" },
+  bulk = { args = { "--conns", "4", "--size", "65536", "--inflight", "262144" }, unit = "mb", rate = "mbps" },
+  connrate = { args = { "--conns", "4", "--size", "64", "--sources", "4" }, unit = "conn", rate = "cps" },
+}
+
+-- bare_echo on a free port: { h = helper, port = n }
+local function start_bare()
+  local h = peers.spawn({ BARE, "127.0.0.1:0" })
+  local line = h.p:readline(t.T(10))
+  local port = line and tonumber(line:match("^listening on 127%.0%.0%.1:(%d+)$"))
+  assert(port, "bare_echo: " .. tostring(line) .. "\n" .. peers.helper_stderr(h))
+  return { h = h, port = port }
+end
+
+-- Runs loadgen; returns its exit code and its key=value line parsed.
+local function loadgen(args, timeout)
+  local r = peers.run({ LOADGEN, table.unpack(args) }, timeout or 30)
+  assert(r.how == "exited", "loadgen: " .. tostring(r.how) .. "\n" .. t.clip(r.err))
+  local line = r.out:match("label=[^\n]*")
+  assert(line, "loadgen printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
+  return r.code, t.parse_kv(line), line
+end
+
+local function paired(a, a_pid, b, mode, pairs)
+  local args = { "--mode", mode, "--port", tostring(a.port), "--pid", tostring(a_pid), "--label", "a",
+                 "--pair-port", tostring(b.port), "--pair-pid", tostring(b.h.p:pid()),
+                 "--pair-label", "bare", "--pairs", tostring(pairs or 2), "--window", "0.15",
+                 "--warmup", "0.05" }
+  for _, x in ipairs(MODES[mode].args) do args[#args + 1] = x end
+  return loadgen(args)
+end
+
+describe("bench/loadgen", function()
+  after_each(function() t.teardown(); peers.cleanup() end)
+
+  for _, mode in ipairs{ "pingpong", "bulk", "connrate" } do
+    it("measures echokit and bare C in paired windows (" .. mode .. "), every byte checked", function()
+      local srv = t.start{ handler = "echo" }
+      local bare = start_bare()
+      local code, kv, line = paired({ port = srv:port() }, srv:pid(), bare, mode, 3)
+      assert.equal(0, code, line)
+      local u, rate = MODES[mode].unit, MODES[mode].rate
+      assert.equal(1, kv.paired)
+      assert.equal("a", kv.a)
+      assert.equal("bare", kv.b)
+      for _, k in ipairs{ "errors", "mismatches", "stalled", "dead" } do
+        assert.equal(0, kv[k], k .. " in " .. line)
+      end
+      for _, k in ipairs{ "a_cpu_us_per_" .. u, "b_cpu_us_per_" .. u, "a_" .. rate, "b_" .. rate,
+                          "ratio_cpu_us_per_" .. u, "ratio_" .. rate } do
+        assert(type(kv[k]) == "number" and kv[k] > 0, k .. " missing or not positive in " .. line)
+      end
+      -- one ratio per pair of windows, in time order
+      local n = 0
+      for x in tostring(kv["ratios_cpu_us_per_" .. u]):gmatch("[^,]+") do
+        n = n + 1
+        assert(tonumber(x) and tonumber(x) > 0, "bad ratio " .. x)
+      end
+      assert.equal(3, n)
+    end)
+  end
+
+  it("charges each window to the server it loaded", function()
+    -- echokit burning ~100 us per message against bare C at a few us: were
+    -- windows mixed up or CPU taken from the wrong process, the ratio would
+    -- not come out far above 1 (nor the request rate far below).
+    local srv = t.start{ handler = "tests/handlers/bench_slow.lua" }
+    local bare = start_bare()
+    local code, kv, line = paired({ port = srv:port() }, srv:pid(), bare, "pingpong", 2)
+    assert.equal(0, code, line)
+    assert(kv.ratio_cpu_us_per_req > 3, "ratio_cpu_us_per_req " .. kv.ratio_cpu_us_per_req .. " in " .. line)
+    assert(kv.a_cpu_us_per_req > 50, "a_cpu_us_per_req " .. kv.a_cpu_us_per_req)
+    assert(kv.ratio_rps < 0.5, "ratio_rps " .. kv.ratio_rps)
+  end)
+
+  it("fails the run when a server echoes wrong bytes", function()
+    local srv = t.start{ handler = "tests/handlers/bench_corrupt.lua" }
+    local code, kv, line = loadgen({ "--mode", "pingpong", "--port", tostring(srv:port()),
+      "--pid", tostring(srv:pid()), "--conns", "4", "--duration", "0.2", "--warmup", "0" })
+    assert.equal(1, code, line)
+    assert(kv.mismatches > 0, line)
+    -- and in paired windows
+    local bare = start_bare()
+    code, kv, line = paired({ port = srv:port() }, srv:pid(), bare, "pingpong", 1)
+    assert.equal(1, code, line)
+    assert(kv.mismatches > 0, line)
+  end)
+end)
