@@ -41,6 +41,7 @@ TARGETS = [
     ("idle", "pss_per_conn", "echo", None, "<=", 1024, "idle PSS per connection: echo (bytes)"),
 ]
 INFO = [
+    ("pingpong", "cpu_us_per_req", "haproxy-lua", "bare", "ping-pong CPU µs/req: HAProxy Lua vs bare C"),
     ("connrate", "cpu_us_per_conn", "serve", "bare", "conn rate CPU µs/conn: serve-style vs bare C"),
     ("connrate", "cpu_us_per_conn", "proxy", "haproxy-tcp", "conn rate CPU µs/conn: proxy vs HAProxy TCP"),
     ("idle", "pss_per_conn", "serve", None, "idle PSS per connection: serve-style (bytes)"),
@@ -232,12 +233,14 @@ def main():
             res = "**pass**" if ok else "**FAIL**"
         out.append(f"| {label} | {shown_p} | {shown_s} | {goal_s} | {res} |")
     for t, k, r, b, label in INFO:
+        shown_p = "–"
         if b:
+            shown_p = pair_figure(t, r, b, k)[1]
             shown = fratio(ratio(t, r, b, k))
         else:
             q = med(t, r, k)
             shown = "–" if q is None else f"{q:.0f} B"
-        out.append(f"| {label} | – | {shown} | (no target) | info |")
+        out.append(f"| {label} | {shown_p} | {shown} | (no target) | info |")
     out.append("")
 
     for t in ("pingpong", "bulk", "connrate", "idle"):
