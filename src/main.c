@@ -132,6 +132,9 @@ static void usage(FILE *f)
 "Arguments after -- reach the handler as a table: key=value gives t.key = \"value\"\n"
 "(strings), a bare word is appended as t[1], t[2], ...\n"
 "\n"
+"Environment: ECHOKIT_LUA_POOL=0 turns off the reuse of freed small Lua blocks, so\n"
+"a memory checker (valgrind) sees every free.\n"
+"\n"
 "Exit status: 0 after a clean shutdown, 1 if a listener cannot be opened, 2 for a\n"
 "usage or handler-load error.\n",
             names);
