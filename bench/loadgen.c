@@ -99,6 +99,7 @@ static void die(const char *what)
     fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
     printf("label=%s mode=%s error=\"%s: %s\"\n", opt.label, mode_names[opt.mode], what,
            strerror(errno));
+    fflush(stdout);
     exit(1);
 }
 
@@ -617,6 +618,15 @@ static struct conn *open_conns(int start)
     return v;
 }
 
+static void free_conns(struct conn *v)
+{
+    for (int i = 0; i < opt.conns; i++) {
+        if (v[i].fd >= 0) close(v[i].fd);
+        free(v[i].msg);
+    }
+    free(v);
+}
+
 /* ---- paired windows ------------------------------------------------------- */
 
 struct target {
@@ -781,6 +791,12 @@ static int run_paired(void (*on)(struct conn *, uint32_t, uint64_t))
         for (int i = 0; i < opt.conns; i++) dead += tg[k].cs[i].dead && opt.mode != CONNRATE;
     printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", undrained, dead,
            (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+    for (int k = 0; k < 2; k++) {
+        free_conns(tg[k].cs);
+        free(tg[k].pids);
+        free(res[k]);
+    }
+    free(v);
     return (n_mismatch || dead || undrained) ? 1 : 0;
 }
 
@@ -919,18 +935,29 @@ int main(int argc, char **argv)
                ok ? (double)(rss1 - rss0) / ok : 0, ok ? (double)(pss1 - pss0) / ok : 0,
                ok ? cpu_setup / ok : 0, closed, (unsigned long long)n_conn_fail,
                (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+        for (int i = 0; i < opt.count; i++)
+            if (fds[i] >= 0) close(fds[i]);
+        free(fds);
+        free(pat_pp);
+        free(pat_bulk);
         return (ok == opt.count && !n_mismatch) ? 0 : 1;
     }
 
     void (*on)(struct conn *, uint32_t, uint64_t) =
         opt.mode == PINGPONG ? on_pingpong : opt.mode == BULK ? on_bulk : on_connrate;
-    if (opt.pair_port) return run_paired(on);
+    if (opt.pair_port) {
+        int rc = run_paired(on);
+        free(lat);
+        free(pat_pp);
+        free(pat_bulk);
+        return rc;
+    }
     cs = open_conns(1);
     run_window(on, &cpu, &done, &bytes, &secs);
     uint64_t now = now_ns();
     int stalled = opt.mode == CONNRATE ? 0 : count_stalled(now);
     int dead = opt.mode == CONNRATE ? 0 : count_dead();
-    qsort(lat, nlat, sizeof *lat, cmp_u32);
+    if (nlat) qsort(lat, nlat, sizeof *lat, cmp_u32);
 
     if (opt.mode == PINGPONG)
         printf(" conns=%d size=%zu secs=%.3f requests=%llu rps=%.1f p50_us=%.1f p99_us=%.1f"
@@ -956,5 +983,9 @@ int main(int argc, char **argv)
            other < 0 ? 0 : other);
     printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", stalled, dead,
            (unsigned long long)n_errors, (unsigned long long)n_mismatch);
+    free_conns(cs);
+    free(lat);
+    free(pat_pp);
+    free(pat_bulk);
     return (n_mismatch || dead || stalled) ? 1 : 0;
 }
