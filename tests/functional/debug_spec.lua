@@ -48,22 +48,32 @@ local function tshark(argv, timeout)
 end
 
 -- tshark reads the capture, and its expert analysis (retransmissions,
--- missing segments, bad checksums, malformed packets) has nothing at
--- warning level or above, except the summaries listed in `allowed` (a RST
--- is itself a warning).
+-- missing segments, bad checksums, malformed packets) of the layers echokit
+-- writes (frame, IP, TCP) has nothing at warning level or above, except the
+-- summaries listed in `allowed` (a RST is itself a warning). Payload
+-- dissectors are left out: tshark's heuristics take random test bytes for
+-- protocols such as Thrift and then find them malformed. (Dissection of real
+-- HTTP and RESP is checked by its own tests.)
+local CAPTURE_LAYERS = { Frame = true, Raw = true, IPv4 = true, IPv6 = true, TCP = true }
+
 local function assert_clean_capture(path, allowed)
   tshark({ "-r", path, "-q" })
   local out = tshark({ "-r", path, "-q", "-o", "tcp.check_checksum:TRUE",
                        "-o", "ip.check_checksum:TRUE", "-z", "expert,warn" })
-  local problems = {}
+  local problems, seen = {}, 0
   for line in out:gmatch("[^\n]+") do
-    local summary = line:match("^%s+%d+%s+%S+%s+%S+%s+(.-)%s*$")
-    if summary and not (allowed and allowed[summary]) then problems[#problems + 1] = line end
+    local proto, summary = line:match("^%s+%d+%s+%S+%s+(%S+)%s+(.-)%s*$")
+    if proto then
+      seen = seen + 1
+      if CAPTURE_LAYERS[proto] and not (allowed and allowed[summary]) then
+        problems[#problems + 1] = line
+      end
+    end
   end
-  assert(#problems == 0 and not out:find("Errors"),
+  assert(#problems == 0,
     "tshark's expert analysis of " .. path .. " found problems:\n" .. t.clip(out))
   -- the check itself must see the summaries it filters
-  if allowed then assert(out:find("Warns"), "no expert summary in:\n" .. out) end
+  if allowed then assert(seen > 0 and out:find("Warns"), "no expert summary in:\n" .. out) end
 end
 
 -- Every TCP stream of the capture as tshark's "follow" reassembles it
