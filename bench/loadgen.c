@@ -535,6 +535,20 @@ static double self_us;  /* the load generator's own CPU over the window */
 static double host_us;  /* the whole host's busy CPU over the window */
 static double backend_us;  /* --backend-pid's CPU over the window */
 
+/* Waits up to ms (at most 50) for events and hands each to `on`. */
+static void poll_once(void (*on)(struct conn *, uint32_t, uint64_t), int ms)
+{
+    struct epoll_event evs[512];
+    int n = epoll_wait(epfd, evs, 512, ms > 50 ? 50 : ms);
+    if (n < 0 && errno != EINTR) die("epoll_wait");
+    uint64_t now = now_ns();
+    for (int i = 0; i < n; i++) {
+        struct conn *c = evs[i].data.ptr;
+        if (c->dead || c->fd < 0) continue;
+        on(c, evs[i].events, now);
+    }
+}
+
 static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cpu_us,
                        uint64_t *done, uint64_t *bytes, double *secs)
 {
@@ -544,7 +558,6 @@ static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cp
     uint64_t w1 = w0 + (uint64_t)(opt.duration * 1e9);
     uint64_t d0 = 0, b0 = 0, t0 = 0;
     double c0 = 0;
-    struct epoll_event evs[512];
     if (opt.warmup <= 0) { in_window = 1; c0 = server_cpu_us(); s0 = self_cpu_us(); h0 = host_busy_us(); k0 = tree_cpu_us(opt.bpid); t0 = now_ns(); }
     for (;;) {
         uint64_t now = now_ns();
@@ -560,16 +573,7 @@ static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cp
             in_window = 1;
         }
         if (now >= w1) break;
-        int ms = (int)(((in_window ? w1 : w0) - now) / 1000000u) + 1;
-        if (ms > 50) ms = 50;
-        int n = epoll_wait(epfd, evs, 512, ms);
-        if (n < 0 && errno != EINTR) die("epoll_wait");
-        now = now_ns();
-        for (int i = 0; i < n; i++) {
-            struct conn *c = evs[i].data.ptr;
-            if (c->dead || c->fd < 0) continue;
-            on(c, evs[i].events, now);
-        }
+        poll_once(on, (int)(((in_window ? w1 : w0) - now) / 1000000u) + 1);
     }
     *cpu_us = server_cpu_us() - c0;
     self_us = self_cpu_us() - s0;
@@ -664,7 +668,6 @@ struct wres { double cpu_us, secs; uint64_t done, bytes; int drained; };
 static void paired_window(struct target *t, double len,
                           void (*on)(struct conn *, uint32_t, uint64_t), struct wres *r)
 {
-    struct epoll_event evs[512];
     dst = t->dst;
     cs = t->cs;
     uint64_t c0 = target_cpu_ns(t), d0 = n_done, b0 = n_bytes;
@@ -679,16 +682,7 @@ static void paired_window(struct target *t, double len,
                 if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
         }
         if (draining && (busy == 0 || now >= limit)) break;
-        int ms = draining ? 50 : (int)((end - now) / 1000000u) + 1;
-        if (ms > 50) ms = 50;
-        int n = epoll_wait(epfd, evs, 512, ms);
-        if (n < 0 && errno != EINTR) die("epoll_wait");
-        now = now_ns();
-        for (int i = 0; i < n; i++) {
-            struct conn *c = evs[i].data.ptr;
-            if (c->dead || c->fd < 0) continue;
-            on(c, evs[i].events, now);
-        }
+        poll_once(on, draining ? 50 : (int)((end - now) / 1000000u) + 1);
     }
     uint64_t t1 = now_ns();
     r->cpu_us = (double)(target_cpu_ns(t) - c0) / 1e3;

@@ -18,10 +18,7 @@ local function stress_sum(rounds)
   return sum
 end
 
-local function ask(c, line)
-  t.send_all(c, line .. "\n")
-  return t.recv_line(c, t.T(30))
-end
+local function ask(c, line) return t.ask(c, line, 30) end
 
 describe("the Lua heap", function()
   after_each(t.teardown)

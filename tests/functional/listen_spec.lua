@@ -4,10 +4,7 @@ local t = require "echokit_test"
 
 local HANDLER = "tests/handlers/listen.lua"
 
-local function ask(c, line)
-  t.send_all(c, line .. "\n")
-  return t.recv_line(c, 3)
-end
+local function ask(c, line) return t.ask(c, line) end
 
 describe("echokit.listen", function()
   after_each(t.teardown)

@@ -502,6 +502,13 @@ function M.recv_line(c, timeout)
   return d
 end
 
+-- Sends one command line to a line-based test handler and returns its reply
+-- line (timeout in seconds, default 3; recv_line scales it under a wrapper).
+function M.ask(c, line, timeout)
+  M.send_all(c, line .. "\n")
+  return M.recv_line(c, timeout or 3)
+end
+
 -- Receives until the peer closes (bounded). Returns data, err where err is
 -- "closed" for a clean end; fails on timeout.
 function M.recv_until_closed(c, timeout)
