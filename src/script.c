@@ -43,8 +43,11 @@ static int pool_class(size_t n)
     return n <= 24 ? 0 : (int)((n - 9) / 16);
 }
 
+/* A block of at least n bytes: from its class's free list if it is small. */
 static void *pool_get(struct script *S, size_t n)
 {
+    if (n > POOL_MAX_SIZE)
+        return malloc(n);
     int k = pool_class(n);
     void *p = S->pool.head[k];
     if (p) {
@@ -55,10 +58,12 @@ static void *pool_get(struct script *S, size_t n)
     return malloc(16 * (size_t)k + 24);
 }
 
+/* Gives back a block pool_get(n) returned: small ones to their free list
+ * while it has room. */
 static void pool_put(struct script *S, void *p, size_t n)
 {
     int k = pool_class(n);
-    if (S->pool.n[k] >= S->pool.max) {
+    if (n > POOL_MAX_SIZE || S->pool.n[k] >= S->pool.max) {
         free(p);
         return;
     }
@@ -90,12 +95,8 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     struct script *S = ud;
     size_t old = ptr ? osize : 0; /* without ptr, osize is the object's type */
     if (nsize == 0) {
-        if (ptr) {
-            if (old <= POOL_MAX_SIZE)
-                pool_put(S, ptr, old);
-            else
-                free(ptr);
-        }
+        if (ptr)
+            pool_put(S, ptr, old);
         S->mem_used -= old;
         return NULL;
     }
@@ -108,15 +109,12 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     } else if (ptr && old > POOL_MAX_SIZE && nsize > POOL_MAX_SIZE) {
         p = realloc(ptr, nsize);
     } else {
-        p = nsize <= POOL_MAX_SIZE ? pool_get(S, nsize) : malloc(nsize);
+        p = pool_get(S, nsize);
         if (!p && nsize < old)
             return ptr; /* Lua counts on a shrink never failing: keep the block */
         if (p && ptr) {
             memcpy(p, ptr, old < nsize ? old : nsize);
-            if (old <= POOL_MAX_SIZE)
-                pool_put(S, ptr, old);
-            else
-                free(ptr);
+            pool_put(S, ptr, old);
         }
     }
     if (p)
