@@ -758,22 +758,19 @@ static int run_paired(void (*on)(struct conn *, uint32_t, uint64_t))
            tg[1].label, opt.conns, opt.size, n, opt.window);
     double *v = malloc(sizeof(double) * (size_t)n);
     for (int m = 0; m < 2; m++) {
+        const char *name = names[mi][m];
         for (int k = 0; k < 2; k++) {
             for (int i = 0; i < n; i++) v[i] = metric(&res[k][i], m);
-            printf(" %s_%s=%.3f", k ? "b" : "a", names[mi][m], quantile(v, n, 0.5));
+            printf(" %s_%s=%.3f", k ? "b" : "a", name, quantile(v, n, 0.5));
         }
-        for (int i = 0; i < n; i++) {
+        printf(" ratios_%s=", name);
+        for (int i = 0; i < n; i++) {  /* in time order, before quantile() sorts them */
             double b = metric(&res[1][i], m);
             v[i] = b > 0 ? metric(&res[0][i], m) / b : 0;
+            printf("%s%.4f", i ? "," : "", v[i]);
         }
-        printf(" ratio_%s=%.4f", names[mi][m], quantile(v, n, 0.5));
-        printf(" ratio_%s_q1=%.4f ratio_%s_q3=%.4f", names[mi][m], quantile(v, n, 0.25),
-               names[mi][m], quantile(v, n, 0.75));
-        printf(" ratios_%s=", names[mi][m]);
-        for (int i = 0; i < n; i++) {  /* in time order */
-            double b = metric(&res[1][i], m);
-            printf("%s%.4f", i ? "," : "", b > 0 ? metric(&res[0][i], m) / b : 0);
-        }
+        printf(" ratio_%s=%.4f ratio_%s_q1=%.4f ratio_%s_q3=%.4f", name, quantile(v, n, 0.5),
+               name, quantile(v, n, 0.25), name, quantile(v, n, 0.75));
     }
     double other = (host - cpu_all[0] - cpu_all[1] - self - backend) / wall / 1e6;
     printf(" a_server_util=%.2f b_server_util=%.2f loadgen_util=%.2f backend_util=%.2f"
@@ -781,8 +778,10 @@ static int run_paired(void (*on)(struct conn *, uint32_t, uint64_t))
            cpu_all[0] / secs_all[0] / 1e6, cpu_all[1] / secs_all[1] / 1e6, self / wall / 1e6,
            backend / wall / 1e6, other < 0 ? 0 : other);
     int dead = 0;
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; i < opt.conns; i++) dead += tg[k].cs[i].dead && opt.mode != CONNRATE;
+    for (int k = 0; k < 2 && opt.mode != CONNRATE; k++) {
+        cs = tg[k].cs;
+        dead += count_dead();
+    }
     printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", undrained, dead,
            (unsigned long long)n_errors, (unsigned long long)n_mismatch);
     for (int k = 0; k < 2; k++) {
