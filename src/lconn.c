@@ -588,18 +588,7 @@ int lconn_connect(lua_State *L)
     int rc = net_parse_addr2(spec, 0, &addr, host, sizeof host, &port, err);
     if (rc < 0)
         return luaL_error(L, "echokit.connect: %s", err);
-    for (int i = 0; i < CB_COUNT; i++) {
-        int t = lua_getfield(L, 2, cb_fields[i]);
-        if (t != LUA_TNIL && t != LUA_TFUNCTION)
-            return luaL_error(L, "echokit.connect: handler.%s must be a function (got %s)",
-                              cb_fields[i], lua_typename(L, t));
-        lua_pop(L, 1);
-    }
-    lua_getfield(L, 2, "serve");
-    lua_getfield(L, 2, "on_data");
-    if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
-        return luaL_error(L, "echokit.connect: 'serve' and 'on_data' exclude each other");
-    lua_pop(L, 2);
+    lconn_check_handler(L, 2, "echokit.connect"); /* raises on misuse */
     struct resolve_req *req = NULL;
     if (rc == 1) {
         req = calloc(1, sizeof *req);
@@ -617,13 +606,7 @@ int lconn_connect(lua_State *L)
     struct lconn *lc = lconn_of(c);
     init_lconn(S, lc, &lc->own);
     lc->outbound = 1;
-    for (int i = 0; i < CB_COUNT; i++) {
-        lua_getfield(L, 2, cb_fields[i]);
-        if (lua_isnil(L, -1))
-            lua_pop(L, 1);
-        else
-            lc->own.cb[i] = script_ref(S);
-    }
+    lconn_take_handler(L, 2, &lc->own);
     if (req) {
         req->data = lc;
         conn_ref(c);
