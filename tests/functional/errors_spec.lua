@@ -107,3 +107,23 @@ describe("a Lua error in a callback", function()
   end)
 
 end)
+
+describe("a bad handler table given to echokit.connect or echokit.listen", function()
+  after_each(t.teardown)
+
+  it("raises a clear error naming the function and the field, and nothing else breaks", function()
+    local srv = t.start{ handler = "tests/handlers/handler_misuse.lua" }
+    local c = srv:connect()
+    t.send_all(c, "go\n")
+    for _, f in ipairs{ "connect", "listen" } do
+      assert.equal("echokit." .. f .. ": handler.on_data must be a function (got number)",
+        t.recv_line(c, 5))
+      assert.equal("echokit." .. f .. ": 'serve' and 'on_data' exclude each other",
+        t.recv_line(c, 5))
+    end
+    -- the server still serves
+    local c2 = srv:connect()
+    t.send_all(c2, "again\n")
+    assert.truthy(t.recv_line(c2, 5):find("must be a function", 1, true))
+  end)
+end)
