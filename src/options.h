@@ -1,0 +1,30 @@
+#ifndef ECHOKIT_OPTIONS_H
+#define ECHOKIT_OPTIONS_H
+/* The command line: what each option sets, its default, the --help text. */
+#include <stddef.h>
+
+#include "log.h"
+#include "server.h"
+
+struct options {
+    const char *listen[SERVER_MAX_LISTENERS];
+    int nlisten;
+    const char *handler;
+    const char *admin; /* control API address, NULL = none */
+    long workers;
+    int check;
+    int no_splice;
+    enum log_level level;
+    int json;
+    double idle_timeout, connect_timeout, grace, budget;
+    size_t high_water, max_buffer, lua_memory, max_conns;
+    char **hargv; /* handler arguments (after --) */
+    int hargc;
+};
+
+/* Fills o from argv with the defaults for what is not given. Prints the help
+ * or the version and exits 0 for --help and --version; a usage error exits 2
+ * with a one-line message on stderr. */
+void options_parse(int argc, char **argv, struct options *o);
+
+#endif
