@@ -247,9 +247,14 @@ int main(int argc, char **argv)
             free(rbuf);
             return status;
         }
-        /* A worker: libev sets the mask for the signals it watches. */
+        /* A worker: its loop takes SIGINT/SIGTERM over. libev installs its
+         * handler but leaves the signal mask alone, so they must be unblocked
+         * here, after the handler is in place; blocked, a worker never saw the
+         * signals its parent forwarded (nor its PR_SET_PDEATHSIG) and the
+         * parent waited for it forever. One that came meanwhile is taken now. */
         ev_signal_start(a.loop, &a.sigint);
         ev_signal_start(a.loop, &a.sigterm);
+        sigprocmask(SIG_SETMASK, &oldmask, NULL);
     }
 
     server_start(&a.srv);

@@ -12,8 +12,9 @@
 void workers_prepare(sigset_t *oldmask);
 
 /* Forks n workers. In a worker it returns -1, with PR_SET_PDEATHSIG set (a
- * dead parent stops it) and ev_loop_fork done on loop; SIGINT/SIGTERM are
- * still blocked there until the caller's loop watches them. In the parent it
+ * dead parent sends it SIGTERM) and ev_loop_fork done on loop; SIGINT/SIGTERM
+ * are still blocked there: the caller starts its ev_signal watchers, then
+ * restores oldmask itself (libev does not unblock them). In the parent it
  * restores oldmask, forwards SIGINT/SIGTERM to every worker, and returns once
  * all have ended: 0 if each exited 0, else 1 (each failure is logged). */
 int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask);

@@ -129,4 +129,54 @@ describe("shutdown", function()
       assert.equal("closed", err)
     end
   end)
+
+  describe("with --workers 2", function()
+    -- The two workers' pids; a failed test kills any it leaves behind.
+    local function workers_of(srv)
+      local workers = t.eventually(function()
+        local w = t.children(srv:pid())
+        return #w == 2 and w, "workers: " .. #w
+      end, 5, "two workers forked")
+      finally(function()
+        for _, w in ipairs(workers) do
+          if not t.pid_gone(w) then os.execute("kill -KILL " .. w) end
+        end
+      end)
+      return workers
+    end
+
+    it("SIGTERM reaches the workers and everything exits 0", function()
+      local srv = t.start{ opts = { "--workers", "2", "--grace", "1" } }
+      local c = srv:connect()
+      t.send_all(c, "hi\n")
+      assert.equal("hi", t.recv_line(c))
+      local workers = workers_of(srv)
+      local how, code = srv:stop("TERM", t.T(5))
+      assert.same({ "exited", 0 }, { how, code })
+      for _, w in ipairs(workers) do assert.truthy(t.pid_gone(w), "worker " .. w .. " left") end
+      local _, err = t.recv_until_closed(c, 2)
+      assert.equal("closed", err)
+    end)
+
+    it("SIGINT does the same", function()
+      local srv = t.start{ opts = { "--workers", "2" } }
+      workers_of(srv)
+      local how, code = srv:stop("INT", t.T(5))
+      assert.same({ "exited", 0 }, { how, code })
+    end)
+
+    it("workers stop when their parent is killed", function()
+      local srv = t.start{ opts = { "--workers", "2", "--grace", "1" } }
+      local workers = workers_of(srv)
+      srv.p:kill("KILL")
+      srv:wait_exit(5)
+      srv:exit_checked_by_test()
+      t.eventually(function()
+        for _, w in ipairs(workers) do
+          if not t.pid_gone(w) then return false, "worker " .. w .. " still running" end
+        end
+        return true
+      end, 5, "workers gone after the parent's death")
+    end)
+  end)
 end)

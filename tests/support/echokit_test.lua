@@ -653,4 +653,22 @@ function M.raw_recv(c, n)
   return proc.recv(c:getfd(), n or 65536)
 end
 
+-- The pids whose parent is pid (a --workers parent's workers).
+function M.children(pid)
+  local out = {}
+  local f = assert(io.popen("pgrep -P " .. math.tointeger(pid)))
+  for line in f:lines() do out[#out + 1] = tonumber(line) end
+  f:close()
+  return out
+end
+
+-- True once pid has exited (gone, or a zombie nobody reaped yet).
+function M.pid_gone(pid)
+  local f = io.open("/proc/" .. math.tointeger(pid) .. "/stat")
+  if not f then return true end
+  local stat = f:read("a") or ""
+  f:close()
+  return stat:match("^%d+ %b() (%a)") == "Z"
+end
+
 return M
