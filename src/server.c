@@ -9,7 +9,10 @@
 #include "log.h"
 #include "util.h"
 
+/* Out of descriptors: how long accepting pauses before the next try, and how
+ * often a line says it still lasts. */
 #define BACKOFF_SECONDS 0.1
+#define STARVED_REPORT_SECONDS 5.0
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -120,18 +123,51 @@ void server_conn_closed(struct server *srv)
         set_accepting(srv, 1);
 }
 
-static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
+/* An accept failed for want of descriptors or memory (err): pause, and say
+ * so when the shortage starts and then every few seconds, not at every
+ * retry. accept(2) fails this way whenever every descriptor is taken, even
+ * with nobody waiting; the shortage ends only when an accept finds nothing
+ * pending (see caught_up), so that clients coming and going at the limit do
+ * not log a start and an end each. */
+static void starve(struct server *srv, int err)
 {
-    struct server *srv = container_of(w, struct server, backoff);
-    if (srv->running)
-        set_accepting(srv, below_limit(srv));
+    ev_tstamp now = ev_now(srv->ctx->loop);
+    srv->starved_errno = err;
+    if (!srv->starved) {
+        srv->starved = 1;
+        srv->starved_since = srv->starved_reported = now;
+        srv->deferred = srv->accepted = 0;
+        log_msg(LOG_WARN, "accept: %s; pausing accepts, retrying every %gs (%llu connections open)",
+                strerror(err), BACKOFF_SECONDS, (unsigned long long)srv->ctx->stats.open);
+    } else if (++srv->deferred && now - srv->starved_reported >= STARVED_REPORT_SECONDS) {
+        log_msg(LOG_WARN,
+                "accept: still %s after %.0fs: %llu retries failed, %llu accepted since the "
+                "last line (%llu connections open)",
+                strerror(err), now - srv->starved_since, (unsigned long long)srv->deferred,
+                (unsigned long long)srv->accepted, (unsigned long long)srv->ctx->stats.open);
+        srv->starved_reported = now;
+        srv->deferred = srv->accepted = 0;
+    }
+    set_accepting(srv, 0);
+    ev_timer_set(&srv->backoff, BACKOFF_SECONDS, 0);
+    ev_timer_start(srv->ctx->loop, &srv->backoff);
 }
 
-static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* Nothing left pending, with a descriptor to spare: the shortage is over. */
+static void caught_up(struct server *srv)
 {
-    struct listener *l = container_of(w, struct listener, io);
+    srv->starved = 0;
+    log_msg(LOG_WARN, "accept: accepting again after %.1fs short of descriptors (%s) "
+                      "(%llu connections open)",
+            ev_now(srv->ctx->loop) - srv->starved_since, strerror(srv->starved_errno),
+            (unsigned long long)srv->ctx->stats.open);
+}
+
+/* Accepts from l until nothing is pending or accepting stops (a limit, or
+ * out of descriptors). */
+static void accept_from(struct listener *l)
+{
     struct server *srv = l->srv;
-    /* Until EAGAIN; libev calls again while more are pending anyway. */
     while (srv->accepting) {
         if (!below_limit(srv)) {
             set_accepting(srv, 0); /* resumed by server_conn_closed */
@@ -140,6 +176,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         struct net_addr peer;
         int fd = net_accept(l->fd, &peer);
         if (fd >= 0) {
+            srv->accepted += srv->starved;
             srv->on_accept(srv, fd, &peer);
             continue;
         }
@@ -148,6 +185,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 #if EAGAIN != EWOULDBLOCK
         case EWOULDBLOCK:
 #endif
+            if (srv->starved)
+                caught_up(srv);
             return;
         case EINTR:
         case ECONNABORTED:
@@ -157,17 +196,32 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         case ENFILE:
         case ENOBUFS:
         case ENOMEM:
-            /* Out of descriptors or memory: stop accepting for a moment rather
-             * than spin on a listener that stays readable. */
-            log_msg(LOG_WARN, "accept: %s; pausing accepts for %.1fs (%llu connections open)",
-                    strerror(errno), BACKOFF_SECONDS, (unsigned long long)srv->ctx->stats.open);
-            set_accepting(srv, 0);
-            ev_timer_set(&srv->backoff, BACKOFF_SECONDS, 0);
-            ev_timer_start(loop, &srv->backoff);
+            /* Stop accepting for a moment rather than spin on a listener
+             * that stays readable. */
+            starve(srv, errno);
             return;
         default:
             log_msg(LOG_ERROR, "accept: %s", strerror(errno));
             return;
         }
     }
+}
+
+/* The pause is over: try at once rather than wait for the next readiness
+ * event, so that the end of a shortage is seen (and logged) when it ends. */
+static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct server *srv = container_of(w, struct server, backoff);
+    if (!srv->running)
+        return;
+    set_accepting(srv, below_limit(srv));
+    for (int i = 0; i < srv->nls && srv->accepting; i++)
+        if (srv->ls[i].fd >= 0)
+            accept_from(&srv->ls[i]);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    /* Until EAGAIN; libev calls again while more are pending anyway. */
+    accept_from(container_of(w, struct listener, io));
 }

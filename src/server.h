@@ -3,6 +3,7 @@
 /* Listeners and the accept loop. Hands each accepted socket to on_accept. */
 #include <ev.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "conn.h"
 #include "net.h"
@@ -26,6 +27,12 @@ struct server {
     int accepting;    /* watchers active */
     size_t max_conns; /* 0 = no limit */
     ev_timer backoff; /* fd exhaustion: retry accepting later */
+    /* Out of descriptors (EMFILE and kin): logged when it starts, every few
+     * seconds while it lasts, and when it ends. */
+    int starved;
+    int starved_errno;
+    ev_tstamp starved_since, starved_reported;
+    uint64_t deferred, accepted; /* failed and good accepts since the last line */
     /* Called with each accepted socket; it owns fd from then on. */
     void (*on_accept)(struct server *srv, int fd, const struct net_addr *peer);
     void *data;
