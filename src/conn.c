@@ -600,9 +600,9 @@ static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
         ctx->stats.open--;
         if (c->ops->on_close)
             c->ops->on_close(c, c->reason);
-        conn_unref(c);
         if (ctx->on_reaped)
-            ctx->on_reaped(ctx);
+            ctx->on_reaped(ctx, c);
+        conn_unref(c);
     }
     ev_idle_stop(loop, w);
 }

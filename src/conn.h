@@ -59,7 +59,9 @@ struct conn_ctx {
     struct conn *reap;            /* torn down, on_close pending */
     struct conn *source;          /* whose input is being handled now */
     ev_idle reaper;
-    void (*on_reaped)(struct conn_ctx *ctx); /* after each reaped connection */
+    /* After each reaped connection's on_close; c is still valid (its last
+     * reference is dropped after this returns). */
+    void (*on_reaped)(struct conn_ctx *ctx, struct conn *c);
 };
 
 enum {

@@ -42,10 +42,10 @@ static void maybe_done(struct app *a)
         ev_break(a->loop, EVBREAK_ALL);
 }
 
-static void on_reaped(struct conn_ctx *ctx)
+static void on_reaped(struct conn_ctx *ctx, struct conn *c)
 {
     struct app *a = container_of(ctx, struct app, ctx);
-    server_conn_closed(&a->srv);
+    server_conn_closed(&a->srv, c);
     maybe_done(a);
 }
 
@@ -183,6 +183,7 @@ int main(int argc, char **argv)
     a.srv.data = &a;
     a.srv.on_accept = on_accept;
     a.srv.max_conns = o.max_conns;
+    a.srv.max_conns_per_ip = o.max_conns_per_ip;
     /* A malformed address is a usage error (2); one that cannot be bound is
      * not (1). */
     for (int i = 0; i < o.nlisten; i++) {

@@ -79,6 +79,11 @@ static void usage(FILE *f)
 "      --max-conns N       stop accepting while N connections are open. Default\n"
 "                          0 (only the open-files limit, which echokit raises to\n"
 "                          its hard limit)\n"
+"      --max-conns-per-ip N  close a new connection at once when its client\n"
+"                          address has N open already: per IPv4 address, per\n"
+"                          IPv6 address (not per prefix); unix peers are not\n"
+"                          counted. Counted per process: with --workers, per\n"
+"                          worker. Default 0 (none)\n"
 "      --cpu-budget SECONDS  CPU time one callback may take before it is stopped\n"
 "                          with an error (its connection closes). 0 = none.\n"
 "                          Default 1\n"
@@ -112,8 +117,20 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_PERIP,
 };
+
+/* A count >= 0 for --name, or a usage error. */
+static size_t parse_count(const char *opt, const char *v)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 0 || !*v) {
+        fprintf(stderr, "echokit: %s: '%s' is not a count (see echokit --help)\n", opt, v);
+        exit(2);
+    }
+    return (size_t)n;
+}
 
 static double parse_seconds(const char *opt, const char *v)
 {
@@ -153,6 +170,7 @@ void options_parse(int argc, char **argv, struct options *o)
         {"high-water", required_argument, NULL, OPT_HIGH},
         {"max-buffer", required_argument, NULL, OPT_MAXBUF},
         {"max-conns", required_argument, NULL, OPT_MAXCONNS},
+        {"max-conns-per-ip", required_argument, NULL, OPT_PERIP},
         {"cpu-budget", required_argument, NULL, OPT_BUDGET},
         {"lua-memory", required_argument, NULL, OPT_LUAMEM},
         {"help", no_argument, NULL, 'h'},
@@ -213,14 +231,8 @@ void options_parse(int argc, char **argv, struct options *o)
             break;
         case OPT_MAXBUF: o->max_buffer = parse_size("--max-buffer", optarg); break;
         case OPT_LUAMEM: o->lua_memory = parse_size("--lua-memory", optarg); break;
-        case OPT_MAXCONNS: {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 0 || !*optarg)
-                die_usage("--max-conns: '%s' is not a count", optarg);
-            o->max_conns = (size_t)v;
-            break;
-        }
+        case OPT_MAXCONNS: o->max_conns = parse_count("--max-conns", optarg); break;
+        case OPT_PERIP: o->max_conns_per_ip = parse_count("--max-conns-per-ip", optarg); break;
         case 'h':
             usage(stdout);
             exit(0);

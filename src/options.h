@@ -17,7 +17,7 @@ struct options {
     enum log_level level;
     int json;
     double idle_timeout, connect_timeout, grace, budget;
-    size_t high_water, max_buffer, lua_memory, max_conns;
+    size_t high_water, max_buffer, lua_memory, max_conns, max_conns_per_ip;
     char **hargv; /* handler arguments (after --) */
     int hargc;
 };

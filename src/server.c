@@ -1,8 +1,11 @@
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -13,15 +16,262 @@
  * often a line says it still lasts. */
 #define BACKOFF_SECONDS 0.1
 #define STARVED_REPORT_SECONDS 5.0
+/* Connections closed over --max-conns-per-ip: at most one line this often. */
+#define REFUSED_LOG_SECONDS 1.0
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void refused_log_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 void server_init(struct server *srv, struct conn_ctx *ctx)
 {
     memset(srv, 0, sizeof *srv);
     srv->ctx = ctx;
     ev_init(&srv->backoff, backoff_cb);
+    ev_init(&srv->refused_log, refused_log_cb);
+}
+
+/* ---- connections per client address ------------------------------------- */
+
+/* Two open-addressing tables with linear probing, each at most half full:
+ * ips (address -> open connections) and counted (the ids of the connections
+ * counted there, so that closing an outbound connection or one accepted by
+ * another server counts nothing down). Keys are hashed with a random seed:
+ * a client cannot pick addresses that collide on purpose. */
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static size_t ip_hash(const struct server *srv, const unsigned char addr[16])
+{
+    uint64_t hi, lo;
+    memcpy(&hi, addr, 8);
+    memcpy(&lo, addr + 8, 8);
+    return (size_t)mix64(mix64(hi ^ srv->seed) ^ lo);
+}
+
+static size_t id_hash(const struct server *srv, uint64_t id)
+{
+    return (size_t)mix64(id ^ srv->seed);
+}
+
+/* The 16-byte key of a TCP peer (IPv4 as ::ffff:a.b.c.d); 0 for others. */
+static int ip_key(const struct sockaddr *sa, unsigned char key[16])
+{
+    if (sa->sa_family == AF_INET) {
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        memcpy(key, v4mapped, 12);
+        memcpy(key + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+        return 1;
+    }
+    if (sa->sa_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+        return 1;
+    }
+    return 0;
+}
+
+/* The slot holding addr, or the free slot where it would go. */
+static struct server_ip *ip_slot(const struct server *srv, const unsigned char addr[16])
+{
+    size_t mask = srv->ips_cap - 1;
+    for (size_t i = ip_hash(srv, addr) & mask;; i = (i + 1) & mask) {
+        struct server_ip *e = &srv->ips[i];
+        if (!e->n || !memcmp(e->addr, addr, 16))
+            return e;
+    }
+}
+
+static uint64_t *id_slot(const struct server *srv, uint64_t id)
+{
+    size_t mask = srv->counted_cap - 1;
+    for (size_t i = id_hash(srv, id) & mask;; i = (i + 1) & mask)
+        if (!srv->counted[i] || srv->counted[i] == id)
+            return &srv->counted[i];
+}
+
+/* Makes room for one more entry in each table. Returns -1 when out of
+ * memory (what is counted stays counted). */
+static int tables_reserve(struct server *srv)
+{
+    if (!srv->seed) {
+        if (getrandom(&srv->seed, sizeof srv->seed, GRND_NONBLOCK) != sizeof srv->seed)
+            srv->seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(ev_time() * 1e6);
+        srv->seed |= 1;
+    }
+    if ((srv->ips_used + 1) * 2 > srv->ips_cap) {
+        size_t cap = srv->ips_cap ? srv->ips_cap * 2 : 64;
+        struct server_ip *old = srv->ips, *t = calloc(cap, sizeof *t);
+        if (!t)
+            return -1;
+        size_t oldcap = srv->ips_cap;
+        srv->ips = t;
+        srv->ips_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].n)
+                *ip_slot(srv, old[i].addr) = old[i];
+        free(old);
+    }
+    if ((srv->counted_used + 1) * 2 > srv->counted_cap) {
+        size_t cap = srv->counted_cap ? srv->counted_cap * 2 : 64;
+        uint64_t *old = srv->counted, *t = calloc(cap, sizeof *t);
+        if (!t)
+            return -1;
+        size_t oldcap = srv->counted_cap;
+        srv->counted = t;
+        srv->counted_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i])
+                *id_slot(srv, old[i]) = old[i];
+        free(old);
+    }
+    return 0;
+}
+
+/* Removal from a linear-probing table without tombstones: the entries after
+ * the hole that would no longer be found are moved back into it. */
+static void ip_remove(struct server *srv, struct server_ip *e)
+{
+    size_t mask = srv->ips_cap - 1, hole = (size_t)(e - srv->ips);
+    for (size_t i = (hole + 1) & mask; srv->ips[i].n; i = (i + 1) & mask) {
+        size_t home = ip_hash(srv, srv->ips[i].addr) & mask;
+        /* movable unless its home lies cyclically in (hole, i] */
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            srv->ips[hole] = srv->ips[i];
+            hole = i;
+        }
+    }
+    srv->ips[hole].n = 0;
+    srv->ips_used--;
+}
+
+static void id_remove(struct server *srv, uint64_t *e)
+{
+    size_t mask = srv->counted_cap - 1, hole = (size_t)(e - srv->counted);
+    for (size_t i = (hole + 1) & mask; srv->counted[i]; i = (i + 1) & mask) {
+        size_t home = id_hash(srv, srv->counted[i]) & mask;
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            srv->counted[hole] = srv->counted[i];
+            hole = i;
+        }
+    }
+    srv->counted[hole] = 0;
+    srv->counted_used--;
+}
+
+static void tables_free(struct server *srv)
+{
+    free(srv->ips);
+    free(srv->counted);
+    srv->ips = NULL;
+    srv->counted = NULL;
+    srv->ips_cap = srv->ips_used = srv->counted_cap = srv->counted_used = 0;
+}
+
+static void log_refused(struct server *srv)
+{
+    log_msg(LOG_WARN,
+            "closed %llu connection(s) from addresses with %zu open already "
+            "(--max-conns-per-ip) in the last %gs",
+            (unsigned long long)srv->refused, srv->max_conns_per_ip, REFUSED_LOG_SECONDS);
+    srv->refused = 0;
+}
+
+/* Runs a second after a line about refused connections: one more line if
+ * more were refused meanwhile, else quiet until the next one. */
+static void refused_log_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct server *srv = container_of(w, struct server, refused_log);
+    if (srv->refused) {
+        log_refused(srv);
+        ev_timer_set(w, REFUSED_LOG_SECONDS, 0);
+        ev_timer_start(loop, w);
+    }
+}
+
+/* A connection over the per-address limit: closed at once (the client sees
+ * its connection closed rather than waiting in the backlog), and logged at
+ * most once a second. */
+static void refuse(struct server *srv, int fd, const struct net_addr *peer)
+{
+    close(fd);
+    if (ev_is_active(&srv->refused_log)) {
+        srv->refused++;
+        return;
+    }
+    char name[INET6_ADDRSTRLEN] = "?";
+    const struct sockaddr *sa = (const struct sockaddr *)&peer->ss;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, name,
+                  sizeof name);
+    else
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, name,
+                  sizeof name);
+    log_msg(LOG_WARN, "closed a connection from %s: %zu open from that address already "
+                      "(--max-conns-per-ip)",
+            name, srv->max_conns_per_ip);
+    ev_timer_set(&srv->refused_log, REFUSED_LOG_SECONDS, 0);
+    ev_timer_start(srv->ctx->loop, &srv->refused_log);
+}
+
+/* Hands an accepted socket on, or closes it when its address is at the
+ * per-address limit. Counts the connection on_accept made of it. */
+static void take(struct server *srv, int fd, const struct net_addr *peer)
+{
+    unsigned char key[16];
+    if (!srv->max_conns_per_ip || !ip_key((const struct sockaddr *)&peer->ss, key)) {
+        srv->on_accept(srv, fd, peer);
+        return;
+    }
+    if (tables_reserve(srv) < 0) {
+        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
+        close(fd);
+        return;
+    }
+    struct server_ip *e = ip_slot(srv, key);
+    if (e->n >= srv->max_conns_per_ip) {
+        refuse(srv, fd, peer);
+        return;
+    }
+    uint64_t id = srv->ctx->next_id;
+    srv->on_accept(srv, fd, peer);
+    if (srv->ctx->next_id == id)
+        return; /* no connection made (out of memory): nothing to count */
+    /* The handler ran: it may have stopped the server (echokit.stop() drains
+     * the backlog through here, then frees the tables), so look again. */
+    if (!srv->running || tables_reserve(srv) < 0)
+        return;
+    e = ip_slot(srv, key);
+    if (!e->n) {
+        memcpy(e->addr, key, 16);
+        srv->ips_used++;
+    }
+    e->n++;
+    *id_slot(srv, id) = id;
+    srv->counted_used++;
+}
+
+/* Counts down the address of c if take() counted it. */
+static void uncount(struct server *srv, const struct conn *c)
+{
+    if (!srv->counted_used)
+        return;
+    uint64_t *slot = id_slot(srv, c->id);
+    if (!*slot)
+        return;
+    id_remove(srv, slot);
+    unsigned char key[16];
+    if (!ip_key(&c->peer.sa, key))
+        return; /* cannot happen: only TCP peers are counted */
+    struct server_ip *e = ip_slot(srv, key);
+    if (e->n && --e->n == 0)
+        ip_remove(srv, e);
 }
 
 int server_listen(struct server *srv, const char *spec, char *err)
@@ -89,7 +339,7 @@ void server_drain_backlog(struct server *srv)
             int fd = net_accept(l->fd, &peer);
             if (fd < 0)
                 break;
-            srv->on_accept(srv, fd, &peer);
+            take(srv, fd, &peer);
         }
     }
 }
@@ -99,6 +349,10 @@ void server_stop(struct server *srv)
     set_accepting(srv, 0);
     srv->running = 0;
     ev_timer_stop(srv->ctx->loop, &srv->backoff);
+    if (srv->refused)
+        log_refused(srv);
+    ev_timer_stop(srv->ctx->loop, &srv->refused_log);
+    tables_free(srv);
     for (int i = 0; i < srv->nls; i++) {
         struct listener *l = &srv->ls[i];
         if (l->fd < 0)
@@ -117,8 +371,9 @@ void server_unlink_unix(struct server *srv)
     }
 }
 
-void server_conn_closed(struct server *srv)
+void server_conn_closed(struct server *srv, const struct conn *c)
 {
+    uncount(srv, c);
     if (srv->running && !srv->accepting && !ev_is_active(&srv->backoff) && below_limit(srv))
         set_accepting(srv, 1);
 }
@@ -177,7 +432,7 @@ static void accept_from(struct listener *l)
         int fd = net_accept(l->fd, &peer);
         if (fd >= 0) {
             srv->accepted += srv->starved;
-            srv->on_accept(srv, fd, &peer);
+            take(srv, fd, &peer);
             continue;
         }
         switch (errno) {

@@ -19,6 +19,13 @@ struct listener {
     struct server *srv;
 };
 
+/* Open connections from one client address (IPv4, or one IPv6 address;
+ * an IPv4-mapped IPv6 peer counts as its IPv4 address). */
+struct server_ip {
+    unsigned char addr[16];
+    uint32_t n; /* 0 = free slot */
+};
+
 struct server {
     struct conn_ctx *ctx;
     struct listener ls[SERVER_MAX_LISTENERS];
@@ -27,13 +34,25 @@ struct server {
     int accepting;    /* watchers active */
     size_t max_conns; /* 0 = no limit */
     ev_timer backoff; /* fd exhaustion: retry accepting later */
+    /* --max-conns-per-ip: 0 = no limit. Counted per process (per worker),
+     * for TCP peers of this server's listeners only. */
+    size_t max_conns_per_ip;
+    struct server_ip *ips; /* open addressing, ips_cap a power of 2 */
+    size_t ips_cap, ips_used;
+    uint64_t *counted;     /* ids of the connections counted in ips (0 = free) */
+    size_t counted_cap, counted_used;
+    uint64_t seed;         /* hash seed for both */
+    uint64_t refused;      /* closed over the limit since the last log line */
+    ev_timer refused_log;  /* at most one such line a second */
     /* Out of descriptors (EMFILE and kin): logged when it starts, every few
      * seconds while it lasts, and when it ends. */
     int starved;
     int starved_errno;
     ev_tstamp starved_since, starved_reported;
     uint64_t deferred, accepted; /* failed and good accepts since the last line */
-    /* Called with each accepted socket; it owns fd from then on. */
+    /* Called with each accepted socket; it owns fd from then on, and wraps
+     * it in a connection (conn_new) before it creates any other: the per-ip
+     * count knows its connection by the next id. */
     void (*on_accept)(struct server *srv, int fd, const struct net_addr *peer);
     void *data;
 };
@@ -51,14 +70,18 @@ void server_start(struct server *srv);
 /* Accepts what is already queued on the listeners (bounded), for shutdown. */
 void server_drain_backlog(struct server *srv);
 
-/* Stops accepting and closes the listeners (unix socket files are removed). */
+/* Stops accepting and closes the listeners (unix socket files stay: see
+ * server_unlink_unix). Frees the per-ip counts: connections still open are
+ * no longer counted. */
 void server_stop(struct server *srv);
 
 /* Removes unix socket files. Only the process that created them calls it:
  * workers share the listeners and must not unlink them under each other. */
 void server_unlink_unix(struct server *srv);
 
-/* A connection went away: accepting may resume if a limit held it back. */
-void server_conn_closed(struct server *srv);
+/* A connection of the loop went away (any connection, whoever accepted or
+ * opened it; c is still valid): its address is counted down if this server
+ * counted it, and accepting may resume if a limit held it back. */
+void server_conn_closed(struct server *srv, const struct conn *c);
 
 #endif

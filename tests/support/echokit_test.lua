@@ -284,6 +284,20 @@ function Server:try_connect(i, timeout)
   return c
 end
 
+-- A TCP client whose own address is src (e.g. "127.0.0.2": all of 127/8 is
+-- local), connected to listener i; client or nil, err. Closed after the test.
+function Server:connect_from(src, i, timeout)
+  local a = self.addrs[i or 1]
+  assert(a and a.kind == "tcp" and not a.v6, "listener " .. tostring(i or 1) .. " is not IPv4")
+  local c = assert(socket.tcp())
+  c:settimeout(M.T(timeout or 5))
+  local ok, err = c:bind(src, 0)
+  if ok then ok, err = c:connect(a.host, a.port) end
+  if not ok then c:close(); return nil, err end
+  self.clients[#self.clients + 1] = c
+  return c
+end
+
 function Server:stderr() return read_file(self.errpath) end
 
 -- Parsed log lines: { {level=, msg=, line=}, ... }
