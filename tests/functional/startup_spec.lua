@@ -69,6 +69,29 @@ describe("start-up", function()
     assert.truthy(line:find("no-such-option", 1, true), line)
   end)
 
+  it("exits 2 on a count option that is not a count, naming the option", function()
+    for _, opt in ipairs({ "--max-conns", "--max-conns-per-ip" }) do
+      for _, v in ipairs({ "x", "-1", "", "3x" }) do
+        local line = expect_exit2({ opts = { opt, v }, listen = { "127.0.0.1:0" } },
+          opt .. " " .. v)
+        assert.truthy(line:find(opt .. ": '" .. v .. "' is not a count", 1, true), line)
+      end
+    end
+  end)
+
+  it("--help exits 0 and describes every long option the parser takes", function()
+    local r = t.run({ opts = { "--help" } })
+    assert.same({ "exited", 0 }, { r.how, r.code })
+    local src = t.read_file(t.src .. "/src/options.c")
+    local names = {}
+    for name in src:gmatch('{"([%w-]+)", [%w_]+_argument,') do names[#names + 1] = name end
+    assert(#names >= 20, "found only " .. #names .. " options in src/options.c")
+    for _, name in ipairs(names) do
+      assert.truthy(r.stdout:find("%-%-" .. name:gsub("%-", "%%-") .. "[ ,\n]"),
+        "--help does not mention --" .. name)
+    end
+  end)
+
   it("exits 2 on a malformed listen address", function()
     expect_exit2({ listen = { "not-an-address" } }, "bad --listen")
   end)
