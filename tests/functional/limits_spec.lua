@@ -147,6 +147,25 @@ describe("limits", function()
       echoes(a, "A", "first client, after")
     end)
 
+    it("counts per worker with --workers 2: at most 2 x N from one address", function()
+      local srv = t.start{ opts = { "--max-conns-per-ip", "1", "--workers", "2" } }
+      local served, closed = 0, 0
+      for i = 1, 6 do
+        local c = assert(srv:connect_from("127.0.0.1"))
+        t.send_all(c, "x")
+        local got, err = c:receive(1)
+        if got == "x" then
+          served = served + 1
+        else
+          assert(err == "closed" or err == "connection reset by peer",
+            "client " .. i .. ": " .. tostring(err))
+          closed = closed + 1
+        end
+      end
+      assert(served >= 1 and served <= 2, served .. " of 6 served by 2 workers with N = 1")
+      assert.equal(6 - served, closed)
+    end)
+
     it("does not count unix-socket peers", function()
       local srv = t.start{ listen = { "unix:" .. t.unix_path("perip") },
                            opts = { "--max-conns-per-ip", "1" } }
