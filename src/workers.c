@@ -29,11 +29,14 @@ void workers_prepare(sigset_t *oldmask)
     sigaction(SIGTERM, &sa, NULL);
 }
 
-/* The parent of N workers: forwards SIGINT/SIGTERM and waits for them all. */
+/* The parent of N workers (pids[i] 0 for one that was never forked):
+ * forwards SIGINT/SIGTERM and waits for them all. */
 static int supervise(pid_t *pids, long n)
 {
     int status = 0;
-    long left = n;
+    long left = 0;
+    for (long i = 0; i < n; i++)
+        left += pids[i] > 0;
     while (left) {
         if (forward_sig) {
             for (long i = 0; i < n; i++)
@@ -68,10 +71,13 @@ int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask)
 {
     pid_t *pids = calloc((size_t)n, sizeof *pids);
     pid_t parent = getpid();
+    int failed = !pids;
     for (long i = 0; i < n && pids; i++) {
         pid_t p = fork();
         if (p < 0) {
-            log_msg(LOG_ERROR, "fork: %s", strerror(errno));
+            /* The ones forked serve on; the exit status tells. */
+            log_msg(LOG_ERROR, "fork: %s (%ld of %ld workers started)", strerror(errno), i, n);
+            failed = 1;
             break;
         }
         if (p == 0) {
@@ -87,5 +93,5 @@ int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask)
     sigprocmask(SIG_SETMASK, oldmask, NULL); /* pending ones are forwarded now */
     int status = pids ? supervise(pids, n) : 1;
     free(pids);
-    return status;
+    return failed ? 1 : status;
 }

@@ -16,7 +16,8 @@ void workers_prepare(sigset_t *oldmask);
  * are still blocked there: the caller starts its ev_signal watchers, then
  * restores oldmask itself (libev does not unblock them). In the parent it
  * restores oldmask, forwards SIGINT/SIGTERM to every worker, and returns once
- * all have ended: 0 if each exited 0, else 1 (each failure is logged). */
+ * all have ended: 0 if each exited 0 and all n could be forked, else 1
+ * (each failure is logged). */
 int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask);
 
 #endif
