@@ -210,7 +210,7 @@ describe("limits", function()
   end)
 
   describe("out of file descriptors", function()
-    it("pauses accepting, logs it once, and accepts again when clients leave", function()
+    it("pauses accepting, logs it when it starts, every 5 s, and when it ends", function()
       if t.wrapper then pending("a memory checker needs descriptors of its own") return end
       -- echokit raises its soft limit to the hard one: set both
       local nofile = 32
@@ -242,10 +242,15 @@ describe("limits", function()
       end
       local starved = waiting[2]
       assert(#served > #waiting, #served .. " clients served before the limit")
-      -- a second of retries (ten, one each 0.1 s) while nothing is freed
-      t.expect_silence(starved, 1, "a client while out of descriptors")
+      -- five seconds of retries (one each 0.1 s) while nothing is freed: one
+      -- line when it began, one more after 5 s with the count
+      t.expect_silence(starved, 5, "a client while out of descriptors")
+      local still = srv:await_log("accept: still Too many open files after 5s: %d+ retries failed")
+      local retries = tonumber(still:match("(%d+) retries failed"))
+      assert(retries >= 20 and retries <= 60, still)
       assert(srv:alive(), "echokit died out of descriptors")
       assert.equal(1, #srv:log_matching("pausing accepts"), "back-off lines:\n" .. srv:stderr())
+      assert.equal(1, #srv:log_matching("accept: still"), "back-off lines:\n" .. srv:stderr())
       assert.equal(0, #srv:log_matching("accepting again"))
       -- clients leave: the waiting ones are accepted and served
       for i = 1, #waiting + 1 do served[i]:close() end
@@ -253,7 +258,7 @@ describe("limits", function()
       srv:await_log("accepting again after")
       for i = #waiting + 2, #served do echoes(served[i], "z", "client " .. i .. ", after") end
       local lines = srv:log_matching(" accept: ")
-      assert(#lines == 2, "back-off lines:\n" .. table.concat(lines, "\n"))
+      assert(#lines == 3, "back-off lines:\n" .. table.concat(lines, "\n"))
     end)
   end)
 end)
