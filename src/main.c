@@ -266,9 +266,16 @@ int main(int argc, char **argv)
     if (!worker)
         server_unlink_unix(&a.srv);
     ev_timer_stop(a.loop, &a.grace_timer);
+    /* Shutdown is done: a late signal must not turn exit 0 into a kill.
+     * ev_signal_stop restores the default action (death), so the signals are
+     * blocked across it, then ignored, which discards any that came. */
+    sigset_t stopsigs;
+    sigemptyset(&stopsigs);
+    sigaddset(&stopsigs, SIGINT);
+    sigaddset(&stopsigs, SIGTERM);
+    sigprocmask(SIG_BLOCK, &stopsigs, NULL);
     ev_signal_stop(a.loop, &a.sigint);
     ev_signal_stop(a.loop, &a.sigterm);
-    /* Shutdown is done: a late signal must not turn exit 0 into a kill. */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     script_free(a.S);
