@@ -220,8 +220,37 @@ static void refuse(struct server *srv, int fd, const struct net_addr *peer)
     ev_timer_start(srv->ctx->loop, &srv->refused_log);
 }
 
+/* Counts connection id against the address key, or counts it down. */
+static void count(struct server *srv, const unsigned char key[16], uint64_t id)
+{
+    struct server_ip *e = ip_slot(srv, key);
+    if (!e->n) {
+        memcpy(e->addr, key, 16);
+        srv->ips_used++;
+    }
+    e->n++;
+    *id_slot(srv, id) = id;
+    srv->counted_used++;
+}
+
+static void uncount(struct server *srv, const unsigned char key[16], uint64_t id)
+{
+    if (!srv->counted_used)
+        return; /* nothing counted, or the tables are gone (server_stop) */
+    uint64_t *slot = id_slot(srv, id);
+    if (!*slot)
+        return; /* not one of ours */
+    id_remove(srv, slot);
+    struct server_ip *e = ip_slot(srv, key);
+    if (e->n && --e->n == 0)
+        ip_remove(srv, e);
+}
+
 /* Hands an accepted socket on, or closes it when its address is at the
- * per-address limit. Counts the connection on_accept made of it. */
+ * per-address limit. The connection on_accept makes of it takes the next id:
+ * it is counted under that id before on_accept runs, so that one torn down
+ * and reaped before on_accept returns is counted down too, and uncounted
+ * after if no connection was made (the id then goes to another). */
 static void take(struct server *srv, int fd, const struct net_addr *peer)
 {
     unsigned char key[16];
@@ -234,44 +263,23 @@ static void take(struct server *srv, int fd, const struct net_addr *peer)
         close(fd);
         return;
     }
-    struct server_ip *e = ip_slot(srv, key);
-    if (e->n >= srv->max_conns_per_ip) {
+    if (ip_slot(srv, key)->n >= srv->max_conns_per_ip) {
         refuse(srv, fd, peer);
         return;
     }
     uint64_t id = srv->ctx->next_id;
+    count(srv, key, id);
     srv->on_accept(srv, fd, peer);
     if (srv->ctx->next_id == id)
-        return; /* no connection made (out of memory): nothing to count */
-    /* The handler ran: it may have stopped the server (echokit.stop() drains
-     * the backlog through here, then frees the tables), so look again. */
-    if (!srv->running || tables_reserve(srv) < 0)
-        return;
-    e = ip_slot(srv, key);
-    if (!e->n) {
-        memcpy(e->addr, key, 16);
-        srv->ips_used++;
-    }
-    e->n++;
-    *id_slot(srv, id) = id;
-    srv->counted_used++;
+        uncount(srv, key, id);
 }
 
 /* Counts down the address of c if take() counted it. */
-static void uncount(struct server *srv, const struct conn *c)
+static void conn_gone(struct server *srv, const struct conn *c)
 {
-    if (!srv->counted_used)
-        return;
-    uint64_t *slot = id_slot(srv, c->id);
-    if (!*slot)
-        return;
-    id_remove(srv, slot);
     unsigned char key[16];
-    if (!ip_key(&c->peer.sa, key))
-        return; /* cannot happen: only TCP peers are counted */
-    struct server_ip *e = ip_slot(srv, key);
-    if (e->n && --e->n == 0)
-        ip_remove(srv, e);
+    if (srv->counted_used && ip_key(&c->peer.sa, key))
+        uncount(srv, key, c->id);
 }
 
 int server_listen(struct server *srv, const char *spec, char *err)
@@ -373,7 +381,7 @@ void server_unlink_unix(struct server *srv)
 
 void server_conn_closed(struct server *srv, const struct conn *c)
 {
-    uncount(srv, c);
+    conn_gone(srv, c);
     if (srv->running && !srv->accepting && !ev_is_active(&srv->backoff) && below_limit(srv))
         set_accepting(srv, 1);
 }
