@@ -347,7 +347,7 @@ static void script_stop(struct script *S)
 static void on_accept(struct server *srv, int fd, const struct net_addr *peer)
 {
     struct app *a = srv->data;
-    lconn_accept(a->S, fd, peer);
+    lconn_accept(a->S, fd, peer, NULL);
 }
 
 /* ---- workers -------------------------------------------------------------- */
