@@ -655,17 +655,29 @@ static void fair_drains(struct conn_ctx *ctx)
     }
 }
 
+static void reap_one(struct conn_ctx *ctx, struct conn *c)
+{
+    c->flags |= CONN_REAPED;
+    list_unlink(&ctx->reap, c);
+    ctx->stats.open--;
+    if (c->ops->on_close)
+        c->ops->on_close(c, c->reason);
+    conn_unref(c);
+    if (ctx->on_reaped)
+        ctx->on_reaped(ctx);
+}
+
 static void reap(struct conn_ctx *ctx)
 {
-    while (ctx->reap) {
-        struct conn *c = ctx->reap;
-        list_unlink(&ctx->reap, c);
-        ctx->stats.open--;
-        if (c->ops->on_close)
-            c->ops->on_close(c, c->reason);
-        conn_unref(c);
-        if (ctx->on_reaped)
-            ctx->on_reaped(ctx);
+    while (ctx->reap)
+        reap_one(ctx, ctx->reap);
+}
+
+void conn_reap_now(struct conn *c)
+{
+    if (c->flags & CONN_DEAD && !(c->flags & CONN_REAPED)) {
+        c->flags |= CONN_REAPED;
+        reap_one(c->ctx, c);
     }
 }
 

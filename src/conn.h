@@ -86,6 +86,7 @@ enum {
     CONN_TAP_EOF = 1u << 13,   /* call ops->on_tap(c, NULL, 0) at a piped EOF */
     CONN_FAIR = 1u << 14,      /* in ctx->fair */
     CONN_PIPE_RST = 1u << 15,  /* a reset of this piped connection resets the other end */
+    CONN_REAPED = 1u << 16,    /* on_close has run */
 };
 
 struct conn {
@@ -166,6 +167,14 @@ int conn_write(struct conn *c, const void *data, size_t len);
  * stops at 0 and continues in on_drain thus gives the loop back at least
  * once per quota. Same results as conn_write otherwise. */
 int conn_write_fair(struct conn *c, const void *data, size_t len);
+
+/* Runs a torn-down connection's on_close now instead of at the end of the
+ * loop turn, and drops the reference it held for being open (which may free
+ * it). Only for a caller that holds no pointer into c afterwards and is not
+ * inside another callback of c: ops->on_data, from the loop, for a
+ * connection its handler's error tore down, so that what the handler held
+ * for it is released before the next connection's callback runs. */
+void conn_reap_now(struct conn *c);
 
 void conn_close(struct conn *c);    /* after the queue is flushed */
 void conn_shutdown(struct conn *c); /* half-close once flushed */

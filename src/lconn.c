@@ -411,19 +411,24 @@ static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- conn_ops ------------------------------------------------------------ */
 
+/* Input: on_data, or the serve coroutine's receive. A callback that failed
+ * (reaching the memory cap, say) has its connection reaped at once, so what
+ * the handler kept for it is garbage before the next connection's callback
+ * allocates: one client filling the Lua heap must not fail the others. */
 static void op_data(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
     if (lc->co) {
         serve_input(lc, buf, len);
-        return;
-    }
-    if (lc->h->cb[CB_DATA] == LUA_NOREF)
-        return; /* no reader: input is discarded */
-    struct lconn *prev = calling;
-    calling = lc;
-    script_call_chunk(lc->S, lc->h->cb[CB_DATA], lc->ud_ref, buf, len, 0, "on_data", c);
-    calling = prev;
+    } else if (lc->h->cb[CB_DATA] != LUA_NOREF) {
+        struct lconn *prev = calling;
+        calling = lc;
+        script_call_chunk(lc->S, lc->h->cb[CB_DATA], lc->ud_ref, buf, len, 0, "on_data", c);
+        calling = prev;
+    } /* else no reader: input is discarded */
+    if ((c->flags & CONN_DEAD) && !lc->S->depth && c->reason &&
+        !strncmp(c->reason, "error", 5))
+        conn_reap_now(c);
 }
 
 static void op_eof(struct conn *c)

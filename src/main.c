@@ -558,9 +558,11 @@ int main(int argc, char **argv)
                 if (getppid() != parent)
                     _exit(0);
                 ev_loop_fork(a.loop);
-                /* libev sets the mask for the signals it watches. */
                 ev_signal_start(a.loop, &a.sigint);
                 ev_signal_start(a.loop, &a.sigterm);
+                /* The parent blocked them around the fork: a worker that kept
+                 * them blocked would never hear SIGTERM. */
+                sigprocmask(SIG_SETMASK, &oldmask, NULL);
                 goto run;
             }
             pids[i] = p;

@@ -388,6 +388,10 @@ int script_call_chunk(struct script *S, int fn, int self, const char *chunk, siz
         lua_pushlstring(L, chunk, len);
     S->uncapped = 0;
     int rc;
+    /* Over the cap counts garbage too: collect before refusing, as Lua
+     * itself does before an allocation fails. */
+    if (S->mem_limit && S->mem_used > S->mem_limit)
+        lua_gc(L, LUA_GCCOLLECT);
     if (S->mem_limit && S->mem_used > S->mem_limit) {
         lua_pop(L, 3);
         lua_pushliteral(L, "not enough memory");
