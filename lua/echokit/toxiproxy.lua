@@ -214,7 +214,7 @@ end
 -- decoder's (decode_max_depth).
 local function nonfinite(v, path)
   if type(v) == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return path end
+    if v ~= v or v == math.huge or v == -math.huge then return path or "body" end
   elseif type(v) == "table" then
     for k, x in pairs(v) do
       local p = nonfinite(x, path and (path .. "." .. tostring(k)) or tostring(k))
@@ -473,7 +473,9 @@ end
 function H.populate(req)
   local body, err = decode(req.body)
   if err then return populate_answer({}, err) end
-  if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) then
+  -- cjson reads {} and [] alike: the text tells them apart.
+  if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) or
+     not req.body:find("^%s*%[") then
     return populate_answer({}, E.bad_body("expected a JSON array of proxies"))
   end
   local inputs, seen, added = {}, {}, 0

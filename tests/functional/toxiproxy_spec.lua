@@ -434,6 +434,9 @@ describe("control API", function()
       { "PATCH", "/proxies/nums", '{"enabled":false,"n":-1e999}', "n: number out of range" },
       { "POST", "/populate", '[{"name":"x","upstream":"' .. upstream .. '","n":1e999}]',
         "1%.n: number out of range" },
+      { "POST", "/populate", "1e999", "body: number out of range" },
+      { "POST", "/populate", "{}", "expected a JSON array of proxies" },
+      { "POST", "/populate", '{"name":"x"}', "expected a JSON array of proxies" },
     }
     for _, case in ipairs(cases) do
       local what = case[1] .. " " .. case[2] .. " " .. case[3]
