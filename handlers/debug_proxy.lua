@@ -15,6 +15,13 @@
 --                upstream's real addresses
 --   events=FILE  writes one JSON object per line per event (open, connected,
 --                data, eof, close) to FILE, or to stderr with events=-
+--   queue=BYTES  output waiting for a slow reader, per destination (default 1m)
+--
+-- The dump and the events never block the loop: they go through
+-- echokit.writer, and while stderr (or the events file) is not read fast
+-- enough, whole chunks and events past queue= are dropped, not waited for.
+-- The next write that gets through is preceded by a note of the bytes lost:
+-- `... [debug] N bytes of output dropped ...`, or a `dropped` event.
 local echokit = require "echokit"
 local args = ...
 
@@ -45,15 +52,15 @@ if args.pcap then
   pcap = assert(echokit.pcap(args.pcap))
 end
 
+local queue = echokit.size(args.queue, 1024 * 1024)
+local out = assert(echokit.writer("stderr", { max = queue }))
 local events
 if args.events == "-" then
-  events = io.stderr
+  events = out
 elseif args.events then
-  events = assert(io.open(args.events, "w"))
-  events:setvbuf("line")
+  events = assert(echokit.writer(args.events, { max = queue }))
 end
 
-local out = io.stderr
 local paint = function(_, s) return s end
 if color then
   local codes = { open = "1;33", close = "1;33", up = "32", down = "36", err = "1;31" }
@@ -81,8 +88,21 @@ local function json_string(s)
   end) .. '"'
 end
 
-local function emit(ev)
-  if not events then return end
+-- Writes s to w (an echokit.writer); when w dropped output since the last
+-- note, a note of how much (note(bytes)) goes first.
+local reported = {}
+local function put(w, s, note)
+  local lost = w:dropped() - (reported[w] or 0)
+  if lost > 0 and w:write(note(lost)) then reported[w] = (reported[w] or 0) + lost end
+  w:write(s)
+end
+
+local function dump_note(lost)
+  return stamp(echokit.time()) .. " [debug] " .. lost ..
+    " bytes of output dropped (not read fast enough)\n"
+end
+
+local function event_line(ev)
   local parts = {}
   for _, k in ipairs(ev) do
     local v = ev[k]
@@ -94,7 +114,15 @@ local function emit(ev)
       parts[#parts + 1] = json_string(k) .. ":" .. text
     end
   end
-  events:write("{", table.concat(parts, ","), "}\n")
+  return "{" .. table.concat(parts, ",") .. "}\n"
+end
+
+local function events_note(lost)
+  return event_line({ "ts", "event", "bytes", ts = echokit.time(), event = "dropped", bytes = lost })
+end
+
+local function emit(ev)
+  if events then put(events, event_line(ev), events == out and dump_note or events_note) end
 end
 
 local function printable(data)
@@ -104,17 +132,18 @@ end
 local function show_chunk(s, dir, data, offset)
   local now = echokit.time()
   local label = dir == "up" and "client -> upstream" or "upstream -> client"
-  out:write(stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n")
+  local text = { stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n" }
   if dump ~= "none" then
     local shown = #data > max and data:sub(1, max) or data
     if dump == "hex" then
-      out:write(echokit.hexdump(shown, offset))
+      text[#text + 1] = echokit.hexdump(shown, offset)
     else
-      local text = printable(shown)
-      out:write(text, text:sub(-1) == "\n" and "" or "\n")
+      local t = printable(shown)
+      text[#text + 1] = t:sub(-1) == "\n" and t or t .. "\n"
     end
-    if #shown < #data then out:write("... ", #data - #shown, " more bytes\n") end
+    if #shown < #data then text[#text + 1] = "... " .. (#data - #shown) .. " more bytes\n" end
   end
+  put(out, table.concat(text), dump_note) -- one write: a chunk is shown whole or dropped whole
   emit({ "ts", "event", "id", "dir", "bytes", "offset",
          ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
          dir = dir == "up" and "client->upstream" or "upstream->client" })
@@ -123,7 +152,8 @@ end
 -- Per-client session: s.bytes.up / s.bytes.down count what passed each way.
 local function note(s, what, text, extra)
   local now = echokit.time()
-  out:write(stamp(now), " [conn ", s.id, "] ", paint(what == "err" and "err" or "open", text), "\n")
+  put(out, stamp(now) .. " [conn " .. s.id .. "] " .. paint(what == "err" and "err" or "open", text)
+      .. "\n", dump_note)
   if extra then
     extra.ts, extra.id = now, s.id
     emit(extra)

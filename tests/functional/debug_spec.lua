@@ -433,3 +433,75 @@ return {
     assert.equal("fedcba", s.server)
   end)
 end)
+
+describe("debug proxy with a stderr nobody reads", function()
+  after_each(teardown)
+
+  -- echokit -H debug with stderr on its stdout pipe (2>&1), which the test
+  -- reads up to the `listening on` line and then leaves alone, so the pipe
+  -- fills up as a stalled log reader's would.
+  local function start_stalled(upstream, args)
+    local a = { upstream = upstream }
+    for k, v in pairs(args or {}) do a[k] = v end
+    local argv = t.build_argv{ listen = { "127.0.0.1:0" }, handler = "debug", args = a }
+    local p = assert(t.proc.spawn(argv, { cwd = t.src }))
+    finally(function()
+      if not p:wait(0) then p:kill("KILL"); p:wait(5) end
+    end)
+    local line, why = p:readline(t.T(10))
+    local port = line and line:match("^listening on 127%.0%.0%.1:(%d+)$")
+    assert(port, "no listening line: " .. tostring(line or why))
+    return p, tonumber(port)
+  end
+
+  local function connect(port)
+    local c = assert(socket.tcp())
+    c:settimeout(t.T(5))
+    assert(c:connect("127.0.0.1", port))
+    return c
+  end
+
+  it("drops the dump rather than stall every connection, and says how much", function()
+    local up = t.start{ handler = "echo" }
+    local p, port = start_stalled(peers.addr_of(up))
+    local c = connect(port)
+    -- 4 MiB is some 17 MiB of hexdump: far more than a pipe holds
+    t.exchange(c, t.random_bytes(4 * MiB), { timeout = 15 })
+    local other = connect(port)
+    local t0 = t.now()
+    assert.equal("still here", t.ask(other, "still here", 2))
+    assert(t.now() - t0 < t.T(1), "a second client waited " .. (t.now() - t0) .. " s")
+    c:close()
+    other:close()
+    -- Reading again lets the output through, and the next write brings the
+    -- note of what was lost. Nothing may be left to write once the queue has
+    -- drained, so while the pipe stays quiet a new client makes some output.
+    local dropped
+    local deadline = t.now() + t.T(15)
+    repeat
+      local line, why = p:readline(t.T(0.3))
+      dropped = line and line:match(" %[debug%] (%d+) bytes of output dropped")
+      if why == "timeout" then
+        local k = connect(port)
+        assert.equal("poke", t.ask(k, "poke", 5))
+        k:close()
+      end
+    until dropped or why == "eof" or t.now() > deadline
+    assert(dropped and tonumber(dropped) > 0, "no drop note on stderr")
+    -- and the dump goes on as before
+    local k = connect(port)
+    local _, kport = k:getsockname()
+    assert.equal("after", t.ask(k, "after", 5))
+    k:close()
+    local want = "%] open 127%.0%.0%.1:" .. kport .. " %-> "
+    local seen
+    repeat
+      local line = p:readline(math.max(0, deadline - t.now()))
+      seen = line and line:find(want)
+    until seen or not line
+    assert(seen, "no open line for the client after the drops")
+    p:kill("TERM")
+    p:readall(t.T(10))
+    assert.same({ "exited", 0 }, { p:wait(t.T(5)) })
+  end)
+end)
