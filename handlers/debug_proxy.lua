@@ -14,7 +14,11 @@
 --                one TCP stream per client, between the client's and the
 --                upstream's real addresses
 --   events=FILE  writes one JSON object per line per event (open, connected,
---                data, eof, close) to FILE, or to stderr with events=-
+--                data, eof, close) to FILE, or to stderr with events=-.
+--                A data event carries the bytes shown (at most max=) in
+--                `data`: as text when they are UTF-8 ("encoding":"text"),
+--                else in base64 ("encoding":"base64"). Other text that is
+--                not UTF-8 (a unix socket's path) is read as Latin-1.
 --   queue=BYTES  output waiting for a slow reader, per destination (default 1m)
 --
 -- The dump and the events never block the loop: they go through
@@ -23,6 +27,8 @@
 -- The next write that gets through is preceded by a note of the bytes lost:
 -- `... [debug] N bytes of output dropped ...`, or a `dropped` event.
 local echokit = require "echokit"
+local codec = require "echokit.codec"
+local json = require "echokit.json"
 local args = ...
 
 local upstream = args.upstream
@@ -78,16 +84,6 @@ local function addr(host, port)
   return host .. ":" .. port
 end
 
--- JSON text for a flat table of strings, numbers, booleans (nil fields left out).
-local function json_string(s)
-  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
-    local b = c:byte()
-    if c == '"' or c == "\\" then return "\\" .. c end
-    if b < 32 or b == 127 then return string.format("\\u%04x", b) end
-    return c -- bytes of UTF-8 sequences pass as they are
-  end) .. '"'
-end
-
 -- Writes s to w (an echokit.writer); when w dropped output since the last
 -- note, a note of how much (note(bytes)) goes first.
 local reported = {}
@@ -102,19 +98,13 @@ local function dump_note(lost)
     " bytes of output dropped (not read fast enough)\n"
 end
 
+-- An event as one JSON line (echokit.json): ev lists its keys in order, then
+-- holds their values; times are rounded to the microsecond.
 local function event_line(ev)
-  local parts = {}
   for _, k in ipairs(ev) do
-    local v = ev[k]
-    if v ~= nil then
-      local t = type(v)
-      local text = t == "string" and json_string(v)
-        or t == "boolean" and tostring(v)
-        or (math.type(v) == "integer" and tostring(v) or string.format("%.6f", v))
-      parts[#parts + 1] = json_string(k) .. ":" .. text
-    end
+    if math.type(ev[k]) == "float" then ev[k] = math.floor(ev[k] * 1e6 + 0.5) / 1e6 end
   end
-  return "{" .. table.concat(parts, ",") .. "}\n"
+  return json.object(ev, ev) .. "\n"
 end
 
 local function events_note(lost)
@@ -132,21 +122,25 @@ end
 local function show_chunk(s, dir, data, offset)
   local now = echokit.time()
   local label = dir == "up" and "client -> upstream" or "upstream -> client"
+  local shown = #data > max and data:sub(1, max) or data
   local text = { stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n" }
-  if dump ~= "none" then
-    local shown = #data > max and data:sub(1, max) or data
-    if dump == "hex" then
-      text[#text + 1] = echokit.hexdump(shown, offset)
-    else
-      local t = printable(shown)
-      text[#text + 1] = t:sub(-1) == "\n" and t or t .. "\n"
-    end
-    if #shown < #data then text[#text + 1] = "... " .. (#data - #shown) .. " more bytes\n" end
+  if dump == "hex" then
+    text[#text + 1] = echokit.hexdump(shown, offset)
+  elseif dump == "text" then
+    local t = printable(shown)
+    text[#text + 1] = t:sub(-1) == "\n" and t or t .. "\n"
+  end
+  if dump ~= "none" and #shown < #data then
+    text[#text + 1] = "... " .. (#data - #shown) .. " more bytes\n"
   end
   put(out, table.concat(text), dump_note) -- one write: a chunk is shown whole or dropped whole
-  emit({ "ts", "event", "id", "dir", "bytes", "offset",
-         ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
-         dir = dir == "up" and "client->upstream" or "upstream->client" })
+  if events then
+    local encoding = utf8.len(shown) and "text" or "base64"
+    emit({ "ts", "event", "id", "dir", "bytes", "offset", "data", "encoding",
+           ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
+           dir = dir == "up" and "client->upstream" or "upstream->client",
+           data = encoding == "text" and shown or codec.base64(shown), encoding = encoding })
+  end
 end
 
 -- Per-client session: s.bytes.up / s.bytes.down count what passed each way.

@@ -388,6 +388,65 @@ for c in conns.values():
   end)
 end)
 
+describe("debug proxy event log, any bytes", function()
+  after_each(teardown)
+
+  it("is JSON a strict decoder takes: UTF-8 data as text, other bytes in base64", function()
+    local dir = peers.tmpdir()
+    -- the upstream's unix socket has a name that is not UTF-8 either
+    local upath = dir .. "/up\255\128.sock"
+    local up = t.start{ handler = UPSTREAM, listen = { "unix:" .. upath } }
+    local path = dir .. "/events.jsonl"
+    local proxy = start_debug("unix:" .. upath, { events = path, dump = "none" })
+    local high = {}
+    for b = 0x80, 0xFF do high[#high + 1] = string.char(b) end
+    local payloads = {
+      table.concat(high),                    -- every byte 0x80-0xFF
+      "\xC3\x28 \xE2\x82 \xF0\x28\x8C\xBC", -- bad continuation, cut sequences
+      "\xED\xA0\x80 \xC0\xAF \xF4\x90\x80\x80", -- a surrogate, an overlong, past U+10FFFF
+      "h\xC3\xA9llo \xE2\x9C\x93 \"q\" \\ / \0\1\31\127\n", -- valid UTF-8 and controls
+    }
+    local sent = {}
+    for _, data in ipairs(payloads) do sent[exchange_eof(proxy, data)] = data end
+    t.eventually(function() return #proxy:log_matching("%] close ") == #payloads end, 10,
+      "every close line")
+    proxy:stop()
+    -- Python, strict: the file is read as UTF-8 with errors raised, NaN and
+    -- friends are refused. It prints each connection's bytes each way, put
+    -- back together from the data events, as hex.
+    local r = peers.run({ "python3", "-c", [==[
+import base64, json, sys
+def no(c): raise ValueError("not JSON: " + c)
+conns, kinds = {}, set()
+for line in open(sys.argv[1], "rb"):
+    ev = json.loads(line, parse_constant=no)
+    c = conns.setdefault(ev["id"], {"client->upstream": b"", "upstream->client": b""})
+    if ev["event"] == "open":
+        c["client"] = ev["client"]
+        assert ev["upstream"].encode("latin-1") == sys.argv[2].encode("utf-8", "surrogateescape")
+    if ev["event"] == "data":
+        kinds.add(ev["encoding"])
+        d = ev["data"]
+        d = base64.b64decode(d) if ev["encoding"] == "base64" else d.encode("utf-8")
+        c[ev["dir"]] += d
+for c in conns.values():
+    print(c["client"].split(":")[-1], c["client->upstream"].hex(), c["upstream->client"].hex())
+print(" ".join(sorted(kinds)))
+]==], path, "unix:" .. upath }, 10)
+    peers.assert_ok(r, "decoding the event log")
+    local function hex(s) return (s:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)) end
+    local seen = 0
+    for port, up_hex, down_hex in r.out:gmatch("(%d+) (%x*) (%x*)\n") do
+      local data = assert(sent[tonumber(port)], "unknown client port " .. port)
+      assert.equal(hex(data), up_hex)
+      assert.equal(hex(data .. "END " .. #data .. "\n"), down_hex)
+      seen = seen + 1
+    end
+    assert.equal(#payloads, seen)
+    assert.matches("base64 text\n$", r.out)
+  end)
+end)
+
 describe("echokit.pcap from a handler", function()
   after_each(teardown)
 
