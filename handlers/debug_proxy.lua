@@ -2,6 +2,7 @@
 --
 --   echokit -H debug -- upstream=127.0.0.1:8080 [pcap=out.pcap] [events=FILE|-]
 --                       [dump=hex|text|none] [max=BYTES] [color=auto|always|never]
+--                       [queue=BYTES]
 --
 -- Relays every client to the upstream like the `proxy` handler (in C, with
 -- back-pressure and half-close) and, on stderr, prints a line per connection
