@@ -2,6 +2,7 @@
 --
 --   echokit -H debug -- upstream=127.0.0.1:8080 [pcap=out.pcap] [events=FILE|-]
 --                       [dump=hex|text|none] [max=BYTES] [color=auto|always|never]
+--                       [queue=BYTES]
 --
 -- Relays every client to the upstream like the `proxy` handler (in C, with
 -- back-pressure and half-close) and, on stderr, prints a line per connection
@@ -14,8 +15,21 @@
 --                one TCP stream per client, between the client's and the
 --                upstream's real addresses
 --   events=FILE  writes one JSON object per line per event (open, connected,
---                data, eof, close) to FILE, or to stderr with events=-
+--                data, eof, close) to FILE, or to stderr with events=-.
+--                A data event carries the bytes shown (at most max=) in
+--                `data`: as text when they are UTF-8 ("encoding":"text"),
+--                else in base64 ("encoding":"base64"). Other text that is
+--                not UTF-8 (a unix socket's path) is read as Latin-1.
+--   queue=BYTES  output waiting for a slow reader, per destination (default 1m)
+--
+-- The dump and the events never block the loop: they go through
+-- echokit.writer, and while stderr (or the events file) is not read fast
+-- enough, whole chunks and events past queue= are dropped, not waited for.
+-- The next write that gets through is preceded by a note of the bytes lost:
+-- `... [debug] N bytes of output dropped ...`, or a `dropped` event.
 local echokit = require "echokit"
+local codec = require "echokit.codec"
+local json = require "echokit.json"
 local args = ...
 
 local upstream = args.upstream
@@ -45,15 +59,15 @@ if args.pcap then
   pcap = assert(echokit.pcap(args.pcap))
 end
 
+local queue = echokit.size(args.queue, 1024 * 1024)
+local out = assert(echokit.writer("stderr", { max = queue }))
 local events
 if args.events == "-" then
-  events = io.stderr
+  events = out
 elseif args.events then
-  events = assert(io.open(args.events, "w"))
-  events:setvbuf("line")
+  events = assert(echokit.writer(args.events, { max = queue }))
 end
 
-local out = io.stderr
 local paint = function(_, s) return s end
 if color then
   local codes = { open = "1;33", close = "1;33", up = "32", down = "36", err = "1;31" }
@@ -71,30 +85,35 @@ local function addr(host, port)
   return host .. ":" .. port
 end
 
--- JSON text for a flat table of strings, numbers, booleans (nil fields left out).
-local function json_string(s)
-  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
-    local b = c:byte()
-    if c == '"' or c == "\\" then return "\\" .. c end
-    if b < 32 or b == 127 then return string.format("\\u%04x", b) end
-    return c -- bytes of UTF-8 sequences pass as they are
-  end) .. '"'
+-- Writes s to w (an echokit.writer); when w dropped output since the last
+-- note, a note of how much (note(bytes)) goes first.
+local reported = {}
+local function put(w, s, note)
+  local lost = w:dropped() - (reported[w] or 0)
+  if lost > 0 and w:write(note(lost)) then reported[w] = (reported[w] or 0) + lost end
+  w:write(s)
+end
+
+local function dump_note(lost)
+  return stamp(echokit.time()) .. " [debug] " .. lost ..
+    " bytes of output dropped (not read fast enough)\n"
+end
+
+-- An event as one JSON line (echokit.json): ev lists its keys in order, then
+-- holds their values; times are rounded to the microsecond.
+local function event_line(ev)
+  for _, k in ipairs(ev) do
+    if math.type(ev[k]) == "float" then ev[k] = math.floor(ev[k] * 1e6 + 0.5) / 1e6 end
+  end
+  return json.object(ev, ev) .. "\n"
+end
+
+local function events_note(lost)
+  return event_line({ "ts", "event", "bytes", ts = echokit.time(), event = "dropped", bytes = lost })
 end
 
 local function emit(ev)
-  if not events then return end
-  local parts = {}
-  for _, k in ipairs(ev) do
-    local v = ev[k]
-    if v ~= nil then
-      local t = type(v)
-      local text = t == "string" and json_string(v)
-        or t == "boolean" and tostring(v)
-        or (math.type(v) == "integer" and tostring(v) or string.format("%.6f", v))
-      parts[#parts + 1] = json_string(k) .. ":" .. text
-    end
-  end
-  events:write("{", table.concat(parts, ","), "}\n")
+  if events then put(events, event_line(ev), events == out and dump_note or events_note) end
 end
 
 local function printable(data)
@@ -104,26 +123,32 @@ end
 local function show_chunk(s, dir, data, offset)
   local now = echokit.time()
   local label = dir == "up" and "client -> upstream" or "upstream -> client"
-  out:write(stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n")
-  if dump ~= "none" then
-    local shown = #data > max and data:sub(1, max) or data
-    if dump == "hex" then
-      out:write(echokit.hexdump(shown, offset))
-    else
-      local text = printable(shown)
-      out:write(text, text:sub(-1) == "\n" and "" or "\n")
-    end
-    if #shown < #data then out:write("... ", #data - #shown, " more bytes\n") end
+  local shown = #data > max and data:sub(1, max) or data
+  local text = { stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n" }
+  if dump == "hex" then
+    text[#text + 1] = echokit.hexdump(shown, offset)
+  elseif dump == "text" then
+    local t = printable(shown)
+    text[#text + 1] = t:sub(-1) == "\n" and t or t .. "\n"
   end
-  emit({ "ts", "event", "id", "dir", "bytes", "offset",
-         ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
-         dir = dir == "up" and "client->upstream" or "upstream->client" })
+  if dump ~= "none" and #shown < #data then
+    text[#text + 1] = "... " .. (#data - #shown) .. " more bytes\n"
+  end
+  put(out, table.concat(text), dump_note) -- one write: a chunk is shown whole or dropped whole
+  if events then
+    local encoding = utf8.len(shown) and "text" or "base64"
+    emit({ "ts", "event", "id", "dir", "bytes", "offset", "data", "encoding",
+           ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
+           dir = dir == "up" and "client->upstream" or "upstream->client",
+           data = encoding == "text" and shown or codec.base64(shown), encoding = encoding })
+  end
 end
 
 -- Per-client session: s.bytes.up / s.bytes.down count what passed each way.
 local function note(s, what, text, extra)
   local now = echokit.time()
-  out:write(stamp(now), " [conn ", s.id, "] ", paint(what == "err" and "err" or "open", text), "\n")
+  put(out, stamp(now) .. " [conn " .. s.id .. "] " .. paint(what == "err" and "err" or "open", text)
+      .. "\n", dump_note)
   if extra then
     extra.ts, extra.id = now, s.id
     emit(extra)

@@ -8,36 +8,21 @@
 -- echokit.http; malformed requests get 400/413/431/501/505 and a close.
 local http = require "echokit.http"
 local codec = require "echokit.codec"
+local json = require "echokit.json"
 local echokit = require "echokit"
 local args = ...
 
--- A JSON string. Bytes that are not UTF-8 (obs-text in a header) are read
--- as Latin-1, which is how HTTP has always treated them.
-local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-local function jstr(s)
-  if not utf8.len(s) then
-    s = s:gsub("[\128-\255]", function(c) return utf8.char(c:byte()) end)
-  end
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return ESC[c] or ("\\u%04x"):format(c:byte())
-  end) .. '"'
-end
-
+-- The request as JSON (echokit.json: text that is not UTF-8, such as obs-text
+-- in a header, is read as Latin-1). A body that is not UTF-8 comes as base64,
+-- so that it can be checked byte for byte.
+local FIELDS = { "method", "path", "query", "version", "headers", "body", "body_encoding" }
 local function describe(req)
-  local hs = {}
-  for i, kv in ipairs(req.header_list) do hs[i] = "[" .. jstr(kv[1]) .. "," .. jstr(kv[2]) .. "]" end
   local body, encoding = req.body, "text"
   if not utf8.len(body) then body, encoding = codec.base64(body), "base64" end
-  return table.concat{
-    '{"method":', jstr(req.method),
-    ',"path":', jstr(req.path),
-    ',"query":', req.query and jstr(req.query) or "null",
-    ',"version":', jstr(req.version),
-    ',"headers":[', table.concat(hs, ","), "]",
-    ',"body":', jstr(body),
-    ',"body_encoding":', jstr(encoding),
-    "}\n",
-  }
+  return json.object(FIELDS, {
+    method = req.method, path = req.path, query = req.query or json.null,
+    version = req.version, headers = req.header_list, body = body, body_encoding = encoding,
+  }) .. "\n"
 end
 
 local HELLO = "Hello, World!\n"

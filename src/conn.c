@@ -10,7 +10,11 @@
 
 #include "util.h"
 
-static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents);
+static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+static void wake_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)loop, (void)w, (void)revents; /* only there to keep the poll from blocking */
+}
 
 #define ACTIVE(c) ((c)->last_active = ev_now((c)->ctx->loop))
 
@@ -24,7 +28,9 @@ void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_
     ctx->low_water = 64 * 1024;
     ctx->max_buffer = 64u * 1024 * 1024;
     ctx->next_id = 1;
-    ev_idle_init(&ctx->reaper, reaper_cb);
+    ctx->turn_quota = CONN_TURN_QUOTA;
+    ev_prepare_init(&ctx->reaper, reaper_cb);
+    ev_idle_init(&ctx->wake, wake_cb);
 }
 
 static void list_unlink(struct conn **head, struct conn *c)
@@ -485,7 +491,7 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n)
     start_connect(c);
 }
 
-int conn_pipe(struct conn *src, struct conn *dst)
+int conn_pipe(struct conn *src, struct conn *dst, int reset)
 {
     if ((src->flags | dst->flags) & CONN_DEAD)
         return -2;
@@ -494,6 +500,10 @@ int conn_pipe(struct conn *src, struct conn *dst)
     conn_unpipe(src);
     src->pipe_to = dst;
     dst->pipe_from = src;
+    if (reset)
+        src->flags |= CONN_PIPE_RST;
+    else
+        src->flags &= ~(unsigned)CONN_PIPE_RST;
     return 0;
 }
 
@@ -503,7 +513,7 @@ void conn_unpipe(struct conn *src)
         return;
     src->pipe_to->pipe_from = NULL;
     src->pipe_to = NULL;
-    src->flags &= ~(unsigned)(CONN_TAP | CONN_TAP_EOF);
+    src->flags &= ~(unsigned)(CONN_TAP | CONN_TAP_EOF | CONN_PIPE_RST);
 }
 
 void conn_ref(struct conn *c)
@@ -528,13 +538,6 @@ int conn_write(struct conn *c, const void *data, size_t len)
         return -1;
     if (len == 0)
         return conn_queued(c) > ctx->high_water ? 0 : 1;
-    if (conn_queued(c) + len > ctx->max_buffer) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "error: output buffer limit of %zu bytes exceeded",
-                 ctx->max_buffer);
-        conn_abort(c, msg, 1);
-        return -2;
-    }
     const char *p = data;
     if (!conn_queued(c) && !(c->flags & CONN_CONNECTING)) {
         ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -555,6 +558,14 @@ int conn_write(struct conn *c, const void *data, size_t len)
         p += n;
         len -= (size_t)n;
     }
+    /* The cap is on what waits: bytes the socket took at once never count. */
+    if (conn_queued(c) + len > ctx->max_buffer) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "error: output buffer limit of %zu bytes exceeded",
+                 ctx->max_buffer);
+        conn_abort(c, msg, 1);
+        return -2;
+    }
     int was_empty = !conn_queued(c);
     if (outq_append(&c->out, p, len) < 0) {
         conn_abort(c, "error: out of memory", 1);
@@ -569,6 +580,36 @@ int conn_write(struct conn *c, const void *data, size_t len)
         return 0;
     }
     return 1;
+}
+
+int conn_write_fair(struct conn *c, const void *data, size_t len)
+{
+    struct conn_ctx *ctx = c->ctx;
+    int rc = conn_write(c, data, len);
+    c->turn_bytes += len;
+    if (rc != 1 || c->turn_bytes < ctx->turn_quota || !ctx->turn_quota)
+        return rc;
+    /* The count runs across turns until it reaches the quota; only then is
+     * it checked against the turn (ev_iteration is a call), and restarted
+     * from this write if older turns made it. A turn thus passes at most
+     * twice the quota. */
+    unsigned turn = ev_iteration(ctx->loop);
+    if (c->turn != turn) {
+        c->turn = turn;
+        c->turn_bytes = len;
+        if (len < ctx->turn_quota)
+            return 1;
+    }
+    c->flags |= CONN_WANT_DRAIN;
+    if (!(c->flags & CONN_FAIR)) {
+        c->flags |= CONN_FAIR;
+        conn_ref(c); /* held while listed */
+        c->fair_next = ctx->fair;
+        ctx->fair = c;
+        ev_prepare_start(ctx->loop, &ctx->reaper);
+        ev_idle_start(ctx->loop, &ctx->wake);
+    }
+    return 0;
 }
 
 void conn_close(struct conn *c)
@@ -591,20 +632,69 @@ void conn_shutdown(struct conn *c)
         do_shutdown(c);
 }
 
-static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
+/* The connections whose turn quota ran out in the last turn: those whose
+ * queue is low again hear on_drain now (those still above water hear it from
+ * the write watcher, as any other). Ones listed meanwhile wait a turn. */
+static void fair_drains(struct conn_ctx *ctx)
 {
-    struct conn_ctx *ctx = container_of(w, struct conn_ctx, reaper);
-    while (ctx->reap) {
-        struct conn *c = ctx->reap;
-        list_unlink(&ctx->reap, c);
-        ctx->stats.open--;
-        if (c->ops->on_close)
-            c->ops->on_close(c, c->reason);
-        if (ctx->on_reaped)
-            ctx->on_reaped(ctx, c);
+    struct conn *list = ctx->fair;
+    ctx->fair = NULL;
+    while (list) {
+        struct conn *c = list;
+        list = c->fair_next;
+        c->fair_next = NULL;
+        c->flags &= ~(unsigned)CONN_FAIR;
+        if (!(c->flags & CONN_DEAD) && (c->flags & CONN_WANT_DRAIN) && !c->kp_len &&
+            c->out.len <= ctx->low_water) {
+            c->flags &= ~(unsigned)CONN_WANT_DRAIN;
+            c->turn_bytes = 0; /* a fresh quota: this is its turn */
+            if (c->ops->on_drain)
+                c->ops->on_drain(c);
+        }
         conn_unref(c);
     }
-    ev_idle_stop(loop, w);
+}
+
+static void reap_one(struct conn_ctx *ctx, struct conn *c)
+{
+    c->flags |= CONN_REAPED;
+    list_unlink(&ctx->reap, c);
+    ctx->stats.open--;
+    if (c->ops->on_close)
+        c->ops->on_close(c, c->reason);
+    if (ctx->on_reaped)
+        ctx->on_reaped(ctx, c);
+    conn_unref(c);
+}
+
+static void reap(struct conn_ctx *ctx)
+{
+    while (ctx->reap)
+        reap_one(ctx, ctx->reap);
+}
+
+void conn_reap_now(struct conn *c)
+{
+    if (c->flags & CONN_DEAD && !(c->flags & CONN_REAPED)) {
+        c->flags |= CONN_REAPED;
+        reap_one(c->ctx, c);
+    }
+}
+
+/* Runs before the loop polls, on every turn while there is work: closed
+ * connections are reaped within one turn of their close (under load too,
+ * which an idle watcher would not see), then the fair drains run. */
+static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct conn_ctx *ctx = container_of(w, struct conn_ctx, reaper);
+    reap(ctx);
+    fair_drains(ctx);
+    reap(ctx); /* what the drains closed */
+    if (!ctx->fair) {
+        ev_idle_stop(loop, &ctx->wake);
+        if (!ctx->reap)
+            ev_prepare_stop(loop, w);
+    }
 }
 
 void conn_abort(struct conn *c, const char *reason, int rst)
@@ -637,13 +727,20 @@ void conn_abort(struct conn *c, const char *reason, int rst)
     /* A pipe ties both ends: the other side is closed once it has flushed
      * what it already holds, so nothing received is lost. */
     struct conn *to = c->pipe_to, *from = c->pipe_from;
+    /* With reset propagation a reset of ours resets them too. */
+    int rst_to = to && (c->flags & CONN_PIPE_RST) && reason && !strcmp(reason, "reset");
+    int rst_from = from && (from->flags & CONN_PIPE_RST) && reason && !strcmp(reason, "reset");
     if (to)
         conn_unpipe(c);
     if (from)
         conn_unpipe(from);
-    if (to)
+    if (rst_to)
+        conn_abort(to, "reset", 1);
+    else if (to)
         conn_close(to);
-    if (from)
+    if (rst_from)
+        conn_abort(from, "reset", 1);
+    else if (from)
         conn_close(from);
     if (reason) {
         c->reason = strdup(reason);
@@ -652,7 +749,7 @@ void conn_abort(struct conn *c, const char *reason, int rst)
     }
     list_unlink(&ctx->all, c);
     list_push(&ctx->reap, c);
-    ev_idle_start(ctx->loop, &ctx->reaper);
+    ev_prepare_start(ctx->loop, &ctx->reaper);
 }
 
 void conn_set_paused(struct conn *c, int paused)

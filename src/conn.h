@@ -58,11 +58,18 @@ struct conn_ctx {
     struct conn *all;             /* every connection not yet reaped */
     struct conn *reap;            /* torn down, on_close pending */
     struct conn *source;          /* whose input is being handled now */
-    ev_idle reaper;
+    size_t turn_quota;            /* conn_write_fair: bytes per connection and loop turn */
+    struct conn *fair;            /* quota used up: on_drain on the next turn */
+    ev_prepare reaper;            /* every loop turn: reap, then the fair drains */
+    ev_idle wake;                 /* keeps the loop from blocking while drains wait */
     /* After each reaped connection's on_close; c is still valid (its last
      * reference is dropped after this returns). */
     void (*on_reaped)(struct conn_ctx *ctx, struct conn *c);
 };
+
+/* The default of turn_quota: a callback that keeps writing while
+ * conn_write_fair returns 1 yields to the loop after this much. */
+#define CONN_TURN_QUOTA (1024 * 1024)
 
 enum {
     CONN_PAUSED = 1u << 0,     /* the handler paused reading */
@@ -79,6 +86,9 @@ enum {
     CONN_TAP = 1u << 11,       /* call ops->on_tap for piped chunks */
     CONN_BULK = 1u << 12,      /* a read of CONN_BULK_READ+: splice when piped */
     CONN_TAP_EOF = 1u << 13,   /* call ops->on_tap(c, NULL, 0) at a piped EOF */
+    CONN_FAIR = 1u << 14,      /* in ctx->fair */
+    CONN_PIPE_RST = 1u << 15,  /* a reset of this piped connection resets the other end */
+    CONN_REAPED = 1u << 16,    /* on_close has run */
 };
 
 struct conn {
@@ -106,6 +116,9 @@ struct conn {
     int naddrs;
     int connect_err;               /* a connect failed at once: report it soon */
     struct conn *wprev, *wnext;    /* in bp_target->waiters */
+    struct conn *fair_next;        /* in ctx->fair */
+    unsigned turn;                 /* the loop turn turn_bytes counts */
+    size_t turn_bytes;             /* written by conn_write_fair this turn */
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
@@ -134,9 +147,11 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n);
 
 /* Relays src's input to dst in C: back-pressure through the source mechanism,
  * src's EOF becomes dst's shutdown, and either end's teardown closes the other
- * after flushing. Returns -1 if dst already has another source, -2 if either
- * end is already torn down. */
-int conn_pipe(struct conn *src, struct conn *dst);
+ * after flushing; with reset, a reset of either end (the peer's RST) resets
+ * the other at once instead, so a truncated stream stays distinguishable.
+ * Returns -1 if dst already has another source, -2 if either end is already
+ * torn down. */
+int conn_pipe(struct conn *src, struct conn *dst, int reset);
 void conn_unpipe(struct conn *src);
 
 void conn_ref(struct conn *c);
@@ -147,6 +162,21 @@ void conn_unref(struct conn *c); /* may free */
  * connection is closed or closing, -2 if the bytes would exceed max_buffer
  * (the connection is then torn down with an error). */
 int conn_write(struct conn *c, const void *data, size_t len);
+
+/* conn_write under the fairness rule: once ctx->turn_quota bytes have been
+ * written to c in this loop turn it returns 0 ("wait") even if the socket
+ * took them all, and ops->on_drain follows on the next turn; a writer that
+ * stops at 0 and continues in on_drain thus gives the loop back at least
+ * once per quota. Same results as conn_write otherwise. */
+int conn_write_fair(struct conn *c, const void *data, size_t len);
+
+/* Runs a torn-down connection's on_close now instead of at the end of the
+ * loop turn, and drops the reference it held for being open (which may free
+ * it). Only for a caller that holds no pointer into c afterwards and is not
+ * inside another callback of c: ops->on_data, from the loop, for a
+ * connection its handler's error tore down, so that what the handler held
+ * for it is released before the next connection's callback runs. */
+void conn_reap_now(struct conn *c);
 
 void conn_close(struct conn *c);    /* after the queue is flushed */
 void conn_shutdown(struct conn *c); /* half-close once flushed */

@@ -1,11 +1,14 @@
 /* The connection as Lua sees it: a table handle with the methods of API.md,
  * the callbacks dispatched to the handler, and the serve coroutine.
  *
- * The handle is a plain table (user fields are ordinary fields, methods come
- * from the metatable's __index table without a C call); C finds its
- * connection under a private light-userdata key. The connection owns one
- * registry reference to the handle while open; at close the key is cleared,
- * so the handle then points at nothing and every method answers "closed". */
+ * The handle is a plain table: every field, integer keys included, is the
+ * handler's own, and methods come from the metatable's __index table without
+ * a C call. Nothing in it points at C memory: C maps the table's address back
+ * to its connection (handles, below) while the connection is open, so a
+ * forged table, a copy or a handle kept after close finds nothing and answers
+ * "closed". The connection owns one registry reference to the handle while
+ * open. Every call into Lua goes through script_invoke, so pushing a chunk of
+ * input, a reason or a new coroutine runs protected. */
 #include <errno.h>
 #include <lauxlib.h>
 #include <netdb.h>
@@ -16,6 +19,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "ptrmap.h"
 #include "script.h"
 
 #define CONN_MT "echokit.conn"
@@ -39,51 +43,42 @@ struct lconn {
     struct handler own;   /* callbacks this connection holds references to:
                              echokit.connect's, or an echokit.listen listener's */
     int outbound;
-    const void *handle;   /* the handle table's address (lua_topointer) */
+    const void *handle;   /* the handle table's address: its key in handles */
 };
+
+/* Handle address -> open connection. An entry lives from the handle's
+ * creation to op_close, while the registry holds the table, so an address
+ * in here is never one the collector has reused. */
+static struct ptrmap handles;
 
 /* The connection whose callback is running. A callback's calls on its own
  * connection (conn:write(data) in on_data) are recognised by the handle's
- * address and skip the lookup of HANDLE_SLOT, which took 8% of echo.lua's
- * instructions per message. The lconn outlives the callback (teardown waits
- * for the reaper). */
+ * address without the lookup in handles. The lconn outlives the callback
+ * (teardown waits for the reaper). */
 static struct lconn *calling;
-
-/* The handle keeps its connection pointer at integer key 1 (the array part:
- * the cheapest lookup Lua has, done on every method call). */
-#define HANDLE_SLOT 1
 
 static inline struct lconn *lconn_of(struct conn *c)
 {
     return (struct lconn *)c;
 }
 
-/* [-0, +1, -] */
-static void push_handle(struct lconn *lc)
+/* The connection a callback may close: NULL once torn down. */
+static struct conn *live(struct lconn *lc)
 {
-    lua_rawgeti(lc->S->L, LUA_REGISTRYINDEX, lc->ud_ref);
+    return lc->c.flags & CONN_DEAD ? NULL : &lc->c;
 }
 
-/* script_call for a callback of lc: fn, handle and nargs - 1 more on the stack. */
-static void lconn_call(struct lconn *lc, int nargs, const char *what)
-{
-    struct lconn *prev = calling;
-    calling = lc;
-    script_call(lc->S, nargs, what, lc->c.ctx && !(lc->c.flags & CONN_DEAD) ? &lc->c : NULL);
-    calling = prev;
-}
-
-/* The live connection behind argument idx, or NULL if it is closed. Raises if
- * idx is not a connection at all (misuse). */
+/* The live connection behind argument idx, or NULL if it is closed (a
+ * connection handle that is no longer, or never was, in handles). Raises if
+ * idx is not a connection handle at all (misuse). */
 static struct lconn *check_conn(lua_State *L, int idx)
 {
+    const void *p = lua_topointer(L, idx);
     struct lconn *cur = calling;
-    if (cur && lua_topointer(L, idx) == cur->handle)
+    if (cur && p == cur->handle)
         return (cur->c.flags & CONN_DEAD) ? NULL : cur;
     if (lua_type(L, idx) == LUA_TTABLE) {
-        lua_rawgeti(L, idx, HANDLE_SLOT);
-        struct lconn *lc = lua_touserdata(L, -1);
-        lua_pop(L, 1);
+        struct lconn *lc = ptrmap_get(&handles, p);
         if (lc)
             return (lc->c.flags & CONN_DEAD) ? NULL : lc; /* torn down: closed */
         if (lua_getmetatable(L, idx)) {
@@ -91,7 +86,7 @@ static struct lconn *check_conn(lua_State *L, int idx)
             int same = lua_rawequal(L, -1, -2);
             lua_pop(L, 2);
             if (same)
-                return NULL;
+                return NULL; /* a closed handle, or a copy of one */
         }
     }
     luaL_typeerror(L, idx, "connection");
@@ -105,18 +100,46 @@ static int closed(lua_State *L)
     return 2;
 }
 
-/* Calls callback cb with the handle and nextra values already pushed. */
-static void call_cb(struct lconn *lc, enum script_cb cb, const char *what, int nextra)
+/* ---- calls into Lua -------------------------------------------------------- */
+
+/* One callback's call: fn(handle), fn(handle, str) or, for a tap,
+ * fn(str, handle); str NULL pushes nil. */
+struct dispatch {
+    struct lconn *lc;
+    int fn;
+    int nstr;
+    int str_first;
+    const char *str;
+    size_t len;
+};
+
+/* [-0, +0, e] */
+static int dispatch_body(lua_State *L)
 {
-    lua_State *L = lc->S->L;
-    /* stack: ..., extra */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->h->cb[cb]);
-    push_handle(lc);
-    /* stack: ..., extra, fn, handle -> fn, handle, extra */
-    if (nextra) {
-        lua_rotate(L, -(nextra + 2), 2);
+    const struct dispatch *d = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->fn);
+    if (d->str_first)
+        lua_pushlstring(L, d->str, d->len);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->lc->ud_ref);
+    if (d->nstr && !d->str_first) {
+        if (d->str)
+            lua_pushlstring(L, d->str, d->len);
+        else
+            lua_pushnil(L);
     }
-    lconn_call(lc, 1 + nextra, what);
+    lua_call(L, 1 + d->nstr, 0);
+    return 0;
+}
+
+/* Calls function reference fn for lc; on an error lc is torn down. */
+static void dispatch(struct lconn *lc, int fn, const char *what, int nstr, const char *str,
+                     size_t len, int str_first)
+{
+    struct dispatch d = {lc, fn, nstr, str_first, str, len};
+    struct lconn *prev = calling;
+    calling = lc;
+    script_invoke(lc->S, dispatch_body, &d, what, live(lc));
+    calling = prev;
 }
 
 /* ---- serve: input buffer ------------------------------------------------ */
@@ -191,7 +214,8 @@ static const char *end_reason(const struct lconn *lc)
 }
 
 /* Tries to answer the pending receive from p[0..len). Pushes the results on
- * co and returns how many (0: wait for more); *used is what was taken. */
+ * co and returns how many (0: wait for more); *used is what was taken.
+ * [-0, +(0|1|3), m] */
 static int satisfy(struct lconn *lc, lua_State *co, const char *p, size_t len, size_t *used)
 {
     int ended = (lc->c.flags & (CONN_EOF | CONN_DEAD)) != 0;
@@ -248,28 +272,106 @@ static void release_co(struct lconn *lc)
         return;
     *(struct lconn **)lua_getextraspace(lc->co) = NULL;
     lc->co = NULL;
-    script_unref(lc->S, &lc->co_ref);
+    script_unref(lc->S->L, &lc->co_ref);
 }
 
-/* Resumes the serve coroutine with nargs values pushed on it. */
-static void resume(struct lconn *lc, int nargs)
+/* What a resume of the serve coroutine hands it. */
+enum resume_kind {
+    R_START,    /* a new coroutine: serve(conn) */
+    R_INPUT,    /* the loop's buffer p/len for a waiting receive; the rest is kept */
+    R_BUFFERED, /* the unread input p/len (lc->in) for a waiting receive */
+    R_TRUE,     /* send or sleep is over: true */
+    R_END,      /* the connection ended: nil, reason */
+};
+
+struct resumption {
+    struct lconn *lc;
+    enum resume_kind kind;
+    const char *p;
+    size_t len;
+    int rc; /* lua_resume's status, or -1: nothing to resume with */
+};
+
+/* Pushes what the coroutine gets (creating it for R_START) and resumes it.
+ * Runs protected on the main thread: a memory error while pushing on the
+ * suspended coroutine is rethrown to this call. [-0, +0, e] */
+static int resume_body(lua_State *L)
+{
+    struct resumption *r = lua_touserdata(L, 1);
+    struct lconn *lc = r->lc;
+    int n = 0;
+    if (r->kind == R_START) {
+        lua_State *co = lua_newthread(L);
+        lc->co_ref = script_ref(L);
+        lc->co = co;
+        *(struct lconn **)lua_getextraspace(co) = lc;
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->h->cb[CB_SERVE]);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->ud_ref);
+        n = 1;
+    } else {
+        if (!lua_checkstack(lc->co, 3))
+            return luaL_error(L, "not enough memory");
+        switch (r->kind) {
+        case R_INPUT:
+        case R_BUFFERED: {
+            size_t used;
+            n = satisfy(lc, lc->co, r->p, r->len, &used);
+            if (r->kind == R_BUFFERED) {
+                if (n)
+                    in_consume(lc, used);
+            } else if (r->len > used && in_append(lc, r->p + used, r->len - used) < 0) {
+                lua_pop(lc->co, n); /* torn down: nobody to hand them to */
+                n = 0;
+            }
+            break;
+        }
+        case R_TRUE:
+            lua_pushboolean(lc->co, 1);
+            n = 1;
+            break;
+        default:
+            lua_pushnil(lc->co);
+            lua_pushstring(lc->co, end_reason(lc));
+            n = 2;
+            break;
+        }
+        if (!n) {
+            r->rc = -1;
+            return 0;
+        }
+    }
+    lc->wait = WAIT_NONE;
+    r->rc = script_resume(lc->S, lc->co, n, "serve", live(lc));
+    return 0;
+}
+
+/* Resumes (or starts) the serve coroutine; see enum resume_kind. */
+static void resume(struct lconn *lc, enum resume_kind kind, const char *p, size_t len)
 {
     struct conn_ctx *ctx = lc->c.ctx;
     struct conn *prev = ctx->source;
-    lc->wait = WAIT_NONE;
+    struct lconn *prev_calling = calling;
+    struct resumption r = {lc, kind, p, len, -1};
     /* Writes made by the coroutine are this connection's doing (back-pressure). */
-    ctx->source = (lc->c.flags & CONN_DEAD) ? NULL : &lc->c;
-    int rc = script_resume(lc->S, lc->co, nargs, "serve", &lc->c);
+    ctx->source = live(lc);
+    calling = lc;
+    int failed = script_invoke(lc->S, resume_body, &r, "serve", live(lc)) < 0;
+    calling = prev_calling;
     ctx->source = prev;
-    if (rc == LUA_YIELD && lc->wait == WAIT_NONE) {
-        script_fail(lc->S, "serve", &lc->c,
+    if (failed) {
+        r.rc = LUA_ERRMEM; /* torn down by script_invoke */
+    } else if (r.rc == -1) {
+        update_hold(lc);
+        return;
+    } else if (r.rc == LUA_YIELD && lc->wait == WAIT_NONE) {
+        script_fail(lc->S, "serve", live(lc),
                     "serve yielded outside receive/send/sleep (coroutines of its own must "
                     "not yield across echokit calls)");
-        rc = LUA_ERRRUN;
+        r.rc = LUA_ERRRUN;
     }
-    if (rc != LUA_YIELD) {
+    if (r.rc != LUA_YIELD) {
         release_co(lc);
-        if (rc == LUA_OK)
+        if (r.rc == LUA_OK)
             conn_close(&lc->c); /* returning from serve closes */
     }
     update_hold(lc);
@@ -284,56 +386,49 @@ static void serve_input(struct lconn *lc, const char *p, size_t len)
     if (unread(lc)) {
         if (len && in_append(lc, p, len) < 0)
             return;
-        p = lc->in + lc->in_off;
-        len = unread(lc);
-        if (receiving) {
-            size_t used;
-            int n = satisfy(lc, lc->co, p, len, &used);
-            if (n) {
-                in_consume(lc, used);
-                resume(lc, n);
-                return;
-            }
-        }
-        update_hold(lc);
+        if (receiving)
+            resume(lc, R_BUFFERED, lc->in + lc->in_off, unread(lc));
+        else
+            update_hold(lc);
         return;
     }
     /* Nothing buffered: answer straight from the loop's buffer, keep the rest. */
-    size_t used = 0;
-    int n = receiving ? satisfy(lc, lc->co, p, len, &used) : 0;
-    if (len > used && in_append(lc, p + used, len - used) < 0)
+    if (receiving) {
+        resume(lc, R_INPUT, p, len);
         return;
-    if (n)
-        resume(lc, n);
-    else
-        update_hold(lc);
+    }
+    if (len && in_append(lc, p, len) < 0)
+        return;
+    update_hold(lc);
 }
 
 static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lconn *lc = container_of(w, struct lconn, sleep);
-    if (lc->wait == WAIT_SLEEP && lc->co) {
-        lua_pushboolean(lc->co, 1);
-        resume(lc, 1);
-    }
+    if (lc->wait == WAIT_SLEEP && lc->co)
+        resume(lc, R_TRUE, NULL, 0);
 }
 
 /* ---- conn_ops ------------------------------------------------------------ */
 
+/* Input: on_data, or the serve coroutine's receive. A callback that failed
+ * (reaching the memory cap, say) has its connection reaped at once, so what
+ * the handler kept for it is garbage before the next connection's callback
+ * allocates: one client filling the Lua heap must not fail the others. */
 static void op_data(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
     if (lc->co) {
         serve_input(lc, buf, len);
-        return;
-    }
-    if (lc->h->cb[CB_DATA] == LUA_NOREF)
-        return; /* no reader: input is discarded */
-    lua_State *L = lc->S->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->h->cb[CB_DATA]);
-    push_handle(lc);
-    lua_pushlstring(L, buf, len);
-    lconn_call(lc, 2, "on_data");
+    } else if (lc->h->cb[CB_DATA] != LUA_NOREF) {
+        struct lconn *prev = calling;
+        calling = lc;
+        script_call_chunk(lc->S, lc->h->cb[CB_DATA], lc->ud_ref, buf, len, 0, "on_data", c);
+        calling = prev;
+    } /* else no reader: input is discarded */
+    if ((c->flags & CONN_DEAD) && !lc->S->depth && c->reason &&
+        !strncmp(c->reason, "error", 5))
+        conn_reap_now(c);
 }
 
 static void op_eof(struct conn *c)
@@ -344,7 +439,7 @@ static void op_eof(struct conn *c)
         return;
     }
     if (lc->h->cb[CB_EOF] != LUA_NOREF)
-        call_cb(lc, CB_EOF, "on_eof", 0);
+        dispatch(lc, lc->h->cb[CB_EOF], "on_eof", 0, NULL, 0, 0);
     else
         conn_close(c);
 }
@@ -352,19 +447,16 @@ static void op_eof(struct conn *c)
 static void op_drain(struct conn *c)
 {
     struct lconn *lc = lconn_of(c);
-    if (lc->co && lc->wait == WAIT_SEND) {
-        lua_pushboolean(lc->co, 1);
-        resume(lc, 1);
-    }
+    if (lc->co && lc->wait == WAIT_SEND)
+        resume(lc, R_TRUE, NULL, 0);
     if (lc->h->cb[CB_DRAIN] != LUA_NOREF && !(c->flags & CONN_DEAD))
-        call_cb(lc, CB_DRAIN, "on_drain", 0);
+        dispatch(lc, lc->h->cb[CB_DRAIN], "on_drain", 0, NULL, 0, 0);
 }
 
 static void op_close(struct conn *c, const char *reason)
 {
     struct lconn *lc = lconn_of(c);
     struct script *S = lc->S;
-    lua_State *L = S->L;
     if (log_enabled(LOG_DEBUG)) {
         char label[200];
         log_msg(LOG_DEBUG, "%s closed (%s) after %.3fs, %llu bytes in, %llu out",
@@ -384,31 +476,25 @@ static void op_close(struct conn *c, const char *reason)
             break;
         case WAIT_SEND:
         case WAIT_SLEEP:
-            lua_pushnil(lc->co);
-            lua_pushstring(lc->co, end_reason(lc));
-            resume(lc, 2);
+            resume(lc, R_END, NULL, 0);
             break;
         default:
             break;
         }
     }
-    if (lc->h->cb[CB_CLOSE] != LUA_NOREF) {
-        if (reason)
-            lua_pushstring(L, reason);
-        else
-            lua_pushnil(L);
-        call_cb(lc, CB_CLOSE, "on_close", 1);
+    /* A connection whose handle could not be made never reached Lua. */
+    if (lc->h->cb[CB_CLOSE] != LUA_NOREF && lc->ud_ref != LUA_NOREF)
+        dispatch(lc, lc->h->cb[CB_CLOSE], "on_close", 1, reason, reason ? strlen(reason) : 0, 0);
+    if (lc->handle) {
+        ptrmap_del(&handles, lc->handle);
+        lc->handle = NULL;
     }
-    push_handle(lc);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, HANDLE_SLOT);
-    lua_pop(L, 1);
-    script_unref(S, &lc->ud_ref);
-    script_unref(S, &lc->tap_ref);
-    script_unref(S, &lc->tap_eof_ref);
-    if (lc->h == &lc->own)
-        for (int i = 0; i < CB_COUNT; i++)
-            script_unref(S, &lc->own.cb[i]);
+    lua_State *L = S->L;
+    script_unref(L, &lc->ud_ref);
+    script_unref(L, &lc->tap_ref);
+    script_unref(L, &lc->tap_eof_ref);
+    for (int i = 0; i < CB_COUNT; i++)
+        script_unref(L, &lc->own.cb[i]);
     release_co(lc);
     free(lc->in);
     lc->in = NULL;
@@ -419,8 +505,6 @@ static void op_close(struct conn *c, const char *reason)
  * the serve coroutine if the handler has one. */
 static void start(struct lconn *lc)
 {
-    struct script *S = lc->S;
-    lua_State *L = S->L;
     struct conn *c = &lc->c;
     if (log_enabled(LOG_DEBUG)) {
         char label[200];
@@ -428,16 +512,9 @@ static void start(struct lconn *lc)
                 lc->outbound ? "connected" : "open");
     }
     if (lc->h->cb[CB_CONNECT] != LUA_NOREF)
-        call_cb(lc, CB_CONNECT, "on_connect", 0);
-    if (lc->h->cb[CB_SERVE] != LUA_NOREF && !(c->flags & CONN_DEAD)) {
-        lua_State *co = lua_newthread(L);
-        lc->co_ref = script_ref(S);
-        lc->co = co;
-        *(struct lconn **)lua_getextraspace(co) = lc;
-        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->h->cb[CB_SERVE]);
-        lua_rawgeti(co, LUA_REGISTRYINDEX, lc->ud_ref);
-        resume(lc, 1);
-    }
+        dispatch(lc, lc->h->cb[CB_CONNECT], "on_connect", 0, NULL, 0, 0);
+    if (lc->h->cb[CB_SERVE] != LUA_NOREF && !(c->flags & CONN_DEAD))
+        resume(lc, R_START, NULL, 0);
 }
 
 static void op_connect(struct conn *c)
@@ -445,22 +522,15 @@ static void op_connect(struct conn *c)
     start(lconn_of(c));
 }
 
-/* A piped chunk (buf) for opts.tap, or the source's EOF (buf NULL) for
- * opts.on_eof. */
+/* A piped chunk (buf) for opts.tap(data, conn), or the source's EOF (buf
+ * NULL) for opts.on_eof(conn). */
 static void op_tap(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
-    lua_State *L = lc->S->L;
-    if (!buf) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, lc->tap_eof_ref);
-        push_handle(lc);
-        script_call(lc->S, 1, "pipe on_eof", c);
-        return;
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->tap_ref);
-    lua_pushlstring(L, buf, len);
-    push_handle(lc);
-    script_call(lc->S, 2, "tap", c);
+    if (!buf)
+        dispatch(lc, lc->tap_eof_ref, "pipe on_eof", 0, NULL, 0, 0);
+    else
+        script_call_chunk(lc->S, lc->tap_ref, lc->ud_ref, buf, len, 1, "tap", live(lc));
 }
 
 static const struct conn_ops lconn_ops = {
@@ -472,27 +542,54 @@ static const struct conn_ops lconn_ops = {
     .on_tap = op_tap,
 };
 
-/* Fills in a new connection's Lua side: the handle and its reference. */
-static void init_lconn(struct script *S, struct lconn *lc, const struct handler *h)
+/* The C side of a new connection: no Lua yet (nothing here can fail). */
+static void lconn_prepare(struct lconn *lc, struct script *S, const struct handler *h)
 {
-    lua_State *L = S->L;
     lc->S = S;
     lc->h = h;
-    lc->co_ref = lc->tap_ref = lc->tap_eof_ref = LUA_NOREF;
+    lc->ud_ref = lc->co_ref = lc->tap_ref = lc->tap_eof_ref = LUA_NOREF;
     for (int i = 0; i < CB_COUNT; i++)
         lc->own.cb[i] = LUA_NOREF;
     ev_init(&lc->sleep, sleep_cb);
-    lua_createtable(L, 1, 1);
-    luaL_setmetatable(L, CONN_MT);
-    lua_pushlightuserdata(L, lc);
-    lua_rawseti(L, -2, HANDLE_SLOT);
-    lua_pushinteger(L, (lua_Integer)lc->c.id);
-    lua_setfield(L, -2, "id");
-    lc->handle = lua_topointer(L, -1);
-    lc->ud_ref = script_ref(S);
 }
 
-void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
+/* The handle: a table with the id, referenced from the registry and entered
+ * in handles. On L, the running thread. [-0, +0, e] */
+static void make_handle(lua_State *L, struct lconn *lc)
+{
+    lua_createtable(L, 0, 1);
+    luaL_setmetatable(L, CONN_MT);
+    lua_pushinteger(L, (lua_Integer)lc->c.id);
+    lua_setfield(L, -2, "id");
+    const void *p = lua_topointer(L, -1);
+    lc->ud_ref = script_ref(L);
+    if (ptrmap_put(&handles, p, lc) < 0) {
+        script_unref(L, &lc->ud_ref);
+        luaL_error(L, "not enough memory");
+    }
+    lc->handle = p;
+}
+
+struct accepting {
+    struct lconn *lc;
+    const struct handler *h; /* callbacks to take references to, or NULL */
+};
+
+/* [-0, +0, e] */
+static int accept_body(lua_State *L)
+{
+    struct accepting *a = lua_touserdata(L, 1);
+    make_handle(L, a->lc);
+    for (int i = 0; a->h && i < CB_COUNT; i++) {
+        if (a->h->cb[i] == LUA_NOREF)
+            continue;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, a->h->cb[i]);
+        a->lc->own.cb[i] = script_ref(L);
+    }
+    return 0;
+}
+
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const struct handler *h)
 {
     struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
     if (!c) {
@@ -500,8 +597,12 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer)
         close(fd);
         return;
     }
-    init_lconn(S, lconn_of(c), &S->handler);
-    start(lconn_of(c));
+    struct lconn *lc = lconn_of(c);
+    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
+    struct accepting a = {lc, h};
+    if (script_invoke(S, accept_body, &a, "accept", c) < 0)
+        return; /* torn down with the error */
+    start(lc);
 }
 
 static void resolved(struct resolve_req *req)
@@ -519,60 +620,15 @@ static void resolved(struct resolve_req *req)
     free(req);
 }
 
-static const char *const cb_fields[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
-                                                "on_drain",   "on_close", "serve"};
-
-void lconn_check_handler(lua_State *L, int idx, const char *who)
+/* The Lua side of echokit.connect's connection: connect_body(lc, handler),
+ * run protected so a memory error can tear down the half-made connection
+ * first. [-0, +0, e] */
+static int connect_body(lua_State *L)
 {
-    idx = lua_absindex(L, idx);
-    for (int i = 0; i < CB_COUNT; i++) {
-        int t = lua_getfield(L, idx, cb_fields[i]);
-        if (t != LUA_TNIL && t != LUA_TFUNCTION)
-            luaL_error(L, "%s: handler.%s must be a function (got %s)", who, cb_fields[i],
-                       lua_typename(L, t));
-        lua_pop(L, 1);
-    }
-    lua_getfield(L, idx, "serve");
-    lua_getfield(L, idx, "on_data");
-    if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
-        luaL_error(L, "%s: 'serve' and 'on_data' exclude each other", who);
-    lua_pop(L, 2);
-}
-
-void lconn_take_handler(lua_State *L, int idx, struct handler *h)
-{
-    struct script *S = script_of(L);
-    idx = lua_absindex(L, idx);
-    for (int i = 0; i < CB_COUNT; i++) {
-        lua_getfield(L, idx, cb_fields[i]);
-        if (lua_isnil(L, -1))
-            lua_pop(L, 1);
-        else
-            h->cb[i] = script_ref(S);
-    }
-}
-
-/* Like lconn_accept, with callbacks of the caller's: the connection takes
- * references of its own (released in op_close), so h may go away first.
- * Owns fd. [-0, +0, m] */
-void lconn_accept_with(struct script *S, int fd, const struct net_addr *peer,
-                       const struct handler *h)
-{
-    struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
-    if (!c) {
-        log_msg(LOG_ERROR, "accept: out of memory, dropping a connection");
-        close(fd);
-        return;
-    }
-    struct lconn *lc = lconn_of(c);
-    init_lconn(S, lc, &lc->own);
-    for (int i = 0; i < CB_COUNT; i++) {
-        if (h->cb[i] == LUA_NOREF)
-            continue;
-        lua_rawgeti(S->L, LUA_REGISTRYINDEX, h->cb[i]);
-        lc->own.cb[i] = script_ref(S);
-    }
-    start(lc);
+    struct lconn *lc = lua_touserdata(L, 1);
+    make_handle(L, lc);
+    script_take_handler(L, 2, &lc->own);
+    return 0;
 }
 
 /* echokit.connect(addr, handler): returns the connection at once; on_connect
@@ -588,37 +644,40 @@ int lconn_connect(lua_State *L)
     int rc = net_parse_addr2(spec, 0, &addr, host, sizeof host, &port, err);
     if (rc < 0)
         return luaL_error(L, "echokit.connect: %s", err);
-    lconn_check_handler(L, 2, "echokit.connect"); /* raises on misuse */
-    struct resolve_req *req = NULL;
-    if (rc == 1) {
-        req = calloc(1, sizeof *req);
-        if (!req)
-            return luaL_error(L, "echokit.connect: out of memory");
-        snprintf(req->host, sizeof req->host, "%s", host);
-        req->port = port;
-        req->done = resolved;
-    }
+    script_check_handler(L, 2, "echokit.connect"); /* raises on misuse */
     struct conn *c = conn_new_outbound(S->ctx, sizeof(struct lconn), &lconn_ops);
-    if (!c) {
-        free(req);
-        return luaL_error(L, "echokit.connect: out of memory");
-    }
+    if (!c)
+        return luaL_error(L, "echokit.connect: not enough memory");
     struct lconn *lc = lconn_of(c);
-    init_lconn(S, lc, &lc->own);
+    lconn_prepare(lc, S, &lc->own);
     lc->outbound = 1;
-    lconn_take_handler(L, 2, &lc->own);
-    if (req) {
-        req->data = lc;
-        conn_ref(c);
-        if (resolve_start(&S->resolver, req) < 0) {
-            conn_unref(c);
-            free(req);
-            conn_abort(c, "error: cannot start the resolver thread", 0);
+    lua_pushcfunction(L, connect_body);
+    lua_pushlightuserdata(L, lc);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        conn_abort(c, "error: not enough memory", 0);
+        return lua_error(L);
+    }
+    if (rc == 1) {
+        struct resolve_req *req = calloc(1, sizeof *req);
+        if (!req) {
+            conn_abort(c, "error: not enough memory", 0);
+        } else {
+            snprintf(req->host, sizeof req->host, "%s", host);
+            req->port = port;
+            req->done = resolved;
+            req->data = lc;
+            conn_ref(c);
+            if (resolve_start(&S->resolver, req) < 0) {
+                conn_unref(c);
+                free(req);
+                conn_abort(c, "error: cannot start the resolver thread", 0);
+            }
         }
     } else {
         conn_connect(c, &addr, 1);
     }
-    push_handle(lc);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lc->ud_ref);
     return 1;
 }
 
@@ -631,7 +690,7 @@ static int m_write(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     if (!lc)
         return closed(L);
-    int rc = conn_write(&lc->c, data, len);
+    int rc = conn_write_fair(&lc->c, data, len);
     if (rc >= 0) {
         lua_pushboolean(L, rc);
         return 1;
@@ -654,7 +713,7 @@ static int m_send(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     if (!lc)
         return closed(L);
-    int rc = conn_write(&lc->c, data, len);
+    int rc = conn_write_fair(&lc->c, data, len);
     if (rc < 0) {
         lua_pushnil(L);
         lua_pushstring(L, rc == -2 ? "output buffer limit exceeded" : "closed");
@@ -855,13 +914,15 @@ static int opt_function(lua_State *L, const char *key)
     return t == LUA_TFUNCTION;
 }
 
-static void drop_taps(struct lconn *lc)
+static void drop_taps(lua_State *L, struct lconn *lc)
 {
-    script_unref(lc->S, &lc->tap_ref);
-    script_unref(lc->S, &lc->tap_eof_ref);
+    script_unref(L, &lc->tap_ref);
+    script_unref(L, &lc->tap_eof_ref);
     lc->c.flags &= ~(unsigned)(CONN_TAP | CONN_TAP_EOF);
 }
 
+/* conn:pipe(other [, opts]): opts.tap(data, conn), opts.on_eof(conn),
+ * opts.reset (a reset of either end resets the other). */
 static int m_pipe(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
@@ -871,25 +932,33 @@ static int m_pipe(lua_State *L)
     if (!lc || !to)
         return closed(L);
     lua_settop(L, 3);
-    int tap = opt_function(L, "tap");
-    int eof = opt_function(L, "on_eof");
-    /* stack: conn, other, opts, tap|nil, on_eof|nil */
-    int rc = conn_pipe(&lc->c, &to->c);
-    if (rc == -2)
-        return closed(L);
-    if (rc < 0)
-        return luaL_error(L, "pipe: the destination already has another connection piped into it");
-    drop_taps(lc);
-    if (eof) {
-        lc->tap_eof_ref = script_ref(lc->S); /* pops on_eof */
-        lc->c.flags |= CONN_TAP_EOF;
-    } else {
+    int reset = 0;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "reset");
+        reset = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
-    if (tap) {
-        lc->tap_ref = script_ref(lc->S); /* pops tap */
-        lc->c.flags |= CONN_TAP;
+    int tap = opt_function(L, "tap");
+    int eof = opt_function(L, "on_eof");
+    /* stack: conn, other, opts, tap|nil, on_eof|nil. The references are
+     * taken first: they may raise, and the pipe is not made then. */
+    int eof_ref = eof ? script_ref(L) : (lua_pop(L, 1), LUA_NOREF);
+    int tap_ref = tap ? script_ref(L) : (lua_pop(L, 1), LUA_NOREF);
+    int rc = conn_pipe(&lc->c, &to->c, reset);
+    if (rc < 0) {
+        script_unref(L, &eof_ref);
+        script_unref(L, &tap_ref);
+        if (rc == -2)
+            return closed(L);
+        return luaL_error(L, "pipe: the destination already has another connection piped into it");
     }
+    drop_taps(L, lc);
+    lc->tap_eof_ref = eof_ref;
+    lc->tap_ref = tap_ref;
+    if (eof)
+        lc->c.flags |= CONN_TAP_EOF;
+    if (tap)
+        lc->c.flags |= CONN_TAP;
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -899,7 +968,7 @@ static int m_unpipe(lua_State *L)
     struct lconn *lc = check_conn(L, 1);
     if (lc) {
         conn_unpipe(&lc->c);
-        drop_taps(lc);
+        drop_taps(L, lc);
     }
     return 0;
 }

@@ -7,6 +7,7 @@
 
 #include "hexdump.h"
 #include "log.h"
+#include "lwriter.h"
 #include "script.h"
 #include "util.h"
 
@@ -119,7 +120,7 @@ int lechokit_open(lua_State *L)
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
         {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"listen", llisten_listen},
         {"pcap", lpcap_open}, {"time", e_time},   {"isatty", e_isatty},
-        {"size", e_size},
+        {"size", e_size},   {"writer", lwriter_new},
         {NULL, NULL},
     };
     struct script *S = script_of(L);

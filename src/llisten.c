@@ -39,22 +39,22 @@ static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
     /* stack: ..., listener */
-    lconn_accept_with(ll->S, fd, peer, &ll->h);
+    lconn_accept(ll->S, fd, peer, &ll->h);
     lua_settop(L, top);
 }
 
 /* Releases the references a listener took (its callbacks, itself); after
  * it the userdata may be collected. */
-static void ll_unref(struct llisten *ll)
+static void ll_unref(lua_State *L, struct llisten *ll)
 {
     for (int i = 0; i < CB_COUNT; i++)
-        script_unref(ll->S, &ll->h.cb[i]);
-    script_unref(ll->S, &ll->self_ref);
+        script_unref(L, &ll->h.cb[i]);
+    script_unref(L, &ll->self_ref);
 }
 
 /* Stops accepting, closes the socket and releases the references. Safe to
  * call twice. Not for lua_close (see ll_gc). */
-static void ll_close(struct llisten *ll)
+static void ll_close(lua_State *L, struct llisten *ll)
 {
     if (!ll->open)
         return;
@@ -68,7 +68,7 @@ static void ll_close(struct llisten *ll)
         ll->next = NULL;
         ll->pprev = NULL;
     }
-    ll_unref(ll);
+    ll_unref(L, ll);
 }
 
 /* echokit.listen(addr, handler) -> listener | nil, err.
@@ -95,7 +95,7 @@ int llisten_listen(lua_State *L)
         snprintf(mapped, sizeof mapped, "127.0.0.1:%d", port);
         spec = mapped;
     }
-    lconn_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
+    script_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
 
     struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);
     memset(ll, 0, sizeof *ll);
@@ -109,11 +109,11 @@ int llisten_listen(lua_State *L)
     ll->srv.on_accept = ll_accept;
     /* The references first: they may raise (memory), and nothing would close
      * a socket bound before that (__gc only closes an open listener). */
-    lconn_take_handler(L, 2, &ll->h);
+    script_take_handler(L, 2, &ll->h);
     lua_pushvalue(L, -1);
-    ll->self_ref = script_ref(S);
+    ll->self_ref = script_ref(L);
     if (server_listen(&ll->srv, spec, err) < 0) {
-        ll_unref(ll);
+        ll_unref(L, ll);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
@@ -140,7 +140,7 @@ static struct llisten *check_ll(lua_State *L)
  * [-0, +0, -] */
 static int m_close(lua_State *L)
 {
-    ll_close(check_ll(L));
+    ll_close(L, check_ll(L));
     return 0;
 }
 
@@ -191,15 +191,7 @@ void llisten_open(lua_State *L)
 void llisten_close_all(struct script *S)
 {
     while (S->listeners)
-        ll_close(S->listeners);
-}
-
-/* Message handler for llisten_admin: the bare message. [-1, +1, m] */
-static int admin_msgh(lua_State *L)
-{
-    if (!lua_isstring(L, 1))
-        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    return 1;
+        ll_close(S->L, S->listeners);
 }
 
 /* Runs require("echokit.toxiproxy").serve(addr) in protected mode; the stack
@@ -209,7 +201,7 @@ int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap
 {
     lua_State *L = S->L;
     int top = lua_gettop(L);
-    lua_pushcfunction(L, admin_msgh);
+    lua_pushcfunction(L, script_msgh_bare);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "echokit.toxiproxy");
     /* stack: msgh, require, "echokit.toxiproxy" */

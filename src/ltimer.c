@@ -16,27 +16,38 @@ struct ltimer {
     int repeat;
 };
 
-static void ltimer_release(struct ltimer *t)
+/* On L, the running thread. [-0, +0, -] */
+static void ltimer_release(lua_State *L, struct ltimer *t)
 {
     ev_timer_stop(t->S->ctx->loop, &t->w);
-    script_unref(t->S, &t->fn_ref);
-    script_unref(t->S, &t->self_ref);
+    script_unref(L, &t->fn_ref);
+    script_unref(L, &t->self_ref);
+}
+
+/* fn(timer); a one-shot timer releases its references first (it has fired
+ * for the last time). [-0, +0, e] */
+static int fire_body(lua_State *L)
+{
+    struct ltimer *t = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
+    /* stack: ud, fn, timer. The timer object stays alive on the stack even
+     * if released below. */
+    if (!t->repeat)
+        ltimer_release(L, t);
+    lua_call(L, 1, 0);
+    return 0;
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct ltimer *t = container_of(w, struct ltimer, w);
     struct script *S = t->S;
-    lua_State *L = S->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
-    /* stack: fn, timer. The timer object stays alive on the stack even if
-     * released below. */
-    if (!t->repeat)
-        ltimer_release(t);
-    if (script_call(S, 1, t->repeat ? "every" : "timer", NULL) < 0 && t->repeat) {
+    int repeat = t->repeat;
+    if (script_invoke(S, fire_body, t, repeat ? "every" : "timer", NULL) < 0 && repeat &&
+        t->self_ref != LUA_NOREF) {
         log_msg(LOG_WARN, "echokit.every: timer cancelled after the error above");
-        ltimer_release(t);
+        ltimer_release(S->L, t);
     }
 }
 
@@ -56,9 +67,9 @@ static int new_timer(lua_State *L, int repeat)
     ev_timer_init(&t->w, timer_cb, s, repeat ? s : 0);
     luaL_setmetatable(L, TIMER_MT);
     lua_pushvalue(L, 2);
-    t->fn_ref = script_ref(S);
+    t->fn_ref = script_ref(L);
     lua_pushvalue(L, -1);
-    t->self_ref = script_ref(S);
+    t->self_ref = script_ref(L);
     ev_timer_start(S->ctx->loop, &t->w);
     return 1;
 }
@@ -77,7 +88,7 @@ static int t_cancel(lua_State *L)
 {
     struct ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
     int was = ev_is_active(&t->w);
-    ltimer_release(t);
+    ltimer_release(L, t);
     lua_pushboolean(L, was);
     return 1;
 }

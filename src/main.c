@@ -92,7 +92,7 @@ static void script_stop(struct script *S)
 static void on_accept(struct server *srv, int fd, const struct net_addr *peer)
 {
     struct app *a = srv->data;
-    lconn_accept(a->S, fd, peer);
+    lconn_accept(a->S, fd, peer, NULL);
 }
 
 /* Every chunk a handler sees is a fresh Lua string of up to 256 KiB; the

@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,24 +183,84 @@ char *net_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_
     return buf;
 }
 
+/* err for net_unix_claim: its messages name the path twice, so that each
+ * half reads on its own; a path near the 107-byte limit may cut the end. */
+__attribute__((format(printf, 2, 3))) static void claim_err(char *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, ECHOKIT_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+int net_unix_claim(const struct net_addr *addr, char *err)
+{
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&addr->ss;
+    const char *path = un->sun_path;
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        claim_err(err, "unix:%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        claim_err(err, "unix:%s: address in use: %s exists and is not a socket",
+                 path, path);
+        return -1;
+    }
+    /* Non-blocking, so that a listener whose backlog is full (EAGAIN) cannot
+     * hold us up: that one is live too. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        claim_err(err, "unix:%s: socket: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = connect(fd, (const struct sockaddr *)&addr->ss, addr->len);
+    int e = rc < 0 ? errno : 0;
+    close(fd);
+    switch (e) {
+    case ECONNREFUSED: /* a socket file nobody listens on: stale */
+        if (unlink(path) < 0 && errno != ENOENT) {
+            claim_err(err, "unix:%s: cannot remove the stale socket: %s", path,
+                     strerror(errno));
+            return -1;
+        }
+        return 0;
+    case ENOENT: /* removed since the lstat */
+        return 0;
+    case 0:
+    case EAGAIN:
+    case EINPROGRESS:
+        claim_err(err, "unix:%s: address in use: something is listening on %s",
+                 path, path);
+        return -1;
+    case EPROTOTYPE: /* a datagram or seqpacket socket is bound there */
+        claim_err(err, "unix:%s: address in use: a socket of another type is "
+                 "bound to %s", path, path);
+        return -1;
+    default:
+        claim_err(err, "unix:%s: address in use: cannot tell whether something "
+                 "listens on %s (connect: %s)", path, path, strerror(e));
+        return -1;
+    }
+}
+
 int net_listen(const struct net_addr *addr, int backlog, char *err)
 {
     char name[160];
     net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
     int family = addr->ss.ss_family;
+    /* Before the socket exists: a refusal leaves nothing to close. */
+    if (family == AF_UNIX && net_unix_claim(addr, err) < 0)
+        return -1;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, ECHOKIT_ERR_LEN, "%s: socket: %s", name, strerror(errno));
         return -1;
     }
     int one = 1;
-    if (family == AF_UNIX) {
-        /* Replace a stale socket file, never a regular file. */
-        const struct sockaddr_un *un = (const struct sockaddr_un *)&addr->ss;
-        struct stat st;
-        if (lstat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(un->sun_path);
-    } else {
+    if (family != AF_UNIX) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);

@@ -28,8 +28,18 @@ char *net_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_
 /* Host and port (or unix path and 0) of an address, for Lua. */
 void net_addr_split(const struct sockaddr *sa, socklen_t len, char *host, size_t cap, int *port);
 
-/* Non-blocking, close-on-exec listening socket (SO_REUSEADDR; for unix paths a
- * stale socket file is replaced). Returns the fd. */
+/* Makes a unix socket path free to bind without taking it from anyone: a
+ * path that does not exist is free; a socket file that refuses a connect()
+ * (ECONNREFUSED: nothing listens, it was left behind) is removed. Anything
+ * else is refused with -1 and "address in use: ..." in err: a socket that
+ * accepts the connect (something is listening there; unlinking it would
+ * take over that service's clients), one of another type, and a path that
+ * is not a socket. The probe and the bind are not atomic; a service started
+ * in between makes the bind fail with EADDRINUSE. */
+int net_unix_claim(const struct net_addr *addr, char *err);
+
+/* Non-blocking, close-on-exec listening socket (SO_REUSEADDR; a unix path is
+ * claimed first with net_unix_claim). Returns the fd. */
 int net_listen(const struct net_addr *addr, int backlog, char *err);
 
 /* accept4() non-blocking + close-on-exec, TCP_NODELAY on TCP sockets.

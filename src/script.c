@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/time.h>
 #include <lualib.h>
@@ -22,7 +23,7 @@
  * echo.lua's cost per message. */
 static struct script *budget_owner; /* the one script the signal handler sees */
 
-static const char *const cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
+const char *const script_cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
                                                "on_drain",   "on_close", "serve"};
 
 struct script *script_of(lua_State *L)
@@ -100,7 +101,8 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         S->mem_used -= old;
         return NULL;
     }
-    if (S->mem_limit && nsize > old && S->mem_used + (nsize - old) > S->mem_limit)
+    if (S->mem_limit && nsize > old && S->mem_used + (nsize - old) > S->mem_limit &&
+        !S->uncapped)
         return NULL;
     void *p;
     if (ptr && old <= POOL_MAX_SIZE && nsize <= POOL_MAX_SIZE &&
@@ -110,6 +112,11 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         p = realloc(ptr, nsize);
     } else {
         p = pool_get(S, nsize);
+        if (!p && S->uncapped && S->reserve) {
+            free(S->reserve); /* see script_call_chunk */
+            S->reserve = NULL;
+            p = pool_get(S, nsize);
+        }
         if (!p && nsize < old)
             return ptr; /* Lua counts on a shrink never failing: keep the block */
         if (p && ptr) {
@@ -166,8 +173,29 @@ static void budget_signal(int sig)
     }
 }
 
+/* Starts the profiling timer of this process for budget_owner. */
+static void budget_arm(void)
+{
+    struct script *S = budget_owner;
+    if (!S)
+        return;
+    struct itimerval it;
+    it.it_interval.tv_sec = (time_t)S->tick;
+    it.it_interval.tv_usec = (suseconds_t)((S->tick - (double)(time_t)S->tick) * 1e6);
+    it.it_value = it.it_interval;
+    setitimer(ITIMER_PROF, &it, NULL);
+}
+
+/* Interval timers are not inherited across fork(2): every child (a worker)
+ * arms its own, so the budget holds in every process. */
+static void budget_after_fork(void)
+{
+    budget_arm();
+}
+
 static void budget_setup(struct script *S)
 {
+    static int atfork_done;
     if (S->budget <= 0)
         return;
     /* Four looks per budget: an overrun is caught between 1 and 1.25 budgets. */
@@ -180,11 +208,9 @@ static void budget_setup(struct script *S)
     struct sigaction sa = {.sa_handler = budget_signal, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGPROF, &sa, NULL);
-    struct itimerval it;
-    it.it_interval.tv_sec = (time_t)S->tick;
-    it.it_interval.tv_usec = (suseconds_t)((S->tick - (double)(time_t)S->tick) * 1e6);
-    it.it_value = it.it_interval;
-    setitimer(ITIMER_PROF, &it, NULL);
+    if (!atfork_done && pthread_atfork(NULL, NULL, budget_after_fork) == 0)
+        atfork_done = 1;
+    budget_arm();
 }
 
 static void budget_teardown(struct script *S)
@@ -247,20 +273,39 @@ static int msgh(lua_State *L)
     return 1;
 }
 
-int script_ref(struct script *S)
+int script_msgh_bare(lua_State *L)
 {
-    S->refs++;
-    return luaL_ref(S->L, LUA_REGISTRYINDEX);
+    if (!lua_isstring(L, 1))
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    return 1;
 }
 
-void script_unref(struct script *S, int *ref)
+/* Lua calls this for an error outside any protected call, then aborts. Every
+ * entry point runs protected, so this is a bug of ours: say what it was. */
+static int panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    log_msg(LOG_ERROR, "fatal: Lua error outside a protected call: %s",
+            msg ? msg : "(not a string)");
+    return 0;
+}
+
+int script_ref(lua_State *L)
+{
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (ref != LUA_REFNIL)
+        script_of(L)->refs++;
+    return ref;
+}
+
+void script_unref(lua_State *L, int *ref)
 {
     if (*ref == LUA_NOREF || *ref == LUA_REFNIL) {
         *ref = LUA_NOREF;
         return;
     }
-    luaL_unref(S->L, LUA_REGISTRYINDEX, *ref);
-    S->refs--;
+    luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+    script_of(L)->refs--;
     *ref = LUA_NOREF;
 }
 
@@ -279,16 +324,86 @@ void script_fail(struct script *S, const char *what, struct conn *c, const char 
     conn_abort(c, reason, 0);
 }
 
-int script_call(struct script *S, int nargs, const char *what, struct conn *c)
+int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *what,
+                  struct conn *c)
 {
     lua_State *L = S->L;
     lua_State *prev = budget_begin(S, L);
-    /* stack: msgh(1), ..., fn, args */
-    int rc = lua_pcall(L, nargs, 0, 1);
+    /* stack: msgh(1), ..., body, ud: pushing these allocates nothing */
+    lua_pushcfunction(L, body);
+    lua_pushlightuserdata(L, ud);
+    int rc = lua_pcall(L, 1, 0, 1);
     budget_end(S, prev);
     if (rc == LUA_OK)
         return 0;
-    script_fail(S, what, c, lua_tostring(L, -1));
+    const char *msg = lua_tostring(L, -1);
+    script_fail(S, what, c, msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+    return -1;
+}
+
+/* Big enough for the largest chunk the loop reads; untouched, so it costs
+ * address space, not memory. */
+#define RESERVE_SIZE (1024 * 1024)
+
+struct chunk_call {
+    int fn, self, chunk_first;
+    const char *chunk;
+    size_t len;
+};
+
+/* script_call_chunk's call as a script_invoke body. [-0, +0, e] */
+static int chunk_body(lua_State *L)
+{
+    const struct chunk_call *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->fn);
+    if (a->chunk_first)
+        lua_pushlstring(L, a->chunk, a->len);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->self);
+    if (!a->chunk_first)
+        lua_pushlstring(L, a->chunk, a->len);
+    lua_call(L, 2, 0);
+    return 0;
+}
+
+int script_call_chunk(struct script *S, int fn, int self, const char *chunk, size_t len,
+                      int chunk_first, const char *what, struct conn *c)
+{
+    lua_State *L = S->L;
+    if (!S->reserve)
+        S->reserve = malloc(RESERVE_SIZE);
+    if (!S->reserve) {
+        /* No reserve: the slow path pushes the chunk under protection. */
+        struct chunk_call a = {fn, self, chunk_first, chunk, len};
+        return script_invoke(S, chunk_body, &a, what, c);
+    }
+    lua_State *prev = budget_begin(S, L);
+    /* stack: msgh(1), ..., fn, self, chunk (or fn, chunk, self) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    S->uncapped = 1;
+    if (chunk_first)
+        lua_pushlstring(L, chunk, len);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, self);
+    if (!chunk_first)
+        lua_pushlstring(L, chunk, len);
+    S->uncapped = 0;
+    int rc;
+    /* Over the cap counts garbage too: collect before refusing, as Lua
+     * itself does before an allocation fails. */
+    if (S->mem_limit && S->mem_used > S->mem_limit)
+        lua_gc(L, LUA_GCCOLLECT);
+    if (S->mem_limit && S->mem_used > S->mem_limit) {
+        lua_pop(L, 3);
+        lua_pushliteral(L, "not enough memory");
+        rc = LUA_ERRMEM;
+    } else {
+        rc = lua_pcall(L, 2, 0, 1);
+    }
+    budget_end(S, prev);
+    if (rc == LUA_OK)
+        return 0;
+    const char *msg = lua_tostring(L, -1);
+    script_fail(S, what, c, msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
     return -1;
 }
@@ -296,19 +411,24 @@ int script_call(struct script *S, int nargs, const char *what, struct conn *c)
 int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c)
 {
     int nres;
-    lua_State *prev = budget_begin(S, co);
-    int rc = lua_resume(co, S->L, nargs, &nres);
-    budget_end(S, prev);
+    lua_State *L = S->L;
+    lua_State *prev = script_enter(S, co);
+    int rc = lua_resume(co, L, nargs, &nres);
+    script_leave(S, prev);
     if (rc == LUA_OK || rc == LUA_YIELD) {
         lua_pop(co, nres);
         return rc;
     }
+    /* The message and the coroutine's traceback, built on the caller's
+     * (protected) stack: a memory error here fails the caller's call. */
     const char *msg = lua_tostring(co, -1);
-    if (!msg)
-        msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
-    luaL_traceback(S->L, co, msg, 0);
-    script_fail(S, what, c, lua_tostring(S->L, -1));
-    lua_pop(S->L, 1);
+    if (msg)
+        lua_pushstring(L, msg);
+    else
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    script_fail(S, what, c, lua_tostring(L, -1));
+    lua_pop(L, 2);
     return rc;
 }
 
@@ -353,6 +473,35 @@ static void wrap_coroutines(lua_State *L)
         lua_pop(L, 1);
 }
 
+void script_check_handler(lua_State *L, int idx, const char *who)
+{
+    idx = lua_absindex(L, idx);
+    for (int i = 0; i < CB_COUNT; i++) {
+        int t = lua_getfield(L, idx, script_cb_names[i]);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION)
+            luaL_error(L, "%s: handler.%s must be a function (got %s)", who,
+                       script_cb_names[i], lua_typename(L, t));
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, idx, "serve");
+    lua_getfield(L, idx, "on_data");
+    if (!lua_isnil(L, -1) && !lua_isnil(L, -2))
+        luaL_error(L, "%s: 'serve' and 'on_data' exclude each other", who);
+    lua_pop(L, 2);
+}
+
+void script_take_handler(lua_State *L, int idx, struct handler *h)
+{
+    idx = lua_absindex(L, idx);
+    for (int i = 0; i < CB_COUNT; i++) {
+        lua_getfield(L, idx, script_cb_names[i]);
+        if (lua_isnil(L, -1))
+            lua_pop(L, 1);
+        else
+            h->cb[i] = script_ref(L);
+    }
+}
+
 /* package.searchers entry for modules compiled into the binary:
  * require "echokit.x" finds lua/echokit/x.lua. [-1, +2|1, e] */
 static int embedded_searcher(lua_State *L)
@@ -381,7 +530,6 @@ static int embedded_searcher(lua_State *L)
 
 static void install_searcher(lua_State *L)
 {
-    /* stack: msgh */
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "searchers");
     /* stack: msgh, package, searchers */
@@ -392,13 +540,33 @@ static void install_searcher(lua_State *L)
     }
     lua_pushcfunction(L, embedded_searcher);
     lua_rawseti(L, -2, 2);
-    lua_pop(L, 1);
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, lechokit_open);
-    lua_setfield(L, -2, "echokit");
-    lua_pushcfunction(L, lcodec_open);
-    lua_setfield(L, -2, "echokit.codec");
     lua_pop(L, 2);
+}
+
+/* Every binding, in one table: metatables registered at start-up, and the
+ * modules require finds in package.preload. */
+static void (*const classes[])(lua_State *L) = {
+    lconn_open, ltimer_open, lpcap_open_lib, llisten_open,
+};
+
+static const luaL_Reg modules[] = {
+    {"echokit", lechokit_open},
+    {"echokit.codec", lcodec_open},
+    {NULL, NULL},
+};
+
+/* The state's set-up, run protected. [-0, +0, m] */
+static int setup_body(lua_State *L)
+{
+    luaL_openlibs(L);
+    wrap_coroutines(L);
+    install_searcher(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    luaL_setfuncs(L, modules, 0);
+    lua_pop(L, 1);
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
+        classes[i](L);
+    return 0;
 }
 
 struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
@@ -425,18 +593,19 @@ struct script *script_new(struct conn_ctx *ctx, double budget, size_t mem_limit)
         free(S);
         return NULL;
     }
-    /* The limit applies to handlers, not to the runtime's own set-up. */
     S->L = L;
+    lua_atpanic(L, panic);
     /* Threads copy the main thread's extra space: NULL means "no serve conn". */
     *(void **)lua_getextraspace(L) = NULL;
-    luaL_openlibs(L);
-    wrap_coroutines(L);
+    /* The limit applies to handlers, not to the runtime's own set-up. */
+    lua_pushcfunction(L, setup_body);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        log_msg(LOG_ERROR, "cannot set up Lua: %s", lua_tostring(L, -1));
+        lua_close(L);
+        free(S);
+        return NULL;
+    }
     lua_pushcfunction(L, msgh); /* stays at index 1: every call's handler */
-    install_searcher(L);
-    lconn_open(L);
-    ltimer_open(L);
-    lpcap_open_lib(L);
-    llisten_open(L);
     S->mem_limit = mem_limit;
     /* Callbacks make short-lived strings (every chunk of input): the
      * generational collector handles those for less than the incremental.
@@ -459,6 +628,7 @@ void script_free(struct script *S)
     budget_teardown(S);
     lua_close(S->L);
     pool_drain(S);
+    free(S->reserve);
     free(S);
 }
 
@@ -594,90 +764,36 @@ static void first_line(char *err, size_t errcap, const char *msg)
     snprintf(err, errcap, "%.*s", (int)n, msg);
 }
 
-/* Message handler for the load: the bare message, no traceback (user error
- * gets one line). */
-static int load_msgh(lua_State *L)
-{
-    if (!lua_isstring(L, 1))
-        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    return 1;
-}
-
-int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
-                size_t errcap)
-{
-    lua_State *L = S->L;
-    int top = lua_gettop(L);
-    const char *data;
+struct load {
+    struct script *S;
+    const char *data, *chunk;
+    const char *file; /* a handler file: its folder goes on package.path */
     size_t len;
-    char *owned = NULL;
-    char chunk[512];
-    int is_file = strchr(spec, '/') || (strlen(spec) > 4 && !strcmp(spec + strlen(spec) - 4, ".lua"));
-    const struct embed_file *bf = is_file ? NULL : find_builtin(spec);
-    if (bf) {
-        data = bf->data;
-        len = bf->len;
-        snprintf(chunk, sizeof chunk, "@%s", bf->name);
-    } else if (is_file) {
-        owned = read_file(spec, &len, err, errcap);
-        if (!owned)
-            return -1;
-        data = owned;
-        snprintf(chunk, sizeof chunk, "@%s", spec);
-        add_handler_dir(L, spec);
-    } else {
-        char names[256];
-        script_builtin_names(names, sizeof names);
-        snprintf(err, errcap, "no built-in handler '%s' (built-in: %s; or give a file path)",
-                 spec, names);
-        return -1;
-    }
-    S->handler_name = spec;
+    char **argv;
+    int argc;
+};
 
-    lua_pushcfunction(L, load_msgh);
-    int rc = luaL_loadbufferx(L, data, len, chunk, "t");
-    free(owned);
-    if (rc != LUA_OK) {
-        first_line(err, errcap, lua_tostring(L, -1));
-        lua_settop(L, top);
-        return -1;
-    }
-    push_args(L, argv, argc);
+/* The load, run protected: compiles the chunk, calls it with the argument
+ * table, checks what it returned and takes the callbacks. [-0, +0, e] */
+static int load_body(lua_State *L)
+{
+    struct load *ld = lua_touserdata(L, 1);
+    struct script *S = ld->S;
+    const char *where = ld->chunk + 1;
+    if (ld->file)
+        add_handler_dir(L, ld->file);
+    if (luaL_loadbufferx(L, ld->data, ld->len, ld->chunk, "t") != LUA_OK)
+        return lua_error(L);
+    push_args(L, ld->argv, ld->argc);
     lua_pushvalue(L, -1);
-    S->args_ref = script_ref(S);
-    /* stack: load_msgh, chunk, args */
-    if (lua_pcall(L, 1, 1, top + 1) != LUA_OK) {
-        first_line(err, errcap, lua_tostring(L, -1));
-        lua_settop(L, top);
-        return -1;
-    }
-    const char *where = chunk + 1;
-    if (!lua_istable(L, -1)) {
-        snprintf(err, errcap, "%s: handler must return a table of callbacks (got %s)", where,
-                 luaL_typename(L, -1));
-        lua_settop(L, top);
-        return -1;
-    }
-    /* stack: load_msgh, handler */
-    for (int i = 0; i < CB_COUNT; i++) {
-        lua_getfield(L, -1, cb_names[i]);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (!lua_isfunction(L, -1)) {
-            snprintf(err, errcap, "%s: '%s' must be a function (got %s)", where, cb_names[i],
-                     luaL_typename(L, -1));
-            lua_settop(L, top);
-            return -1;
-        }
-        S->handler.cb[i] = script_ref(S);
-    }
-    if (S->handler.cb[CB_SERVE] != LUA_NOREF && S->handler.cb[CB_DATA] != LUA_NOREF) {
-        snprintf(err, errcap, "%s: 'serve' and 'on_data' exclude each other; keep one", where);
-        lua_settop(L, top);
-        return -1;
-    }
+    S->args_ref = script_ref(L);
+    /* stack: ud, chunk, args */
+    lua_call(L, 1, 1);
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "%s: handler must return a table of callbacks (got %s)", where,
+                          luaL_typename(L, -1));
+    script_check_handler(L, -1, where);
+    script_take_handler(L, -1, &S->handler);
     /* Catch typos such as on_dta, which would otherwise do nothing silently. */
     lua_pushnil(L);
     while (lua_next(L, -2)) {
@@ -687,11 +803,54 @@ int script_load(struct script *S, const char *spec, char **argv, int argc, char 
         const char *k = lua_tostring(L, -1);
         int known = 0;
         for (int i = 0; i < CB_COUNT; i++)
-            known |= !strcmp(k, cb_names[i]);
+            known |= !strcmp(k, script_cb_names[i]);
         if (!known && !strncmp(k, "on_", 3))
             log_msg(LOG_WARN, "%s: unknown callback '%s' is never called (known: on_connect, "
                               "on_data, on_eof, on_drain, on_close, serve)", where, k);
     }
-    lua_settop(L, top);
     return 0;
+}
+
+int script_load(struct script *S, const char *spec, char **argv, int argc, char *err,
+                size_t errcap)
+{
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    char *owned = NULL;
+    char chunk[512];
+    struct load ld = {.S = S, .chunk = chunk, .argv = argv, .argc = argc};
+    int is_file = strchr(spec, '/') || (strlen(spec) > 4 && !strcmp(spec + strlen(spec) - 4, ".lua"));
+    const struct embed_file *bf = is_file ? NULL : find_builtin(spec);
+    if (bf) {
+        ld.data = bf->data;
+        ld.len = bf->len;
+        snprintf(chunk, sizeof chunk, "@%s", bf->name);
+    } else if (is_file) {
+        owned = read_file(spec, &ld.len, err, errcap);
+        if (!owned)
+            return -1;
+        ld.data = owned;
+        snprintf(chunk, sizeof chunk, "@%s", spec);
+        ld.file = spec;
+    } else {
+        char names[256];
+        script_builtin_names(names, sizeof names);
+        snprintf(err, errcap, "no built-in handler '%s' (built-in: %s; or give a file path)",
+                 spec, names);
+        return -1;
+    }
+    S->handler_name = spec;
+
+    lua_pushcfunction(L, script_msgh_bare);
+    lua_pushcfunction(L, load_body);
+    lua_pushlightuserdata(L, &ld);
+    int rc = lua_pcall(L, 1, 0, top + 1);
+    free(owned);
+    if (rc != LUA_OK) {
+        first_line(err, errcap, lua_tostring(L, -1));
+        for (int i = 0; i < CB_COUNT; i++)
+            script_unref(L, &S->handler.cb[i]);
+    }
+    lua_settop(L, top);
+    return rc == LUA_OK ? 0 : -1;
 }

@@ -13,6 +13,9 @@
 
 enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_COUNT };
 
+/* The callbacks' names, indexed by enum script_cb: the one list. */
+extern const char *const script_cb_names[CB_COUNT];
+
 /* A handler's callbacks, as registry references (LUA_NOREF = absent). */
 struct handler {
     int cb[CB_COUNT];
@@ -41,6 +44,8 @@ struct script {
     volatile sig_atomic_t overrun;  /* this callback is over budget */
     sig_atomic_t watch_seq, watch_ticks; /* the signal handler's own */
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
+    int uncapped;               /* pushing a chunk: the cap waits (script_call_chunk) */
+    void *reserve;              /* given back to malloc if it fails then */
     struct {                    /* freed small blocks kept for reuse (l_alloc) */
         void *head[SCRIPT_POOL_CLASSES];
         unsigned n[SCRIPT_POOL_CLASSES];
@@ -78,21 +83,49 @@ void script_class(lua_State *L, const char *name, const struct luaL_Reg *methods
 void script_builtin_names(char *buf, size_t cap);
 
 /* Registry references with one owner: counted so tests can see leaks.
- * script_ref: [-1, +0, m]; script_unref takes LUA_NOREF/LUA_REFNIL happily and
- * sets *ref to LUA_NOREF. */
-int script_ref(struct script *S);
-void script_unref(struct script *S, int *ref);
+ * script_ref pops the value from L, the thread that holds it (a coroutine's
+ * values live on its own stack): [-1, +0, m]. script_unref takes
+ * LUA_NOREF/LUA_REFNIL happily and sets *ref to LUA_NOREF: [-0, +0, -]. */
+int script_ref(lua_State *L);
+void script_unref(lua_State *L, int *ref);
 
-/* The one protected-call path. Stack: fn, nargs arguments (above the message
- * handler kept at index 1). Runs under the CPU budget; on error logs label,
- * what, the message and a traceback, and tears down c (if not NULL) with
- * "error: <message>". Returns 0 or -1. [-(nargs+1), +0, -] */
-int script_call(struct script *S, int nargs, const char *what, struct conn *c);
+/* The one way into Lua from C. Runs body(L) in protected mode on the main
+ * thread with ud as a light userdata at index 1, under the CPU budget: body
+ * pushes what the callback needs (every allocation, pushing a chunk of input
+ * included, is then protected) and calls it. On an error, reaching the
+ * --lua-memory cap among them, logs label, what, the message and a traceback
+ * and tears down c (if not NULL) with "error: <message>". Returns 0 or -1.
+ * [-0, +0, -] */
+int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *what,
+                  struct conn *c);
 
-/* Resumes a coroutine under the same budget and error policy. On an error
- * or a finished coroutine, *status tells which (LUA_OK, LUA_YIELD or error).
- * Results of the coroutine are popped. */
+/* The hot path of script_invoke, for a callback fn(self, chunk) (or, with
+ * chunk_first, fn(chunk, self)) given as registry references: no C frame in
+ * between. Pushing the chunk is the one allocation made outside the
+ * protected call, and it cannot fail: the cap does not apply to it (a heap
+ * over the cap then fails the callback before it runs, "not enough memory"),
+ * and a malloc that fails falls back on a reserve block. Same results and
+ * error policy as script_invoke. [-0, +0, -] */
+int script_call_chunk(struct script *S, int fn, int self, const char *chunk, size_t len,
+                      int chunk_first, const char *what, struct conn *c);
+
+/* Inside a body: resumes co (nargs values pushed on it) under the budget;
+ * its results are popped. On an error logs and tears down c as script_invoke
+ * would and returns the error status. [-0, +0, m] */
 int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c);
+
+/* Message handler that returns the bare message (no traceback): load errors
+ * are one line. [-1, +1, m] */
+int script_msgh_bare(lua_State *L);
+
+/* Raises unless the value at idx is a callback table: each callback a
+ * function or nil, not both serve and on_data. who names the caller in the
+ * message. [-0, +0, e] */
+void script_check_handler(lua_State *L, int idx, const char *who);
+
+/* References to each callback of the (checked) table at idx, into h
+ * (taken on L, the thread running). [-0, +0, m] */
+void script_take_handler(lua_State *L, int idx, struct handler *h);
 
 /* Around a resume of a handler's own coroutine (the coroutine library is
  * wrapped): keeps track of the running thread for the budget. */
@@ -102,7 +135,9 @@ void script_leave(struct script *S, lua_State *prev);
 /* Logs a failure of a callback and tears down c with "error: ...". */
 void script_fail(struct script *S, const char *what, struct conn *c, const char *msg);
 
-/* Opens the Lua-facing modules (lconn.c, lechokit.c, ltimer.c, lpcap.c). */
+/* The bindings' openers, called from script_new's one table of them:
+ * metatables (lconn.c, ltimer.c, lpcap.c, llisten.c) and the modules
+ * require finds (lechokit.c, lcodec.c). */
 void lconn_open(lua_State *L);
 int lechokit_open(lua_State *L);
 void ltimer_open(lua_State *L);
@@ -114,22 +149,11 @@ int lconn_connect(lua_State *L); /* echokit.connect */
 void lpcap_open_lib(lua_State *L);
 int lpcap_open(lua_State *L);    /* echokit.pcap */
 
-/* Accepted socket -> connection running the script's handler (lconn.c). */
-void lconn_accept(struct script *S, int fd, const struct net_addr *peer);
-
-/* Accepted socket -> connection running handler h; the connection takes
- * references of its own to h's callbacks (lconn.c). */
-void lconn_accept_with(struct script *S, int fd, const struct net_addr *peer,
-                       const struct handler *h);
-
-/* Raises unless the value at idx is a callback table: each callback a
- * function or nil, not both serve and on_data. who names the caller in the
- * message. [-0, +0, e] */
-void lconn_check_handler(lua_State *L, int idx, const char *who);
-
-/* References to each callback of the (checked) table at idx, into h.
- * [-0, +0, m] */
-void lconn_take_handler(lua_State *L, int idx, struct handler *h);
+/* Accepted socket -> connection running handler h, or the script's own
+ * handler if h is NULL; with h the connection takes references of its own to
+ * h's callbacks, so it outlives h (lconn.c). Owns fd. */
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer,
+                  const struct handler *h);
 
 /* echokit.listen (llisten.c). */
 void llisten_open(lua_State *L);

@@ -62,42 +62,76 @@ local function listen_spec(listen)
   return listen
 end
 
-local function stop(proxy)
-  if proxy.listener then
-    proxy.listener:close()
-    proxy.listener = nil
-  end
-  proxy.set:close_all("close")
-end
-
--- Opens the proxy's listener. Returns true or nil, apierr.
-local function start(proxy)
-  if proxy.adopted then return true end
-  local ok, l, err = pcall(echokit.listen, listen_spec(proxy.listen), proxy.handler)
+-- Opens a listener for proxy on listen (not attached to it). Returns the
+-- listener or nil, apierr: 400 for a malformed address; 500 for one that
+-- cannot be bound, as toxiproxy answers (its Ruby client takes 409 for
+-- "proxy exists" and 400 for "invalid toxic", so neither fits).
+local function open_listener(proxy, listen)
+  local ok, l, err = pcall(echokit.listen, listen_spec(listen), proxy.handler)
   if not ok then -- a malformed address
     local msg = tostring(l):gsub("^.-echokit%.listen: ", "")
     return nil, apierr(400, "listen: " .. msg)
   end
-  if not l then return nil, apierr(500, "listen " .. proxy.listen .. ": " .. tostring(err)) end
+  if not l then return nil, apierr(500, "listen " .. tostring(err)) end
+  return l
+end
+
+-- Closes a proxy's listener; its connections carry on.
+local function close_listener(proxy)
+  if proxy.listener then
+    proxy.listener:close()
+    proxy.listener = nil
+  end
+end
+
+-- Changes listeners all or nothing. `close` lists proxies whose listener is
+-- to close, `open` lists { proxy, listen } to open. Those in `close` are
+-- closed first (a new address may be one of theirs); when an open fails, the
+-- ones opened are closed and those closed reopen at their addresses, so that
+-- nothing has changed. Returns the new listeners (in `open`'s order), or
+-- nil, apierr. Connections are not touched either way.
+local function swap_listeners(close, open)
+  local closed = {}
+  for _, proxy in ipairs(close) do
+    if proxy.listener then
+      close_listener(proxy)
+      closed[#closed + 1] = proxy
+    end
+  end
+  local opened = {}
+  for i, o in ipairs(open) do
+    local l, err = open_listener(o[1], o[2])
+    if not l then
+      for _, ol in ipairs(opened) do ol:close() end
+      for _, proxy in ipairs(closed) do
+        -- The address was ours a moment ago; only another process taking
+        -- it in between makes this fail.
+        local back, berr = open_listener(proxy, proxy.listen)
+        if back then
+          proxy.listener = back
+        else
+          proxy.enabled = false
+          proxy.set:close_all("close")
+          echokit.log("error", "proxy %s: cannot listen on %s again: %s; it is disabled",
+                      proxy.name, proxy.listen, berr.error)
+          err = apierr(err.status, err.error .. "; and proxy " .. proxy.name ..
+                       " could not listen on " .. proxy.listen .. " again (" .. berr.error ..
+                       "): it is disabled")
+        end
+      end
+      return nil, err
+    end
+    opened[i] = l
+  end
+  return opened
+end
+
+-- Attaches a listener opened for proxy (swap_listeners) and logs it.
+local function attach(proxy, l)
   proxy.listener = l
   proxy.listen = l:address()
   echokit.log("info", "proxy %s: listening on %s, upstream %s", proxy.name, proxy.listen,
               proxy.upstream)
-  return true
-end
-
--- Enables (listener opened) or disables (listener and open connections
--- closed) a proxy of the API's. Returns true or nil, apierr.
-local function set_enabled(proxy, on)
-  if on == proxy.enabled then return true end
-  if on then
-    local ok, err = start(proxy)
-    if not ok then return nil, err end
-  else
-    stop(proxy)
-  end
-  proxy.enabled = on
-  return true
 end
 
 local function new_proxy(name, listen, upstream)
@@ -171,14 +205,33 @@ local function sorted_names()
 end
 
 ---------------------------------------------------------------------------
--- Request bodies
+-- Request bodies: every value is checked before anything changes
 ---------------------------------------------------------------------------
+
+-- JSON has no Infinity or NaN, but a number such as 1e999 reads as one; a
+-- stored one made every later listing fail. Returns the path ("a.b") of the
+-- first number in v that is not finite, or nil. Depth is bounded by the
+-- decoder's (decode_max_depth).
+local function nonfinite(v, path)
+  if type(v) == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return path or "body" end
+  elseif type(v) == "table" then
+    for k, x in pairs(v) do
+      local p = nonfinite(x, path and (path .. "." .. tostring(k)) or tostring(k))
+      if p then return p end
+    end
+  end
+end
 
 -- Decodes a JSON body; cjson.null becomes nil. Returns value or nil, apierr.
 local function decode(body)
   if body == nil or body == "" then return nil, E.bad_body("EOF") end
   local ok, v = pcall(cjson.decode, body)
   if not ok then return nil, E.bad_body(tostring(v)) end
+  local bad = nonfinite(v)
+  if bad then
+    return nil, E.bad_body(bad .. ": number out of range (numbers must be finite)")
+  end
   return v
 end
 
@@ -197,7 +250,35 @@ local function field(t, k, ty, what)
   return v
 end
 
--- A proxy object from a body: name, listen, upstream, enabled (types checked).
+-- The shape of an address, as echokit.listen (listen) and echokit.connect
+-- (upstream) take it: HOST:PORT, [V6]:PORT or unix:/path; a listen address
+-- may also be :PORT (every interface) or PORT (loopback), and port 0 (any
+-- free port). echokit.listen checks the host when it opens the listener;
+-- this catches what would otherwise only fail later: a disabled proxy's
+-- listen, and an upstream at each client's connect. Returns nil or why not.
+local function addr_problem(addr, listen)
+  if addr:find("\0", 1, true) then return "contains a NUL byte" end
+  if addr:sub(1, 5) == "unix:" then
+    local path = #addr - 5
+    if path == 0 then return "empty unix socket path" end
+    if path > 107 then return "unix socket path longer than 107 bytes" end
+    return nil
+  end
+  local host, port = addr:match("^%[([^%]]+)%]:(%d+)$")
+  if not host then host, port = addr:match("^([^:%[%]]*):(%d+)$") end
+  if not host and listen then
+    port = addr:match("^(%d+)$")
+    host = port and "127.0.0.1"
+  end
+  if not host then return "expected HOST:PORT, [V6]:PORT or unix:/path" end
+  local n = tonumber(port)
+  if #port > 5 or n > 65535 or (n == 0 and not listen) then return "bad port " .. port end
+  if host == "" and not listen then return "no host" end
+  return nil
+end
+
+-- A proxy object from a body: name, listen, upstream, enabled (types and
+-- address shapes checked).
 local function proxy_input(t, what)
   if type(t) ~= "table" or t[1] ~= nil then
     return nil, E.bad_body(what .. " must be a JSON object")
@@ -217,182 +298,59 @@ local function proxy_input(t, what)
   return out
 end
 
----------------------------------------------------------------------------
--- Handlers: each returns status, body (a JSON string or nil)
----------------------------------------------------------------------------
-local H = {}
-
-function H.version()
-  return 200, cjson.encode { version = echokit.version, server = "echokit" } .. "\n"
-end
-
-function H.proxy_index()
-  local parts = {}
-  for _, name in ipairs(sorted_names()) do
-    parts[#parts + 1] = cjson.encode(name) .. ":" .. proxy_json(proxies[name])
-  end
-  return 200, "{" .. table.concat(parts, ",") .. "}"
-end
-
--- Adds a proxy (started if enabled). Returns proxy or nil, apierr.
-local function add_proxy(input)
-  if not input.name or input.name == "" then return nil, E.missing("name") end
-  if not input.upstream or input.upstream == "" then return nil, E.missing("upstream") end
-  if proxies[input.name] then return nil, E.proxy_exists() end
-  if nproxies >= M.MAX_PROXIES then
-    return nil, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")")
-  end
-  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
-  if input.enabled ~= false then
-    local ok, err = set_enabled(proxy, true)
-    if not ok then return nil, err end
-  end
-  proxies[proxy.name] = proxy
-  nproxies = nproxies + 1
-  return proxy
-end
-
-function H.proxy_create(req)
-  local body, err = decode(req.body)
-  if err then return err end
-  local input
-  input, err = proxy_input(body, "proxy")
-  if not input then return err end
-  local proxy
-  proxy, err = add_proxy(input)
-  if not proxy then return err end
-  return 201, proxy_json(proxy)
-end
-
-local function remove_proxy(proxy)
-  stop(proxy)
-  proxy.set:clear()
-  proxies[proxy.name] = nil
-  nproxies = nproxies - 1
-end
-
--- POST /populate's answer: the proxies applied, and the error that stopped
--- it if any ({"error", "status", "proxies"}, as toxiproxy's Populate).
-local function populate_answer(applied, err)
-  local parts = {}
-  for i, p in ipairs(applied) do parts[i] = proxy_json(p) end
-  local list = '"proxies":[' .. table.concat(parts, ",") .. "]"
-  if not err then return 201, "{" .. list .. "}" end
-  local head = cjson.encode { error = err.error, status = err.status }
-  return err.status, head:sub(1, -2) .. "," .. list .. "}\n"
-end
-
--- POST /populate: a list of proxies. The list is checked first (shapes,
--- names, upstreams, duplicates, the main handler's proxy); nothing changes if
--- that fails. Then each is applied in order, as toxiproxy does: a proxy of
--- the same name with the same listen and upstream is kept (with its toxics),
--- one that differs is replaced. A listen address that fails stops there; the
--- proxies before it stay applied and are listed in the error's "proxies".
-function H.populate(req)
-  local body, err = decode(req.body)
-  if err then return populate_answer({}, err) end
-  if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) then
-    return populate_answer({}, E.bad_body("expected a JSON array of proxies"))
-  end
-  local inputs, seen = {}, {}
-  for i, t in ipairs(body) do
-    local input
-    input, err = proxy_input(t, "proxy " .. i)
-    if not input then return populate_answer({}, err) end
-    if not input.name or input.name == "" then
-      return populate_answer({}, E.missing("name at proxy " .. i))
+-- The addresses of a proxy_input (not for the main handler's proxy, whose
+-- listen reads "(--listen)"). Returns nil or apierr.
+local function addr_input(input, what)
+  for _, k in ipairs { "listen", "upstream" } do
+    local v = input[k]
+    local why = v and v ~= "" and addr_problem(v, k == "listen")
+    if why and k == "listen" then
+      return apierr(400, string.format("listen: %s: %s", v, why))  -- as echokit.listen's
+    elseif why then
+      return E.bad_body(string.format("%s: upstream %q: %s", what, v, why))
     end
-    if not input.upstream or input.upstream == "" then
-      return populate_answer({}, E.missing("upstream at proxy " .. i))
-    end
-    if seen[input.name] then
-      return populate_answer({}, apierr(400, string.format("duplicate proxy name %q", input.name)))
-    end
-    local old = proxies[input.name]
-    if old and old.adopted then
-      return populate_answer({}, apierr(400, "proxy " .. input.name ..
-                                        " is the main handler's; it cannot be replaced"))
-    end
-    seen[input.name] = true
-    inputs[#inputs + 1] = input
   end
-  local out = {}
-  for _, input in ipairs(inputs) do
-    local old = proxies[input.name]
-    local proxy = old
-    if old and not (old.upstream == input.upstream and
-                    (input.listen == nil or old.listen == input.listen or
-                     listen_spec(input.listen) == old.listen)) then
-      remove_proxy(old)
-      proxy = nil
-    end
-    if not proxy then
-      proxy, err = add_proxy(input)
-      if not proxy then return populate_answer(out, err) end
-    elseif input.enabled ~= nil then
-      local ok
-      ok, err = set_enabled(proxy, input.enabled)
-      if not ok then return populate_answer(out, err) end
-    end
-    out[#out + 1] = proxy
-  end
-  return populate_answer(out)
 end
 
-function H.proxy_show(_, proxy)
-  return 200, proxy_json(proxy)
-end
+-- Ranges of the built-in toxics' attributes, in the API's units. Durations
+-- (milliseconds; the slicer's delay in microseconds) and rate (KB/s) may
+-- have a fraction; sizes are whole bytes. toxiproxy's int64 fields take
+-- negative values and act on them as zero or not at all; here they are a
+-- 400. Attributes of other types (toxics.define) only need to be finite.
+local MAX_MS = 2147483647                    -- about 24.8 days
+local MAX_INT = 2147483647
+local LIMITS = {
+  latency = { latency = { max = MAX_MS }, jitter = { max = MAX_MS } },
+  bandwidth = { rate = { max = MAX_INT } },
+  slicer = { average_size = { max = MAX_INT, whole = true },
+             size_variation = { max = MAX_INT, whole = true },
+             delay = { max = MAX_MS * 1000 } },
+  slow_close = { delay = { max = MAX_MS } },
+  timeout = { timeout = { max = MAX_MS } },
+  reset_peer = { timeout = { max = MAX_MS } },
+  limit_data = { bytes = { max = 2 ^ 53, whole = true } },
+}
 
-function H.proxy_update(req, proxy)
-  local body, err = decode(req.body)
-  if err then return err end
-  local input
-  input, err = proxy_input(body, "proxy")
-  if not input then return err end
-  if proxy.adopted then
-    if (input.listen and input.listen ~= proxy.listen) or
-       (input.upstream and input.upstream ~= proxy.upstream) then
-      return apierr(400, "proxy " .. proxy.name .. " is the main handler's: only enabled can change")
+-- Checks a toxic's toxicity and attributes (API units) against the ranges
+-- above. Returns nil or apierr.
+local function toxic_ranges(ty, toxicity, attrs)
+  if toxicity ~= nil and type(toxicity) == "number" and (toxicity < 0 or toxicity > 1) then
+    return E.bad_body(string.format("toxicity must be between 0 and 1 (got %.17g)", toxicity))
+  end
+  local limits = LIMITS[ty] or {}
+  for k, v in pairs(attrs or {}) do
+    local lim = limits[k]
+    if lim and type(v) == "number" then
+      if v < 0 or v > lim.max then
+        return E.bad_body(string.format("attribute %s of %s must be between 0 and %.17g (got %.17g)",
+                                        k, ty, lim.max, v))
+      end
+      if lim.whole and v ~= math.floor(v) then
+        return E.bad_body(string.format("attribute %s of %s must be a whole number (got %.17g)",
+                                        k, ty, v))
+      end
     end
-    if input.enabled ~= nil then
-      proxy.enabled = input.enabled
-      if not input.enabled then proxy.set:close_all("close") end
-    end
-    return 200, proxy_json(proxy)
   end
-  local listen = input.listen or proxy.listen
-  local upstream = input.upstream or proxy.upstream
-  local enabled = input.enabled
-  if enabled == nil then enabled = proxy.enabled end
-  if listen ~= proxy.listen or upstream ~= proxy.upstream then
-    set_enabled(proxy, false)            -- closing cannot fail
-    proxy.listen, proxy.upstream = listen, upstream
-  end
-  local ok
-  ok, err = set_enabled(proxy, enabled)
-  if not ok then return err end
-  return 200, proxy_json(proxy)
-end
-
-function H.proxy_delete(_, proxy)
-  if proxy.adopted then
-    return apierr(400, "proxy " .. proxy.name .. " is the main handler's; it cannot be deleted")
-  end
-  remove_proxy(proxy)
-  return 204
-end
-
-function H.toxic_index(_, proxy)
-  return 200, encode_array(proxy.set:list(), toxic_view)
-end
-
--- Maps a toxics.set error kind to toxiproxy's error.
-local function set_error(msg, kind)
-  if kind == "type" then return E.invalid_type() end
-  if kind == "stream" then return E.invalid_stream() end
-  if kind == "exists" then return E.toxic_exists() end
-  if kind == "missing" then return E.toxic_not_found() end
-  return E.bad_body(msg)
 end
 
 local function toxic_input(t)
@@ -421,6 +379,253 @@ local function toxic_input(t)
   return out
 end
 
+---------------------------------------------------------------------------
+-- Handlers: each returns status, body (a JSON string or nil). Each checks
+-- the whole request, then opens what it needs (swap_listeners), and only
+-- then changes state: a request that fails leaves everything as it was.
+---------------------------------------------------------------------------
+local H = {}
+
+function H.version()
+  return 200, cjson.encode { version = echokit.version, server = "echokit" } .. "\n"
+end
+
+function H.proxy_index()
+  local parts = {}
+  for _, name in ipairs(sorted_names()) do
+    parts[#parts + 1] = cjson.encode(name) .. ":" .. proxy_json(proxies[name])
+  end
+  return 200, "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function insert_proxy(proxy)
+  proxies[proxy.name] = proxy
+  nproxies = nproxies + 1
+end
+
+local function remove_proxy(proxy)
+  close_listener(proxy)
+  proxy.set:close_all("close")
+  proxy.set:clear()
+  proxies[proxy.name] = nil
+  nproxies = nproxies - 1
+end
+
+-- Adds a proxy (listening if enabled). Returns proxy or nil, apierr.
+local function add_proxy(input)
+  if not input.name or input.name == "" then return nil, E.missing("name") end
+  if not input.upstream or input.upstream == "" then return nil, E.missing("upstream") end
+  if proxies[input.name] then return nil, E.proxy_exists() end
+  if nproxies >= M.MAX_PROXIES then
+    return nil, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")")
+  end
+  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
+  if input.enabled ~= false then
+    local ls, err = swap_listeners({}, { { proxy, proxy.listen } })
+    if not ls then return nil, err end
+    attach(proxy, ls[1])
+    proxy.enabled = true
+  end
+  insert_proxy(proxy)
+  return proxy
+end
+
+function H.proxy_create(req)
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = proxy_input(body, "proxy")
+  if not input then return err end
+  err = addr_input(input, "proxy")
+  if err then return err end
+  local proxy
+  proxy, err = add_proxy(input)
+  if not proxy then return err end
+  return 201, proxy_json(proxy)
+end
+
+-- POST /populate's answer: the proxies applied, and the error if any
+-- ({"error", "status", "proxies"}, as toxiproxy's Populate).
+local function populate_answer(applied, err)
+  local parts = {}
+  for i, p in ipairs(applied) do parts[i] = proxy_json(p) end
+  local list = '"proxies":[' .. table.concat(parts, ",") .. "]"
+  if not err then return 201, "{" .. list .. "}" end
+  local head = cjson.encode { error = err.error, status = err.status }
+  return err.status, head:sub(1, -2) .. "," .. list .. "}\n"
+end
+
+-- A proxy of the list that matches one already there (same upstream, and
+-- the same listen or none given) is kept with its toxics; one that differs
+-- is replaced, as toxiproxy does.
+local function same_proxy(old, input)
+  return old.upstream == input.upstream and
+         (input.listen == nil or old.listen == input.listen or
+          listen_spec(input.listen) == old.listen)
+end
+
+-- POST /populate: a list of proxies, applied whole or not at all. The list
+-- is checked first (shapes, names, addresses, duplicates, the main
+-- handler's proxy, the proxy limit); then every listener it needs is
+-- opened (those of proxies it replaces or disables closed first, so that it
+-- may reuse their addresses); if one cannot be, everything is put back and
+-- the error lists no proxies.
+function H.populate(req)
+  local body, err = decode(req.body)
+  if err then return populate_answer({}, err) end
+  -- cjson reads {} and [] alike: the text tells them apart.
+  if type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) or
+     not req.body:find("^%s*%[") then
+    return populate_answer({}, E.bad_body("expected a JSON array of proxies"))
+  end
+  local inputs, seen, added = {}, {}, 0
+  for i, t in ipairs(body) do
+    local input
+    input, err = proxy_input(t, "proxy " .. i)
+    if not input then return populate_answer({}, err) end
+    if not input.name or input.name == "" then
+      return populate_answer({}, E.missing("name at proxy " .. i))
+    end
+    if not input.upstream or input.upstream == "" then
+      return populate_answer({}, E.missing("upstream at proxy " .. i))
+    end
+    if seen[input.name] then
+      return populate_answer({}, apierr(400, string.format("duplicate proxy name %q", input.name)))
+    end
+    local old = proxies[input.name]
+    if old and old.adopted then
+      return populate_answer({}, apierr(400, "proxy " .. input.name ..
+                                        " is the main handler's; it cannot be replaced"))
+    end
+    err = addr_input(input, "proxy " .. i)
+    if err then return populate_answer({}, err) end
+    if not old then added = added + 1 end
+    seen[input.name] = true
+    inputs[#inputs + 1] = input
+  end
+  if nproxies + added > M.MAX_PROXIES then
+    return populate_answer({}, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")"))
+  end
+  local close, open, plan = {}, {}, {}
+  for i, input in ipairs(inputs) do
+    local old = proxies[input.name]
+    local step = { old = old }
+    if old and same_proxy(old, input) then
+      step.proxy = old
+      if input.enabled == false and old.enabled then
+        close[#close + 1] = old
+        step.disable = true
+      elseif input.enabled == true and not old.enabled then
+        open[#open + 1] = { old, old.listen }
+        step.open = #open
+      end
+    else
+      if old then close[#close + 1] = old end
+      step.proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
+      if input.enabled ~= false then
+        open[#open + 1] = { step.proxy, step.proxy.listen }
+        step.open = #open
+      end
+    end
+    plan[i] = step
+  end
+  local ls
+  ls, err = swap_listeners(close, open)
+  if not ls then return populate_answer({}, err) end
+  local out = {}
+  for i, step in ipairs(plan) do
+    local proxy = step.proxy
+    if step.old and step.old ~= proxy then remove_proxy(step.old) end
+    if step.disable then
+      proxy.set:close_all("close")
+      proxy.enabled = false
+    end
+    if step.open then
+      attach(proxy, ls[step.open])
+      proxy.enabled = true
+    end
+    if step.old ~= proxy then insert_proxy(proxy) end
+    out[i] = proxy
+  end
+  return populate_answer(out)
+end
+
+function H.proxy_show(_, proxy)
+  return 200, proxy_json(proxy)
+end
+
+-- POST/PATCH /proxies/{p}: listen, upstream and enabled change together or
+-- not at all. A new address is opened before the proxy changes (its old
+-- listener closed first, as the address may be the same port); if it
+-- cannot be, the old listener reopens and the proxy is as it was, with its
+-- connections. Once committed, a proxy that moved, changed upstream or was
+-- disabled closes its open connections, as toxiproxy's restart does.
+function H.proxy_update(req, proxy)
+  local body, err = decode(req.body)
+  if err then return err end
+  local input
+  input, err = proxy_input(body, "proxy")
+  if not input then return err end
+  if proxy.adopted then
+    if (input.listen and input.listen ~= proxy.listen) or
+       (input.upstream and input.upstream ~= proxy.upstream) then
+      return apierr(400, "proxy " .. proxy.name .. " is the main handler's: only enabled can change")
+    end
+    if input.enabled ~= nil then
+      proxy.enabled = input.enabled
+      if not input.enabled then proxy.set:close_all("close") end
+    end
+    return 200, proxy_json(proxy)
+  end
+  for _, k in ipairs { "listen", "upstream" } do
+    if input[k] == "" then return E.bad_body("proxy: " .. k .. " must not be empty") end
+  end
+  err = addr_input(input, "proxy")
+  if err then return err end
+  local listen = input.listen or proxy.listen
+  local upstream = input.upstream or proxy.upstream
+  local enabled = input.enabled
+  if enabled == nil then enabled = proxy.enabled end
+  local moved = listen ~= proxy.listen and listen_spec(listen) ~= proxy.listen
+  local rerouted = upstream ~= proxy.upstream
+  local close, open = {}, {}
+  if proxy.enabled and (moved or not enabled) then close[1] = proxy end
+  if enabled and (moved or not proxy.enabled) then open[1] = { proxy, listen } end
+  local ls
+  ls, err = swap_listeners(close, open)
+  if not ls then return err end
+  if proxy.enabled and (moved or rerouted or not enabled) then proxy.set:close_all("close") end
+  proxy.upstream = upstream
+  if ls[1] then
+    attach(proxy, ls[1])
+  elseif moved then
+    proxy.listen = listen
+  end
+  proxy.enabled = enabled
+  return 200, proxy_json(proxy)
+end
+
+function H.proxy_delete(_, proxy)
+  if proxy.adopted then
+    return apierr(400, "proxy " .. proxy.name .. " is the main handler's; it cannot be deleted")
+  end
+  remove_proxy(proxy)
+  return 204
+end
+
+function H.toxic_index(_, proxy)
+  return 200, encode_array(proxy.set:list(), toxic_view)
+end
+
+-- Maps a toxics.set error kind to toxiproxy's error.
+local function set_error(msg, kind)
+  if kind == "type" then return E.invalid_type() end
+  if kind == "stream" then return E.invalid_stream() end
+  if kind == "exists" then return E.toxic_exists() end
+  if kind == "missing" then return E.toxic_not_found() end
+  return E.bad_body(msg)
+end
+
 function H.toxic_create(req, proxy)
   local body, err = decode(req.body)
   if err then return err end
@@ -430,6 +635,13 @@ function H.toxic_create(req, proxy)
   if #proxy.set:list() >= M.MAX_TOXICS then
     return apierr(400, "too many toxics on proxy " .. proxy.name .. " (at most " ..
                   M.MAX_TOXICS .. ")")
+  end
+  -- An unknown type or stream is left to set:add, whose errors come first
+  -- in toxiproxy's order.
+  if toxics.types[input.type] and (input.stream == nil or input.stream == "upstream" or
+                                   input.stream == "downstream") then
+    err = toxic_ranges(input.type, input.toxicity, input.attributes)
+    if err then return err end
   end
   local toxic, msg, kind = proxy.set:add(input)
   if not toxic then return set_error(msg, kind) end
@@ -443,13 +655,17 @@ function H.toxic_show(_, proxy, name)
 end
 
 function H.toxic_update(req, proxy, name)
-  if not proxy.set:find(name) then return E.toxic_not_found() end
+  local toxic = proxy.set:find(name)
+  if not toxic then return E.toxic_not_found() end
   local body, err = decode(req.body)
   if err then return err end
   local input
   input, err = toxic_input(body)
   if not input then return err end
-  local toxic, msg, kind = proxy.set:update(name, input)
+  err = toxic_ranges(toxic.type, input.toxicity, input.attributes)
+  if err then return err end
+  local msg, kind
+  toxic, msg, kind = proxy.set:update(name, input)
   if not toxic then return set_error(msg, kind) end
   return 200, cjson.encode(toxic_view(toxic))
 end
@@ -460,18 +676,21 @@ function H.toxic_delete(_, proxy, name)
   return 204
 end
 
--- POST /reset: every proxy enabled, every toxic removed.
+-- POST /reset: every proxy enabled, every toxic removed; all or nothing
+-- (the listeners of the disabled proxies are opened first).
 function H.reset()
+  local open = {}
+  for _, name in ipairs(sorted_names()) do
+    local proxy = proxies[name]
+    if not proxy.enabled and not proxy.adopted then open[#open + 1] = { proxy, proxy.listen } end
+  end
+  local ls, err = swap_listeners({}, open)
+  if not ls then return err end
+  for i, o in ipairs(open) do attach(o[1], ls[i]) end
   for _, name in ipairs(sorted_names()) do
     local proxy = proxies[name]
     proxy.set:clear()
-    if not proxy.enabled then
-      if not proxy.adopted then
-        local ok, err = start(proxy)
-        if not ok then return err end
-      end
-      proxy.enabled = true
-    end
+    proxy.enabled = true
   end
   return 204
 end

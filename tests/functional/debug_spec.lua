@@ -388,6 +388,65 @@ for c in conns.values():
   end)
 end)
 
+describe("debug proxy event log, any bytes", function()
+  after_each(teardown)
+
+  it("is JSON a strict decoder takes: UTF-8 data as text, other bytes in base64", function()
+    local dir = peers.tmpdir()
+    -- the upstream's unix socket has a name that is not UTF-8 either
+    local upath = dir .. "/up\255\128.sock"
+    local up = t.start{ handler = UPSTREAM, listen = { "unix:" .. upath } }
+    local path = dir .. "/events.jsonl"
+    local proxy = start_debug("unix:" .. upath, { events = path, dump = "none" })
+    local high = {}
+    for b = 0x80, 0xFF do high[#high + 1] = string.char(b) end
+    local payloads = {
+      table.concat(high),                    -- every byte 0x80-0xFF
+      "\xC3\x28 \xE2\x82 \xF0\x28\x8C\xBC", -- bad continuation, cut sequences
+      "\xED\xA0\x80 \xC0\xAF \xF4\x90\x80\x80", -- a surrogate, an overlong, past U+10FFFF
+      "h\xC3\xA9llo \xE2\x9C\x93 \"q\" \\ / \0\1\31\127\n", -- valid UTF-8 and controls
+    }
+    local sent = {}
+    for _, data in ipairs(payloads) do sent[exchange_eof(proxy, data)] = data end
+    t.eventually(function() return #proxy:log_matching("%] close ") == #payloads end, 10,
+      "every close line")
+    proxy:stop()
+    -- Python, strict: the file is read as UTF-8 with errors raised, NaN and
+    -- friends are refused. It prints each connection's bytes each way, put
+    -- back together from the data events, as hex.
+    local r = peers.run({ "python3", "-c", [==[
+import base64, json, sys
+def no(c): raise ValueError("not JSON: " + c)
+conns, kinds = {}, set()
+for line in open(sys.argv[1], "rb"):
+    ev = json.loads(line, parse_constant=no)
+    c = conns.setdefault(ev["id"], {"client->upstream": b"", "upstream->client": b""})
+    if ev["event"] == "open":
+        c["client"] = ev["client"]
+        assert ev["upstream"].encode("latin-1") == sys.argv[2].encode("utf-8", "surrogateescape")
+    if ev["event"] == "data":
+        kinds.add(ev["encoding"])
+        d = ev["data"]
+        d = base64.b64decode(d) if ev["encoding"] == "base64" else d.encode("utf-8")
+        c[ev["dir"]] += d
+for c in conns.values():
+    print(c["client"].split(":")[-1], c["client->upstream"].hex(), c["upstream->client"].hex())
+print(" ".join(sorted(kinds)))
+]==], path, "unix:" .. upath }, 10)
+    peers.assert_ok(r, "decoding the event log")
+    local function hex(s) return (s:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)) end
+    local seen = 0
+    for port, up_hex, down_hex in r.out:gmatch("(%d+) (%x*) (%x*)\n") do
+      local data = assert(sent[tonumber(port)], "unknown client port " .. port)
+      assert.equal(hex(data), up_hex)
+      assert.equal(hex(data .. "END " .. #data .. "\n"), down_hex)
+      seen = seen + 1
+    end
+    assert.equal(#payloads, seen)
+    assert.matches("base64 text\n$", r.out)
+  end)
+end)
+
 describe("echokit.pcap from a handler", function()
   after_each(teardown)
 
@@ -431,5 +490,78 @@ return {
     assert.equal("[::1]:" .. port, s.nodes[1])
     assert.equal("abcdef", s.client)
     assert.equal("fedcba", s.server)
+  end)
+end)
+
+describe("debug proxy with a stderr nobody reads", function()
+  after_each(teardown)
+
+  -- echokit -H debug with stderr on its stdout pipe (2>&1), which the test
+  -- reads up to the `listening on` line and then leaves alone, so the pipe
+  -- fills up as a stalled log reader's would.
+  local function start_stalled(upstream, args)
+    local a = { upstream = upstream }
+    for k, v in pairs(args or {}) do a[k] = v end
+    local argv = t.build_argv{ listen = { "127.0.0.1:0" }, handler = "debug", args = a }
+    local p = assert(t.proc.spawn(argv, { cwd = t.src }))
+    finally(function()
+      if not p:wait(0) then p:kill("KILL"); p:wait(5) end
+    end)
+    local line, why = p:readline(t.T(10))
+    local port = line and line:match("^listening on 127%.0%.0%.1:(%d+)$")
+    assert(port, "no listening line: " .. tostring(line or why))
+    return p, tonumber(port)
+  end
+
+  local function connect(port)
+    local c = assert(socket.tcp())
+    c:settimeout(t.T(5))
+    assert(c:connect("127.0.0.1", port))
+    return c
+  end
+
+  it("drops the dump rather than stall every connection, and says how much", function()
+    local up = t.start{ handler = "echo" }
+    local p, port = start_stalled(peers.addr_of(up))
+    local c = connect(port)
+    -- 4 MiB is some 17 MiB of hexdump: far more than a pipe holds
+    t.exchange(c, t.random_bytes(4 * MiB), { timeout = 15 })
+    local other = connect(port)
+    local t0 = t.now()
+    assert.equal("still here", t.ask(other, "still here", 2))
+    assert(t.now() - t0 < t.T(1), "a second client waited " .. (t.now() - t0) .. " s")
+    c:close()
+    other:close()
+    -- Reading again lets the output through, and the next write brings the
+    -- note of what was lost. Nothing may be left to write once the queue has
+    -- drained, so while the pipe stays quiet a new client makes some output.
+    local dropped
+    local deadline = t.now() + t.T(15)
+    repeat
+      local line, why = p:readline(t.T(0.3))
+      dropped = line and line:match(" %[debug%] (%d+) bytes of output dropped")
+      if why == "timeout" then
+        local k = connect(port)
+        assert.equal("poke", t.ask(k, "poke", 5))
+        k:close()
+      end
+    until dropped or why == "eof" or t.now() > deadline
+    assert(dropped and tonumber(dropped) > 0, "no drop note on stderr")
+    -- and the dump goes on as before
+    local k = connect(port)
+    local _, kport = k:getsockname()
+    assert.equal("after", t.ask(k, "after", 5))
+    k:close()
+    local want = "%] open 127%.0%.0%.1:" .. kport .. " %-> "
+    local seen
+    repeat
+      local line = p:readline(math.max(0, deadline - t.now()))
+      seen = line and line:find(want)
+    until seen or not line
+    assert(seen, "no open line for the client after the drops")
+    p:kill("TERM")
+    local rest = p:readall(t.T(10))
+    assert.same({ "exited", 0 }, { p:wait(t.T(5)) }, t.clip(rest, 4000))
+    assert.same({ "exited", 0 }, { p:wait(t.T(5)) })
   end)
 end)

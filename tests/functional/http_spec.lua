@@ -129,6 +129,35 @@ describe("http handler", function()
     assert.same({ "1.0", "AAEC//4=", "base64" }, { d.version, d.body, d.body_encoding })
   end)
 
+  it("writes JSON a strict decoder takes, whatever bytes the request holds", function()
+    local srv = t.start{ handler = "http" }
+    local c = srv:connect()
+    -- obs-text (bytes 0x80-0xFF) and a tab in a header value, an invalid
+    -- UTF-8 path byte, quotes and backslashes; then HTTP/1.0 with no header
+    t.send_all(c, "POST /p\255%22q?a=\"b\\ HTTP/1.1\r\nHost: x\r\n" ..
+                  "X-Obs: caf\233 \128\t\255\r\nContent-Length: 3\r\n\r\n\0\31\255")
+    local one = read_response(c, 5, "obs-text request").body
+    t.send_all(c, "GET / HTTP/1.0\r\n\r\n")
+    local two = read_response(c, 5, "header-less request").body
+    local dir = peers.tmpdir()
+    peers.write_file(dir .. "/one.json", one)
+    peers.write_file(dir .. "/two.json", two)
+    -- Python reads the bytes as UTF-8 strictly and rejects NaN and friends;
+    -- text that is not UTF-8 comes back as Latin-1
+    local r = peers.run({ "python3", "-c", [[
+import json, sys
+def no(c): raise ValueError("not JSON: " + c)
+one, two = (json.loads(open(p, "rb").read(), parse_constant=no) for p in sys.argv[1:3])
+hs = dict(one["headers"])
+print(repr(one["path"].encode("latin-1")), repr(one["query"]),
+      repr(hs["X-Obs"].encode("latin-1")), one["body"], one["body_encoding"])
+print(json.dumps(two["headers"]), json.dumps(two["query"]), two["version"])
+]], dir .. "/one.json", dir .. "/two.json" }, 10)
+    peers.assert_ok(r, "decoding the answers")
+    assert.equal("b'/p\\xff%22q' 'a=\"b\\\\' b'caf\\xe9 \\x80\\t\\xff' AB// base64\n" ..
+                 "[] null 1.0\n", r.out)
+  end)
+
   it("answers wrk at 100 connections with no errors and no non-2xx", function()
     local srv = t.start{ handler = "http" }
     for _, path in ipairs({ "/hello", "/json?q=1" }) do

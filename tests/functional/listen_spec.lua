@@ -50,6 +50,34 @@ describe("echokit.listen", function()
     assert.equal("main", ask(srv:connect(), "main"))
   end)
 
+  it("never takes a unix socket another service listens on", function()
+    local path = t.unix_path("foreign")
+    local other = t.start { handler = "echo", listen = { "unix:" .. path } }
+    local oc = other:connect()
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local reply = ask(ctl, "listen unix:" .. path)
+    assert.equal("err unix:" .. path .. ": address in use: something is listening on " .. path,
+                 reply)
+    t.send_all(oc, "mine\n")
+    assert.equal("mine", t.recv_line(oc))
+    local oc2 = other:connect()
+    t.send_all(oc2, "still mine\n")
+    assert.equal("still mine", t.recv_line(oc2))
+    -- Once that service is gone the path may be taken.
+    oc:close()
+    oc2:close()
+    other:stop()
+    assert.equal("ok unix:" .. path, ask(ctl, "listen unix:" .. path))
+    local unix = require "socket.unix"
+    local c = assert(unix.stream())
+    c:settimeout(t.T(3))
+    assert(c:connect(path))
+    t.send_all(c, "ours\n")
+    assert.equal("OURS", t.recv_line(c))
+    c:close()
+  end)
+
   it("a malformed address raises in the caller; the server carries on", function()
     local srv = t.start { handler = HANDLER, expect_errors = { "echokit.listen:" } }
     local ctl = srv:connect()

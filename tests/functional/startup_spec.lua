@@ -116,6 +116,47 @@ describe("start-up", function()
     assert.truthy(line:find("tests/handlers/not_table.lua", 1, true), line)
   end)
 
+  it("never takes a unix socket something listens on; replaces a stale one", function()
+    local path = t.unix_path("taken")
+    local first = t.start { handler = "echo", listen = { "unix:" .. path } }
+    local c = first:connect()
+    local r = t.run { handler = "echo", listen = { "unix:" .. path } }
+    assert(r.how == "exited" and r.code == 1, string.format(
+      "a second echokit on a live unix socket: expected exit 1, got %s %s; stdout:\n%s",
+      r.how, r.code, t.clip(r.stdout)))
+    assert.is_nil(r.stdout:find("listening on", 1, true), "it listened anyway")
+    assert.truthy(r.stderr:find("address in use: something is listening on " .. path, 1, true),
+                  r.stderr)
+    -- The first service kept its socket: old and new clients reach it.
+    t.send_all(c, "still\n")
+    assert.equal("still", t.recv_line(c))
+    local c2 = first:connect()
+    t.send_all(c2, "new client\n")
+    assert.equal("new client", t.recv_line(c2))
+    c:close()
+    c2:close()
+    first:stop()
+    -- A socket file nobody listens on is stale: replaced.
+    local unix = require "socket.unix"
+    local s = assert(unix.stream())
+    assert(s:bind(path))
+    s:close()
+    local second = t.start { handler = "echo", listen = { "unix:" .. path } }
+    local c3 = second:connect()
+    t.send_all(c3, "stale replaced\n")
+    assert.equal("stale replaced", t.recv_line(c3))
+    c3:close()
+    second:stop()
+    -- A path that is not a socket is refused and left alone.
+    local f = assert(io.open(path, "w"))
+    f:write("not a socket")
+    f:close()
+    r = t.run { handler = "echo", listen = { "unix:" .. path } }
+    assert.equal(1, r.code, r.stderr)
+    assert.truthy(r.stderr:find(path .. " exists and is not a socket", 1, true), r.stderr)
+    assert.equal("not a socket", t.read_file(path))
+  end)
+
   it("prints one flushed 'listening on' line per listener, with the real port", function()
     local srv = t.start{ listen = { "127.0.0.1:0", "127.0.0.1:0" } }
     assert.equal(2, #srv.addrs)

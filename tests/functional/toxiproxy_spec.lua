@@ -330,7 +330,7 @@ describe("control API", function()
       after.refs, base.refs, after.refs - base.refs))
   end)
 
-  it("populate: checks the list first; a listen failure keeps what came before (as toxiproxy)", function()
+  it("populate: all or nothing, also when a listen address cannot be bound", function()
     local srv, up = setup()
     local upstream = "127.0.0.1:" .. up:port()
     local function names()
@@ -349,27 +349,249 @@ describe("control API", function()
     assert.equal(400, body.status)
     assert.same({}, body.proxies)
     assert.same({}, names())
-    -- A listen address that cannot be bound: the ones before it stay, and
-    -- the answer lists them.
+    -- Two proxies already there, one with a toxic and a client.
+    local kept = create(srv, "kept", upstream)
+    local other = create(srv, "other", upstream)
+    assert.equal(200, (request(srv, "POST", "/proxies/kept/toxics",
+                               '{"name":"slow","type":"latency","attributes":{"latency":1}}')))
+    local c = connect(kept.listen)
+    t.send_all(c, "before\n")
+    assert.equal("before", t.recv_line(c))
+    local _, before = request(srv, "GET", "/proxies")
+    -- A listen address that cannot be bound, after entries that would
+    -- replace "kept", disable "other" and add "one": none of it happens,
+    -- and the answer lists no proxies.
     st, body = request(srv, "POST", "/populate", cjson.encode {
+      { name = "kept", upstream = "127.0.0.1:1", listen = kept.listen },
+      { name = "other", upstream = upstream, enabled = false },
       { name = "one", upstream = upstream, listen = "127.0.0.1:0" },
       { name = "two", upstream = upstream, listen = srv.admin },
       { name = "three", upstream = upstream, listen = "127.0.0.1:0" } })
     assert.equal(500, st, cjson.encode(body))
     assert.matches("[Aa]ddress already in use", body.error)
     assert.equal(500, body.status)
-    assert.equal(1, #body.proxies)
-    assert.equal("one", body.proxies[1].name)
-    assert.same({ "one" }, names())
-    rt(body.proxies[1].listen, "the proxy applied before the failure")
-    -- Success: 201 and every proxy.
+    assert.same({}, body.proxies)
+    local _, after = request(srv, "GET", "/proxies")
+    assert.same(before, after)
+    rt(kept.listen, "the proxy a failed populate would have replaced")
+    rt(other.listen, "the proxy a failed populate would have disabled")
+    t.send_all(c, "after\n")
+    assert.equal("after", t.recv_line(c), "a connection through the kept proxy")
+    c:close()
+    -- Success: 201 and every proxy; "kept" reuses its own address.
     st, body = request(srv, "POST", "/populate", cjson.encode {
-      { name = "one", upstream = upstream, listen = body.proxies[1].listen },
+      { name = "kept", upstream = "127.0.0.1:1", listen = kept.listen },
+      { name = "one", upstream = upstream, listen = "127.0.0.1:0" },
       { name = "two", upstream = upstream } })
     assert.equal(201, st, cjson.encode(body))
     assert.is_nil(body.error)
-    assert.equal(2, #body.proxies)
-    assert.same({ "one", "two" }, names())
+    assert.equal(3, #body.proxies)
+    assert.equal(kept.listen, body.proxies[1].listen)
+    assert.same({}, body.proxies[1].toxics)
+    assert.same({ "kept", "one", "other", "two" }, names())
+  end)
+
+  it("checks every number: out of range is a 400 and changes nothing", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local p = create(srv, "nums", upstream)
+    local path = "/proxies/nums/toxics"
+    assert.equal(200, (request(srv, "POST", path,
+      '{"name":"lat","type":"latency","toxicity":0.5,"attributes":{"latency":10}}')))
+    local _, before = request(srv, "GET", "/proxies")
+    local function toxic(attrs, extra)
+      return '{"name":"new","type":"' .. attrs[1] .. '","attributes":' .. attrs[2] ..
+             (extra or "") .. "}"
+    end
+    local cases = {
+      -- 1e999 reads as infinity: once stored, no listing could be written.
+      { "POST", path, '{"type":"latency","toxicity":1e999}', "toxicity: number out of range" },
+      { "POST", path, '{"type":"latency","toxicity":-1e999}', "toxicity: number out of range" },
+      { "POST", path, '{"type":"latency","toxicity":1.5}', "toxicity must be between 0 and 1" },
+      { "POST", path, '{"type":"latency","toxicity":-0.1}', "toxicity must be between 0 and 1" },
+      { "POST", path, toxic { "latency", '{"latency":1e999}' }, "attributes%.latency: number out of range" },
+      { "POST", path, toxic { "latency", '{"latency":-1}' }, "latency of latency must be between 0 and" },
+      { "POST", path, toxic { "latency", '{"jitter":1e12}' }, "jitter of latency must be between 0 and" },
+      { "POST", path, toxic { "bandwidth", '{"rate":-5}' }, "rate of bandwidth must be between 0 and" },
+      { "POST", path, toxic { "slicer", '{"average_size":2.5}' }, "average_size of slicer must be a whole number" },
+      { "POST", path, toxic { "slicer", '{"size_variation":-1}' }, "size_variation of slicer must be between" },
+      { "POST", path, toxic { "slicer", '{"delay":1e300}' }, "delay of slicer must be between" },
+      { "POST", path, toxic { "slow_close", '{"delay":-3}' }, "delay of slow_close must be between" },
+      { "POST", path, toxic { "timeout", '{"timeout":-1}' }, "timeout of timeout must be between" },
+      { "POST", path, toxic { "reset_peer", '{"timeout":1e10}' }, "timeout of reset_peer must be between" },
+      { "POST", path, toxic { "limit_data", '{"bytes":0.5}' }, "bytes of limit_data must be a whole number" },
+      { "POST", path, toxic { "limit_data", '{"bytes":-1}' }, "bytes of limit_data must be between" },
+      -- Unknown attributes are kept and shown, so they must be writable too.
+      { "POST", path, toxic { "latency", '{"extra":1e999}' }, "attributes%.extra: number out of range" },
+      { "POST", path, toxic { "latency", '{"extra":{"deep":[1,-1e999]}}' }, "attributes%.extra%.deep%.2: number" },
+      { "POST", path .. "/lat", '{"toxicity":1e999}', "toxicity: number out of range" },
+      { "POST", path .. "/lat", '{"toxicity":2}', "toxicity must be between 0 and 1" },
+      { "PATCH", path .. "/lat", '{"attributes":{"latency":-10}}', "latency of latency must be between" },
+      { "PATCH", path .. "/lat", '{"attributes":{"latency":20,"jitter":1e999}}', "attributes%.jitter: number" },
+      { "PATCH", path .. "/lat", '{"toxicity":1,"attributes":{"latency":-1}}', "latency of latency must be between" },
+      { "POST", "/proxies", cjson.encode { name = "x", upstream = upstream } :sub(1, -2) .. ',"n":1e999}',
+        "n: number out of range" },
+      { "PATCH", "/proxies/nums", '{"enabled":false,"n":-1e999}', "n: number out of range" },
+      { "POST", "/populate", '[{"name":"x","upstream":"' .. upstream .. '","n":1e999}]',
+        "1%.n: number out of range" },
+      { "POST", "/populate", "1e999", "body: number out of range" },
+      { "POST", "/populate", "{}", "expected a JSON array of proxies" },
+      { "POST", "/populate", '{"name":"x"}', "expected a JSON array of proxies" },
+    }
+    for _, case in ipairs(cases) do
+      local what = case[1] .. " " .. case[2] .. " " .. case[3]
+      local st, body = request(srv, case[1], case[2], case[3])
+      assert.equal(400, st, what .. " -> " .. tostring(cjson.encode(body)))
+      assert.equal(400, body.status, what)
+      assert.matches("^bad request body: .*" .. case[4], body.error, nil, nil, what)
+      local st2, now = request(srv, "GET", "/proxies")
+      assert.equal(200, st2, "the listing after " .. what .. ": " .. tostring(now))
+      assert.same(before, now, "state changed by " .. what)
+    end
+    -- The edges are fine.
+    assert.equal(200, (request(srv, "POST", path,
+      '{"name":"edge","type":"limit_data","toxicity":0,"attributes":{"bytes":0}}')))
+    assert.equal(200, (request(srv, "PATCH", path .. "/edge", '{"toxicity":1}')))
+    assert.equal(200, (request(srv, "GET", "/proxies")))
+    assert.equal(204, (request(srv, "DELETE", path .. "/edge")))
+    rt(p.listen, "the proxy after the refused numbers")
+  end)
+
+  it("a failed proxy update leaves it exactly as it was", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local p = create(srv, "moving", upstream)
+    local q = create(srv, "sitting", upstream)
+    assert.equal(200, (request(srv, "POST", "/proxies/moving/toxics",
+                               '{"name":"slow","type":"latency","attributes":{"latency":1}}')))
+    local c = connect(p.listen)
+    t.send_all(c, "before\n")
+    assert.equal("before", t.recv_line(c))
+    local _, before = request(srv, "GET", "/proxies/moving")
+    local cases = {
+      -- A taken port: toxiproxy answers 500 (its error has no status); the
+      -- proxy used to stay disabled with the new address.
+      { cjson.encode { listen = q.listen }, 500, "^listen .*[Aa]ddress already in use" },
+      { cjson.encode { listen = q.listen, upstream = "127.0.0.1:1" }, 500, "[Aa]ddress already in use" },
+      { cjson.encode { listen = srv.admin, enabled = true }, 500, "[Aa]ddress already in use" },
+      { cjson.encode { listen = "127.0.0.1:http" }, 400, "^listen: " },
+      { cjson.encode { listen = "nonexistent.invalid:1" }, 400, "not a numeric address" },
+      { cjson.encode { upstream = "nope", enabled = false }, 400, "^bad request body: .*upstream \"nope\"" },
+      { cjson.encode { upstream = "127.0.0.1:0" }, 400, "upstream .*bad port 0" },
+      { cjson.encode { upstream = "" }, 400, "upstream must not be empty" },
+      { cjson.encode { listen = "", enabled = false }, 400, "listen must not be empty" },
+      { '{"enabled":"no","listen":"127.0.0.1:0"}', 400, "enabled must be a boolean" },
+    }
+    for _, case in ipairs(cases) do
+      local st, body = request(srv, "PATCH", "/proxies/moving", case[1])
+      assert.equal(case[2], st, case[1] .. " -> " .. cjson.encode(body))
+      assert.equal(case[2], body.status, case[1])
+      assert.matches(case[3], body.error, nil, nil, case[1])
+      local _, now = request(srv, "GET", "/proxies/moving")
+      assert.same(before, now, "the proxy changed after " .. case[1])
+      rt(p.listen, "the proxy after " .. case[1])
+      t.send_all(c, "still\n")
+      assert.equal("still", t.recv_line(c), "the open connection after " .. case[1])
+    end
+    rt(q.listen, "the proxy whose port was asked for")
+    -- A disabled proxy that cannot come back on its address stays disabled.
+    assert.equal(200, (request(srv, "PATCH", "/proxies/moving", '{"enabled":false}')))
+    local _, off = request(srv, "GET", "/proxies/moving")
+    local st, body = request(srv, "PATCH", "/proxies/moving",
+                             cjson.encode { enabled = true, listen = q.listen })
+    assert.equal(500, st, cjson.encode(body))
+    local _, still = request(srv, "GET", "/proxies/moving")
+    assert.same(off, still)
+    -- A free address: it moves, the old one stops answering, the toxic stays.
+    st, body = request(srv, "PATCH", "/proxies/moving", '{"enabled":true,"listen":"127.0.0.1:0"}')
+    assert.equal(200, st, cjson.encode(body))
+    assert.are_not.equal(p.listen, body.listen)
+    assert.equal("slow", body.toxics[1].name)
+    rt(body.listen, "the moved proxy")
+    assert.is_nil(round_trip(p.listen), "the old address still relays")
+    c:close()
+  end)
+
+  it("never takes a unix socket another service listens on", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local path = t.unix_path("api")
+    local other = t.start { handler = "echo", listen = { "unix:" .. path } }
+    local oc = other:connect()
+    local p = create(srv, "tcp", upstream)
+    local _, before = request(srv, "GET", "/proxies")
+    local want = "address in use: something is listening on " .. path
+    local st, body = request(srv, "POST", "/proxies", cjson.encode {
+      name = "thief", upstream = upstream, listen = "unix:" .. path })
+    assert.equal(500, st, cjson.encode(body))
+    assert.truthy(body.error:find(want, 1, true), body.error)
+    st, body = request(srv, "PATCH", "/proxies/tcp", cjson.encode { listen = "unix:" .. path })
+    assert.equal(500, st, cjson.encode(body))
+    assert.truthy(body.error:find(want, 1, true), body.error)
+    st, body = request(srv, "POST", "/populate", cjson.encode {
+      { name = "thief", upstream = upstream, listen = "unix:" .. path } })
+    assert.equal(500, st, cjson.encode(body))
+    assert.truthy(body.error:find(want, 1, true), body.error)
+    local _, after = request(srv, "GET", "/proxies")
+    assert.same(before, after)
+    rt(p.listen, "the proxy asked to move onto the socket")
+    -- The other service kept its socket: its old and new clients reach it.
+    t.send_all(oc, "mine\n")
+    assert.equal("mine", t.recv_line(oc))
+    local oc2 = other:connect()
+    t.send_all(oc2, "still mine\n")
+    assert.equal("still mine", t.recv_line(oc2))
+    oc:close()
+    oc2:close()
+  end)
+
+  it("reset is all or nothing", function()
+    local srv, up = setup()
+    local upstream = "127.0.0.1:" .. up:port()
+    local a = create(srv, "a", upstream)
+    create(srv, "b", upstream)
+    for _, n in ipairs { "a", "b" } do
+      assert.equal(200, (request(srv, "POST", "/proxies/" .. n .. "/toxics",
+                                 '{"name":"slow","type":"latency","attributes":{"latency":1}}')))
+      assert.equal(200, (request(srv, "PATCH", "/proxies/" .. n, '{"enabled":false}')))
+    end
+    -- a's address is taken meanwhile (by another proxy, which is allowed
+    -- while a is disabled): a cannot come back.
+    local c = create(srv, "c", upstream, a.listen)
+    local _, before = request(srv, "GET", "/proxies")
+    local st, body = request(srv, "POST", "/reset")
+    assert.equal(500, st, cjson.encode(body))
+    assert.matches("[Aa]ddress already in use", body.error)
+    local _, after = request(srv, "GET", "/proxies")
+    assert.same(before, after)
+    rt(c.listen, "the proxy holding the address")
+    -- Once it is free, reset does it all.
+    assert.equal(204, (request(srv, "DELETE", "/proxies/c")))
+    assert.equal(204, (request(srv, "POST", "/reset")))
+    local _, list = request(srv, "GET", "/proxies")
+    for _, n in ipairs { "a", "b" } do
+      assert.is_true(list[n].enabled, n)
+      assert.same({}, list[n].toxics, n)
+      rt(list[n].listen, "proxy " .. n .. " after reset")
+    end
+  end)
+
+  it("checks an upstream's shape when the proxy is made", function()
+    local srv = setup()
+    local cases = {
+      { '{"name":"u","upstream":"nope"}', "upstream \"nope\": expected HOST:PORT" },
+      { '{"name":"u","upstream":"127.0.0.1:99999"}', "bad port 99999" },
+      { '{"name":"u","upstream":":80"}', "no host" },
+      { '{"name":"u","upstream":"unix:"}', "empty unix socket path" },
+      { '{"name":"u","upstream":"a:1","enabled":false,"listen":"here"}', "^listen: here: expected" },
+    }
+    for _, case in ipairs(cases) do
+      local st, body = request(srv, "POST", "/proxies", case[1])
+      assert.equal(400, st, case[1] .. " -> " .. cjson.encode(body))
+      assert.matches(case[2], body.error, nil, nil, case[1])
+    end
+    local _, list = request(srv, "GET", "/proxies")
+    assert.same({}, list)
   end)
 
   it("runs the custom toxic from the README, also when added through the API", function()

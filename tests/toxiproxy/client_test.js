@@ -98,6 +98,23 @@ async function main() {
   await rejects(toxiproxy.createProxy({ name: "echo", listen: "127.0.0.1:0", upstream }),
                 "a duplicate proxy name is refused");
 
+  // A change that cannot be made is refused whole: the proxy keeps its
+  // address and state, and no toxic is stored.
+  const other = await toxiproxy.createProxy({ name: "other", listen: "127.0.0.1:0", upstream });
+  await rejects(proxy.update({ enabled: true, listen: other.listen, upstream }),
+                "moving onto a taken port is refused");
+  const unmoved = await toxiproxy.get("echo");
+  ok(unmoved.listen === proxy.listen && unmoved.enabled === true,
+     `the refused move left the proxy on ${unmoved.listen}, enabled ${unmoved.enabled}`);
+  await rejects(proxy.addToxic({ type: "latency", stream: "downstream", toxicity: 2,
+                                 attributes: { latency: 1 } }), "toxicity 2 is refused");
+  await rejects(proxy.addToxic({ type: "latency", name: "negative", stream: "downstream",
+                                 toxicity: 1, attributes: { latency: -100 } }),
+                "a negative latency is refused");
+  await rejects(proxy.getToxic("latency_downstream"), "the toxic with toxicity 2 was not stored");
+  await rejects(proxy.getToxic("negative"), "the toxic with a negative latency was not stored");
+  await other.remove();
+
   const disabled = await proxy.update({ enabled: false, listen: proxy.listen, upstream });
   ok(disabled.enabled === false, "proxy.update enabled=false");
   err = null;

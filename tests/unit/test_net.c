@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -139,6 +141,98 @@ static void test_refused(void)
     close(fd);
 }
 
+/* A connect to path through net_connect and an accept on lfd: 1 when both
+ * work (the listener on lfd serves that path). */
+static int serves(int lfd, const struct net_addr *a)
+{
+    char err[ECHOKIT_ERR_LEN];
+    int inprog, ok = 0;
+    int cfd = net_connect(a, &inprog, err);
+    if (cfd < 0)
+        return 0;
+    struct pollfd p = {.fd = lfd, .events = POLLIN};
+    if (poll(&p, 1, 5000) == 1) {
+        struct net_addr peer;
+        int afd = net_accept(lfd, &peer);
+        ok = afd >= 0;
+        if (afd >= 0)
+            close(afd);
+    }
+    close(cfd);
+    return ok;
+}
+
+/* A unix path is never taken from a live listener: only a stale socket file
+ * (connect refused) is replaced; a live one, a full one, one of another type
+ * and a file that is not a socket are refused, and left as they were. */
+static void test_unix_claim(void)
+{
+    char spec[96], err[ECHOKIT_ERR_LEN] = "";
+    snprintf(spec, sizeof spec, "unix:/tmp/echokit-test-claim-%d.sock", (int)getpid());
+    const char *path = spec + 5;
+    unlink(path);
+    struct net_addr a;
+    CHECK(net_parse_addr(spec, 0, &a, err) == 0);
+
+    int first = net_listen(&a, 16, err);
+    CHECK_MSG(first >= 0, "%s: %s", spec, err);
+    err[0] = '\0';
+    CHECK(net_listen(&a, 16, err) == -1);
+    CHECK_MSG(strstr(err, "address in use: something is listening on") != NULL &&
+                  strstr(err, path) != NULL, "live socket: error '%s'", err);
+    CHECK_MSG(serves(first, &a), "the first listener lost %s", path);
+
+    /* Its backlog full: still live, still refused (and no blocking). */
+    int cl[64], n = 0;
+    for (; n < 64; n++) {
+        int inprog;
+        cl[n] = net_connect(&a, &inprog, err);
+        if (cl[n] < 0)
+            break;
+    }
+    CHECK_MSG(n < 64, "the backlog never filled");
+    err[0] = '\0';
+    CHECK(net_listen(&a, 16, err) == -1);
+    CHECK_MSG(strstr(err, "something is listening") != NULL, "full backlog: error '%s'", err);
+    for (int i = 0; i < n; i++)
+        close(cl[i]);
+
+    /* Closed, the file stays behind: stale, replaced. */
+    close(first);
+    struct stat st;
+    CHECK(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
+    int second = net_listen(&a, 16, err);
+    CHECK_MSG(second >= 0, "stale socket file not replaced: %s", err);
+    if (second >= 0) {
+        CHECK(serves(second, &a));
+        close(second);
+    }
+    unlink(path);
+
+    /* A datagram socket bound there. */
+    int dg = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK(dg >= 0 && bind(dg, (struct sockaddr *)&a.ss, a.len) == 0);
+    err[0] = '\0';
+    CHECK(net_listen(&a, 16, err) == -1);
+    CHECK_MSG(strstr(err, "address in use") != NULL, "datagram socket: error '%s'", err);
+    CHECK(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
+    close(dg);
+    unlink(path);
+
+    /* A regular file: refused and kept. */
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("keep me", f);
+        fclose(f);
+    }
+    err[0] = '\0';
+    CHECK(net_listen(&a, 16, err) == -1);
+    CHECK_MSG(strstr(err, "is not a socket") != NULL, "regular file: error '%s'", err);
+    CHECK(lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 7);
+    unlink(path);
+}
+
 int main(void)
 {
     test_parse();
@@ -148,5 +242,6 @@ int main(void)
     snprintf(path, sizeof path, "unix:/tmp/echokit-test-net-%d.sock", (int)getpid());
     test_round_trip(path);
     test_refused();
+    test_unix_claim();
     return check_done("test_net");
 }
