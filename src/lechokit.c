@@ -7,7 +7,6 @@
 
 #include "hexdump.h"
 #include "log.h"
-#include "lwriter.h"
 #include "script.h"
 #include "util.h"
 

@@ -22,7 +22,6 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "lwriter.h"
 #include "outq.h"
 #include "script.h"
 #include "util.h"
@@ -158,7 +157,6 @@ static void shut(struct lwriter *w)
     w->fd = -1;
 }
 
-static void ensure_class(lua_State *L);
 
 /* echokit.writer(target [, {max = BYTES}]) -> writer | nil, err */
 int lwriter_new(lua_State *L)
@@ -182,7 +180,6 @@ int lwriter_new(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    ensure_class(L);
     struct lwriter *w = lua_newuserdatauv(L, sizeof *w, 0);
     memset(w, 0, sizeof *w);
     w->fd = -1;
@@ -273,7 +270,8 @@ static int w_tostring(lua_State *L)
     return 1;
 }
 
-static void ensure_class(lua_State *L)
+/* Registers the writer metatable (script.c's table of bindings). [-0, +0, m] */
+void lwriter_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"write", w_write}, {"dropped", w_dropped}, {"buffered", w_buffered},
@@ -282,7 +280,5 @@ static void ensure_class(lua_State *L)
     static const luaL_Reg meta[] = {
         {"__gc", w_close}, {"__close", w_close}, {"__tostring", w_tostring}, {NULL, NULL},
     };
-    if (luaL_getmetatable(L, WRITER_MT) == LUA_TNIL)
-        script_class(L, WRITER_MT, methods, meta);
-    lua_pop(L, 1);
+    script_class(L, WRITER_MT, methods, meta);
 }

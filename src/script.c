@@ -546,7 +546,7 @@ static void install_searcher(lua_State *L)
 /* Every binding, in one table: metatables registered at start-up, and the
  * modules require finds in package.preload. */
 static void (*const classes[])(lua_State *L) = {
-    lconn_open, ltimer_open, lpcap_open_lib, llisten_open,
+    lconn_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
 };
 
 static const luaL_Reg modules[] = {

@@ -148,6 +148,8 @@ int lconn_sleep(lua_State *L);  /* echokit.sleep */
 int lconn_connect(lua_State *L); /* echokit.connect */
 void lpcap_open_lib(lua_State *L);
 int lpcap_open(lua_State *L);    /* echokit.pcap */
+void lwriter_open(lua_State *L);
+int lwriter_new(lua_State *L);   /* echokit.writer (lwriter.c) */
 
 /* Accepted socket -> connection running handler h, or the script's own
  * handler if h is NULL; with h the connection takes references of its own to
