@@ -39,10 +39,10 @@ function M.trickle(clients, o)
     local now = t.now()
     if now > deadline then
       local still = {}
-      for _, i in pairs(open) do still[#still + 1] = tostring(i) end
+      for _, i in pairs(open) do still[#still + 1] = i end
       table.sort(still)
-      error(string.format("clients %s still open after %gs (each sent %d bytes)",
-        table.concat(still, ", "), timeout, res[tonumber(still[1])].sent), 2)
+      error(string.format("clients %s still open after %gs (client %d sent %d bytes)",
+        table.concat(still, ", "), timeout, still[1], res[still[1]].sent), 2)
     end
     if now >= next_tick then
       tick = tick + 1
