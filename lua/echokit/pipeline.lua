@@ -64,7 +64,8 @@
 --   local note = pipeline.limited_log(level [, interval])
 --   note(fmt, ...)  logs with echokit.log at `level`, at most once per
 --                   `interval` seconds (default 10); the lines left out are
---                   counted and their number logged when the interval ends.
+--                   counted, and their number and the last of them logged
+--                   when the interval ends.
 local M = {}
 
 M.MAX_STEPS = 1024
@@ -238,12 +239,13 @@ function M.limited_log(level, interval, opts)
     io.stderr:write(fmt:format(...), "\n")
   end
   local timer = opts.timer or (echokit and echokit.timer)
-  local quiet, left_out = false, 0
+  local quiet, left_out, last = false, 0, nil
   local function reopen()
     if left_out > 0 then
-      log(level, "... and %d more like it in the last %gs", left_out, interval)
-      left_out = 0
-      -- those just counted start another quiet interval
+      log(level, "%d more like it in the last %gs, the last: " .. last[1], left_out, interval,
+          table.unpack(last, 2, last.n))
+      left_out, last = 0, nil
+      -- the summary starts another quiet interval
       timer(interval, reopen)
     else
       quiet = false
@@ -252,6 +254,7 @@ function M.limited_log(level, interval, opts)
   return function(fmt, ...)
     if quiet then
       left_out = left_out + 1
+      last = table.pack(fmt, ...)
       return
     end
     log(level, fmt, ...)

@@ -317,10 +317,11 @@ describe("echokit.pipeline.limited_log", function()
     for i = 1, 200 do note("timeout %d", i) end
     assert.same({ "info timeout 1" }, lines)
     loop:advance(10)
-    assert.same({ "info timeout 1", "info ... and 199 more like it in the last 10s" }, lines)
+    assert.same({ "info timeout 1", "info 199 more like it in the last 10s, the last: timeout 200" },
+                lines)
     note("timeout %d", 201)          -- still within the quiet interval the count began
     loop:advance(10)
-    assert.equal("info ... and 1 more like it in the last 10s", lines[3])
+    assert.equal("info 1 more like it in the last 10s, the last: timeout 201", lines[3])
     loop:advance(10)
     note("timeout %d", 202)
     assert.equal("info timeout 202", lines[4])
