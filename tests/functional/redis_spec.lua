@@ -213,8 +213,9 @@ describe("redis mock", function()
     local out = t.read_file(h.errpath) .. h.p:readall(5)
     assert(how == "exited" and code == 0, "redis-cli --pipe: " .. out)
     assert.truthy(out:find("errors: 0, replies: " .. n, 1, true), out)
-    -- the ratio holds on slow builds too; natively the longest wait is a few
-    -- ms of about 100 ms
+    -- a ratio, so that slow builds pass as well: measured, the longest wait
+    -- was about 1/10 of the transfer (release and ASan), and 6/10 or more when
+    -- most of it was answered in one callback
     assert(m.max_rtt < m.total / 4, "a PING waited for the pipeline: " .. fairness.describe(m))
     assert.equal("PONG", cli(srv, "ping"))
   end)
