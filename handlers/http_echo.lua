@@ -2,10 +2,14 @@
 -- as JSON, and a fixed small body at /hello for load tests.
 --
 --   echokit -H http              then: curl -d hi 127.0.0.1:7000/some/path?x=1
---   echokit -H http -- max_body=16m max_header=16k
+--   echokit -H http -- max_body=16m max_header=16k max_framing=64k
+--   echokit -H http -- header_timeout=30
 --
 -- Keep-alive, pipelining, chunked uploads and 100-continue come from
 -- echokit.http; malformed requests get 400/413/431/501/505 and a close.
+-- header_timeout (seconds, default 30, 0 = none): a request head not complete
+-- that long after the connection opened, or after its first byte, gets 408
+-- and a close (slowloris).
 local http = require "echokit.http"
 local codec = require "echokit.codec"
 local json = require "echokit.json"
@@ -35,4 +39,7 @@ return http.handler(function(req)
 end, {
   max_body = echokit.size(args.max_body, http.MAX_BODY),
   max_header = echokit.size(args.max_header, http.MAX_HEADER),
+  max_framing = echokit.size(args.max_framing, http.MAX_FRAMING),
+  header_timeout = require("echokit.pipeline").seconds(args.header_timeout,
+    http.HEADER_TIMEOUT, "header_timeout"),
 })

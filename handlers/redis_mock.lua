@@ -5,23 +5,32 @@
 --
 --   echokit -H redis             then: redis-cli -p 7000 set greeting hi
 --   echokit -H redis -- max_keys=100000 max_bulk=1m max_memory=256m max_command=64m
+--   echokit -H redis -- command_timeout=30
 --
 -- The data is shared by every connection of the process (with --workers N each
 -- worker has its own). Expired keys vanish when touched, and a sweep looks at a
 -- bounded number of keys with a TTL ten times a second.
 --
--- Replies are written as they are made (in batches of up to 64 KiB); when a
--- client's output passes high water the rest of its pipeline waits for on_drain,
--- so a pipeline of large GETs never sits in memory at once.
+-- Replies are written as they are made (in batches of up to 64 KiB) through
+-- echokit.pipeline: when a write returns false the rest of the client's
+-- pipeline waits for on_drain, so a pipeline of large GETs never sits in memory
+-- at once, and after about 1000 commands or 1 MiB of replies in one callback
+-- it waits for the next turn of the loop, so other clients get theirs.
+--
+-- command_timeout (seconds, default 30, 0 = none): a command whose first bytes
+-- came that long ago and that is still not complete gets an error reply and
+-- the connection is closed (a client trickling a command never ties it up).
 local echokit = require "echokit"
 local resp = require "echokit.resp"
 local glob = require "echokit.glob"
+local pipeline = require "echokit.pipeline"
 local args = ...
 
 local MAX_KEYS = echokit.size(args.max_keys, 1000000)
 local MAX_BULK = echokit.size(args.max_bulk, 16 * 1024 * 1024)
 local MAX_MEMORY = echokit.size(args.max_memory, 1024 * 1024 * 1024)
 local MAX_COMMAND = echokit.size(args.max_command, resp.MAX_COMMAND)
+local COMMAND_TIMEOUT = pipeline.seconds(args.command_timeout, 30, "command_timeout")
 
 local data = {}       -- key -> string value
 local expires = {}    -- key -> deadline in ms on the loop clock
@@ -325,66 +334,70 @@ local function call(argv, conn)
   return c.fn(argv, conn)
 end
 
+-- Replies are gathered into one write of up to BATCH bytes or BATCH_COMMANDS
+-- commands (one step of the pipeline); one callback takes at most
+-- STEPS_PER_TURN steps or pipeline.MAX_BYTES of replies before the loop turns.
 local BATCH = 64 * 1024
+local BATCH_COMMANDS = 64
+local STEPS_PER_TURN = 16
 
--- Writes the replies gathered so far. Returns false when the connection is
--- closed or its output is above high water: the caller stops answering, and
--- reading is paused until on_drain.
-local function flush(conn, out)
-  if #out == 0 then return true end
-  local ok = conn:write(table.concat(out))
-  for i = #out, 1, -1 do out[i] = nil end
-  if ok == false then
-    conn.waiting = true
-    conn:pause()
-  end
-  return ok == true
-end
+local note = pipeline.limited_log("info")
 
--- Answers the commands buffered in the parser, in order, until none is left
--- or the client has to catch up with its replies first.
-local function answer(conn)
+-- One step: answers the commands buffered in the parser, in order, until a
+-- batch is full or no complete command is left; returns what writing the
+-- batch returned and its size (see echokit.pipeline), nil when there was
+-- nothing to answer or the connection is closing.
+local function step(conn)
   local p = conn.resp
-  local out, outlen = {}, 0
-  while true do
+  local out, outlen, n = {}, 0, 0
+  while n < BATCH_COMMANDS and outlen < BATCH do
     local argv, err = p:next()
     if not argv then
       if err then
         out[#out + 1] = resp.encode(resp.error("ERR " .. err))
-        flush(conn, out)
+        conn:write(table.concat(out))
         conn:close()
-        return
+        return nil
       end
+      -- the start of a command that has not all arrived: its clock runs
+      if p:pending() > 0 then conn.deadline:start() else conn.deadline:stop() end
       break
     end
+    conn.deadline:stop()
+    n = n + 1
     local r = resp.encode(call(argv, conn))
     out[#out + 1], outlen = r, outlen + #r
     if conn.quitting then
-      flush(conn, out)
+      conn:write(table.concat(out))
       conn:close()
-      return
-    end
-    if outlen >= BATCH then
-      outlen = 0
-      if not flush(conn, out) then return end
+      return nil
     end
   end
-  flush(conn, out)
+  if n == 0 then return nil end
+  return conn:write(table.concat(out)), outlen
 end
 
 return {
   on_connect = function(conn)
     conn.resp = resp.parser{ max_bulk = MAX_BULK, max_command = MAX_COMMAND }
+    conn.pl = pipeline.new(conn, step, { max_steps = STEPS_PER_TURN })
+    conn.deadline = pipeline.deadline(COMMAND_TIMEOUT, function()
+      note("%s command not complete after %gs (command_timeout): closed", tostring(conn),
+           COMMAND_TIMEOUT)
+      conn:write(resp.encode(resp.error(
+        ("ERR command not complete after %gs (command_timeout)"):format(COMMAND_TIMEOUT))))
+      conn:close()
+    end)
   end,
   on_data = function(conn, bytes)
     conn.resp:feed(bytes)
-    if not conn.waiting then answer(conn) end
+    conn.pl:run()
   end,
   on_drain = function(conn)
-    if conn.waiting then
-      conn.waiting = false
-      conn:resume()
-      answer(conn)
-    end
+    conn.pl:drain()
+  end,
+  on_close = function(conn)
+    conn.pl:stop()
+    conn.deadline:cancel()
   end,
 }

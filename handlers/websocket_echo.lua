@@ -4,6 +4,10 @@
 --
 --   echokit -H websocket          then: python3 -m websockets ws://127.0.0.1:7000/
 --   echokit -H websocket -- max_message=1m
+--   echokit -H websocket -- header_timeout=30
+--
+-- header_timeout (seconds, default 30, 0 = none): the handshake request must
+-- be complete that long after the connection opened, else 408 and a close.
 local ws = require "echokit.websocket"
 local echokit = require "echokit"
 local args = ...
@@ -12,4 +16,8 @@ return ws.handler({
   on_message = function(conn, data, kind)
     conn.ws:send(data, kind)
   end,
-}, { max_message = echokit.size(args.max_message, ws.MAX_MESSAGE) })
+}, {
+  max_message = echokit.size(args.max_message, ws.MAX_MESSAGE),
+  header_timeout = require("echokit.pipeline").seconds(args.header_timeout,
+    ws.HEADER_TIMEOUT, "header_timeout"),
+})

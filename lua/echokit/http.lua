@@ -26,6 +26,8 @@
 --   p:pending() -> bytes buffered but not yet part of a returned request
 --   p:leftover() -> those bytes, removed from the parser (after a request that
 --                   switches protocols, e.g. a WebSocket upgrade)
+--   p:in_head() -> true while part of a request head has arrived and the head
+--                  is not complete
 --
 --   req = { method = "GET", target = "/a?b=1", path = "/a", query = "b=1" or nil,
 --           version = "1.1" or "1.0", headers = { ["content-type"] = "..." },
@@ -42,18 +44,29 @@
 --   http.query(qs) -> { key = "value", ... } (percent- and +-decoded)
 --   http.unescape(s) -> percent-decoded string
 --
---   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_drain, on_eof)
+--   http.handler(fn, opts) -> a handler table (on_connect, on_data, on_drain,
+--                                               on_eof, on_close)
 --     fn(req, conn) returns status, headers, body (body a string, or nil for none).
 --     Requests on a connection are answered in order (pipelining); keep-alive as
 --     HTTP/1.1 and 1.0 say; "Expect: 100-continue" gets its interim response;
 --     protocol errors get their status, "Connection: close", and the connection
 --     is closed. An error raised by fn is logged and answered with 500 + close.
---     When an answer's write returns false (above high water), the requests
---     behind it wait, with reading paused, until on_drain.
+--     Requests are answered through echokit.pipeline: when an answer's write
+--     returns false (above high water) the requests behind it wait, with
+--     reading paused, until on_drain; after opts.max_answers answers (default
+--     64) or 1 MiB in one callback they wait for the next turn of the loop.
 --     opts: the parser options above, plus opts.server (the Server header,
---     default "echokit"; false for none).
+--     default "echokit"; false for none), opts.header_timeout (seconds a
+--     request head may take, from the connection's start or the first byte of
+--     a later request until its blank line; default 30, 0 = none): past it
+--     the client gets 408 and the connection is closed, logged at info level
+--     at most once per 10 s.
+local pipeline = require "echokit.pipeline"
+
 local M = {}
 
+M.HEADER_TIMEOUT = 30
+M.MAX_ANSWERS = 64
 M.MAX_HEADER = 8192
 M.MAX_HEADERS = 100
 M.MAX_BODY = 1024 * 1024
@@ -119,6 +132,13 @@ end
 
 function Parser:pending()
   return #self.buf - self.pos + 1
+end
+
+-- Whether part of a request head has arrived and the head is not complete
+-- (what a header timeout measures; blank lines before a request do not count).
+function Parser:in_head()
+  if self.err or self.state ~= "head" then return false end
+  return self.req ~= nil or self.buf:find("[^\r\n]", self.pos) ~= nil
 end
 
 function Parser:leftover()
@@ -500,78 +520,102 @@ function M.handler(fn, opts)
   opts = opts or {}
   local server = opts.server
   if server == nil then server = "echokit" end
+  local header_timeout = opts.header_timeout
+  if header_timeout == nil then header_timeout = M.HEADER_TIMEOUT end
+  local note = pipeline.limited_log("info", 10, { timer = opts.timer, log = opts.log })
 
   local function answer_error(conn, status, err)
+    conn.http_done = true
     local body = M.reason(status) .. ": " .. tostring(err) .. "\n"
     conn:write(M.response(status, with_defaults({ { "Content-Type", "text/plain" } }, server),
                           body, { close = true }))
     conn:close()
   end
 
-  local function serve_pending(conn)
-    local p = conn.http_parser
-    while true do
-      local req, err, status = p:next()
-      if not req then
-        if err then answer_error(conn, status, err) end
-        return
-      end
-      local ok, st, headers, body = xpcall(fn, debug.traceback, req, conn)
-      if not ok then
-        log_error("%s %s %s: %s", tostring(conn), req.method, req.target, tostring(st))
-        answer_error(conn, 500, "the handler failed")
-        return
-      end
-      local close = not req.keep_alive
-      if headers then
-        each_header(headers, function(k, v)
-          if tostring(k):lower() == "connection" and tokens(v).close then close = true end
-        end)
-      end
-      local r = M.response(st, with_defaults(headers, server), body,
-                           { close = close, head = req.method == "HEAD" })
-      local ok = conn:write(r)
-      if ok == nil then return end
-      if close then conn:close() return end
-      if ok == false then
-        -- above high water: the rest of the pipeline waits for on_drain
-        conn.http_waiting = true
-        conn:pause()
-        return
-      end
-    end
-  end
-
   local function eof(conn)
     local _, err, status = conn.http_parser:finish()
-    if err then answer_error(conn, status, err) else conn:close() end
+    if err then answer_error(conn, status, err) else conn.http_done = true conn:close() end
+  end
+
+  -- One step of the pipeline: answers the next complete request. Returns
+  -- write's result and the answer's size, or nil when no request is complete
+  -- (then a head in progress runs the header clock) or the connection is done.
+  local function step(conn)
+    if conn.http_done then return nil end
+    local p = conn.http_parser
+    local req, err, status = p:next()
+    if not req then
+      if err then
+        answer_error(conn, status, err)
+      elseif conn.http_eof then
+        -- the peer has half-closed and every request before it is answered
+        eof(conn)
+      elseif p:in_head() then
+        conn.http_deadline:start()
+      end
+      return nil
+    end
+    local ok, st, headers, body = xpcall(fn, debug.traceback, req, conn)
+    if not ok then
+      log_error("%s %s %s: %s", tostring(conn), req.method, req.target, tostring(st))
+      answer_error(conn, 500, "the handler failed")
+      return nil
+    end
+    local close = not req.keep_alive
+    if headers then
+      each_header(headers, function(k, v)
+        if tostring(k):lower() == "connection" and tokens(v).close then close = true end
+      end)
+    end
+    local r = M.response(st, with_defaults(headers, server), body,
+                         { close = close, head = req.method == "HEAD" })
+    local written = conn:write(r)
+    if close then
+      conn.http_done = true
+      conn:close()
+      return nil
+    end
+    return written, #r
   end
 
   return {
     on_connect = function(conn)
       conn.http_parser = M.parser{
         max_header = opts.max_header, max_headers = opts.max_headers,
-        max_body = opts.max_body,
+        max_body = opts.max_body, max_framing = opts.max_framing,
         on_headers = function(req)
+          conn.http_deadline:stop()
           if req.expect_continue then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
         end,
       }
+      conn.http_pipeline = pipeline.new(conn, step, {
+        max_steps = opts.max_answers or M.MAX_ANSWERS, timer = opts.timer,
+      })
+      conn.http_deadline = pipeline.deadline(header_timeout, function()
+        if conn.http_done then return end
+        note("%s request head not complete after %gs (header_timeout): 408", tostring(conn),
+             header_timeout)
+        answer_error(conn, 408, ("request head not complete after %gs"):format(header_timeout))
+      end, { timer = opts.timer, now = opts.now })
+      -- the first request's head is timed from the connection's start
+      conn.http_deadline:start()
     end,
     on_data = function(conn, data)
       conn.http_parser:feed(data)
-      if not conn.http_waiting then serve_pending(conn) end
+      conn.http_pipeline:run()
     end,
     on_drain = function(conn)
-      if not conn.http_waiting then return end
-      conn.http_waiting = false
-      conn:resume()
-      serve_pending(conn)
-      if conn.http_eof and not conn.http_waiting then eof(conn) end
+      conn.http_pipeline:drain()
     end,
     on_eof = function(conn)
-      -- requests still waiting to be answered go first
-      if conn.http_waiting then conn.http_eof = true return end
-      eof(conn)
+      -- requests still waiting to be answered go first: the pipeline's step
+      -- finishes once they are
+      conn.http_eof = true
+      conn.http_pipeline:run()
+    end,
+    on_close = function(conn)
+      conn.http_pipeline:stop()
+      conn.http_deadline:cancel()
     end,
   }
 end

@@ -44,13 +44,25 @@
 --                                          water; wait for callbacks.on_drain)
 --     conn.ws:ping(data), conn.ws:close([code [, reason]])
 --     opts: max_message, protocols, max_header (the handshake request), close_timeout
---     (seconds to wait for the peer's close reply, default 5). Pings are answered,
---     a close is echoed and the connection closed; a protocol error sends its
---     close code and closes; a plain HTTP request is answered 426.
+--     (seconds to wait for the peer's close reply, default 5), header_timeout
+--     (seconds from the connection's start to the end of the handshake
+--     request's head, default 30, 0 = none: past it 408 and a close, logged at
+--     info level at most once per 10 s), max_frames (frames read in one
+--     callback, default 64). Pings are answered, a close is echoed and the
+--     connection closed; a protocol error sends its close code and closes; a
+--     plain HTTP request is answered 426.
+--     Frames are read through echokit.pipeline: once a write of the session
+--     returns false no further frame is read (reading paused) until on_drain,
+--     and after max_frames frames or 1 MiB of answers in one callback the rest
+--     waits for the next turn of the loop.
 local http = require "echokit.http"
 local framing = require "echokit.framing"
+local pipeline = require "echokit.pipeline"
 
 local M = {}
+
+M.HEADER_TIMEOUT = 30
+M.MAX_FRAMES = 64
 
 M.GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 M.MAX_MESSAGE = 16 * 1024 * 1024
@@ -299,10 +311,12 @@ local Session = {}
 Session.__index = Session
 
 -- conn:write, remembering a false (above high water): the handler then reads
--- no further frames until on_drain.
+-- no further frames until on_drain. The bytes count against the pipeline's
+-- bound per callback.
 local function write(s, bytes)
   local ok, err = s.conn:write(bytes)
   if ok == false then s.full = true end
+  s.written = s.written + #bytes
   return ok, err
 end
 
@@ -334,6 +348,9 @@ end
 function M.handler(cb, opts)
   opts = opts or {}
   local max_message = opts.max_message or M.MAX_MESSAGE
+  local header_timeout = opts.header_timeout
+  if header_timeout == nil then header_timeout = M.HEADER_TIMEOUT end
+  local note = pipeline.limited_log("info", 10, { timer = opts.timer, log = opts.log })
 
   local function finish(conn, code, reason)
     local s = conn.ws
@@ -344,93 +361,109 @@ function M.handler(cb, opts)
     end
   end
 
-  local function frames(conn)
+  -- One step of the pipeline: reads one frame and acts on it. Returns false
+  -- when a write of the session returned false (no further frame is read
+  -- until on_drain; while our close is out frames are still read, to find
+  -- the peer's), nil when no whole frame is buffered or the session is over.
+  local function step(conn)
     local s = conn.ws
-    local p = s.parser
-    while true do
-      if s.full and not s.closing then
-        -- our answers are above high water: read on once they drain
-        s.waiting = true
-        conn:pause()
-        return
-      end
-      local ev, err, code = p:next()
-      if not ev then
-        if err then
-          if not s.closing then
-            s.closing = true
-            conn:write(M.close_frame(code, err))
-          end
-          finish(conn, code, err)
-          conn:close()
-        end
-        return
-      end
-      if ev.type == "text" or ev.type == "binary" then
-        if not s.closing and cb.on_message then cb.on_message(conn, ev.data, ev.type) end
-      elseif ev.type == "ping" then
-        if not s.closing then write(s, M.pong(ev.data)) end
-      elseif ev.type == "close" then
+    if s.finished then return nil end
+    if s.full and not s.closing then return false end
+    local before = s.written
+    local ev, err, code = s.parser:next()
+    if not ev then
+      if err then
         if not s.closing then
           s.closing = true
-          -- echo the code (none if none came), as RFC 6455 5.5.1 suggests
-          conn:write(M.close_frame(ev.code, ev.code and ev.reason or nil))
+          conn:write(M.close_frame(code, err))
         end
-        finish(conn, ev.code or 1005, ev.reason)
+        finish(conn, code, err)
         conn:close()
-        return
       end
+      return nil
     end
+    if ev.type == "text" or ev.type == "binary" then
+      if not s.closing and cb.on_message then cb.on_message(conn, ev.data, ev.type) end
+    elseif ev.type == "ping" then
+      if not s.closing then write(s, M.pong(ev.data)) end
+    elseif ev.type == "close" then
+      if not s.closing then
+        s.closing = true
+        -- echo the code (none if none came), as RFC 6455 5.5.1 suggests
+        conn:write(M.close_frame(ev.code, ev.code and ev.reason or nil))
+      end
+      finish(conn, ev.code or 1005, ev.reason)
+      conn:close()
+      return nil
+    end
+    return not (s.full and not s.closing), s.written - before
+  end
+
+  local function refuse(conn, status, headers, text)
+    headers = headers or {}
+    headers[#headers + 1] = { "Content-Type", "text/plain" }
+    conn:write(http.response(status, headers, text .. "\n", { close = true }))
+    conn:close()
   end
 
   return {
     on_connect = function(conn)
-      conn.ws_http = http.parser{ max_header = opts.max_header, max_body = 0 }
+      conn.ws_http = http.parser{
+        max_header = opts.max_header, max_body = 0,
+        on_headers = function() conn.ws_deadline:stop() end,
+      }
+      conn.ws_deadline = pipeline.deadline(header_timeout, function()
+        if not conn.ws_http then return end
+        note("%s handshake request not complete after %gs (header_timeout): 408",
+             tostring(conn), header_timeout)
+        conn.ws_http = nil
+        refuse(conn, 408, nil, ("Request Timeout: handshake request not complete after %gs")
+                               :format(header_timeout))
+      end, { timer = opts.timer, now = opts.now })
+      conn.ws_deadline:start()
     end,
     on_data = function(conn, data)
       if conn.ws then
         conn.ws.parser:feed(data)
-        return frames(conn)
+        conn.ws_pipeline:run()
+        return
       end
       local hp = conn.ws_http
+      if not hp then return end     -- refused; closing
       hp:feed(data)
       local req, err, status = hp:next()
       if not req then
         if err then
-          conn:write(http.response(status, { { "Content-Type", "text/plain" } },
-                                   http.reason(status) .. ": " .. err .. "\n", { close = true }))
-          conn:close()
+          conn.ws_http = nil
+          refuse(conn, status, nil, http.reason(status) .. ": " .. err)
         end
         return
       end
       local answer, st, why, headers = M.handshake(req, opts)
       if not answer then
-        headers = headers or {}
-        headers[#headers + 1] = { "Content-Type", "text/plain" }
-        conn:write(http.response(st, headers, why .. "\n", { close = true }))
-        conn:close()
+        conn.ws_http = nil
+        refuse(conn, st, headers, why)
         return
       end
       conn:write(answer)
       local rest = hp:leftover()
       conn.ws_http = nil
       conn.ws = setmetatable({ conn = conn, parser = M.parser{ max_message = max_message },
-                               close_timeout = opts.close_timeout or 5 }, Session)
+                               close_timeout = opts.close_timeout or 5, written = 0 }, Session)
+      conn.ws_pipeline = pipeline.new(conn, step, {
+        max_steps = opts.max_frames or M.MAX_FRAMES, timer = opts.timer,
+      })
       if cb.on_open then cb.on_open(conn, req) end
       if #rest > 0 and conn.ws then
         conn.ws.parser:feed(rest)
-        frames(conn)
+        conn.ws_pipeline:run()
       end
     end,
     on_drain = function(conn)
       local s = conn.ws
       if s then
         s.full = false
-        if s.waiting then
-          s.waiting = false
-          conn:resume()
-          frames(conn)
-        end
+        conn.ws_pipeline:drain()
       end
       if cb.on_drain then cb.on_drain(conn) end
     end,
@@ -445,6 +478,8 @@ function M.handler(cb, opts)
       conn:close()
     end,
     on_close = function(conn)
+      conn.ws_deadline:cancel()
+      if conn.ws_pipeline then conn.ws_pipeline:stop() end
       finish(conn, nil, nil)
     end,
   }

@@ -7,6 +7,7 @@ local peers = require "peers"
 local json = require("cjson").new()
 json.decode_invalid_numbers(false)
 local socket = require "socket"
+local slow = require "slow_peers"
 
 local function url(srv, path) return ("http://127.0.0.1:%d%s"):format(srv:port(), path) end
 
@@ -339,5 +340,56 @@ print(json.dumps(two["headers"]), json.dumps(two["query"]), two["version"])
       left = left - 1
     end
     assert.equal(n, #got)
+  end)
+
+  it("answers 408 and closes clients that trickle their headers, and serves curl meanwhile", function()
+    local limit = t.T(1)
+    local srv = t.start{ handler = "http", args = { header_timeout = limit } }
+    local clients = {}
+    for i = 1, 20 do clients[i] = srv:connect() end
+    local served
+    local res = slow.trickle(clients, {
+      bytes = "GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: " .. ("a"):rep(1000),
+      timeout = 10,
+      during = function(tick)
+        if tick == 3 then
+          served = peers.assert_ok(curl{ "-s", "-o", "/dev/null", "-w", "%{http_code}", url(srv, "/hello") }).out
+        end
+      end,
+    })
+    assert.equal("200", served)
+    for i, r in ipairs(res) do
+      assert.truthy(r.received:find("^HTTP/1%.1 408 Request Timeout\r\n"), "client " .. i .. ": " .. r.received)
+      assert.truthy(r.received:find("\r\nConnection: close\r\n", 1, true), r.received)
+      assert(r.closed_after >= limit - 0.05, "client " .. i .. " closed early: " .. r.closed_after)
+      assert(r.sent > 5, "client " .. i .. " sent " .. r.sent)
+    end
+    -- one log line for the lot, not one a client
+    srv:await_log("request head not complete after")
+    assert.equal(1, #srv:log_matching("request head not complete after"))
+    -- a client that connects and sends nothing is timed out too
+    local c = srv:connect()
+    local all, err = t.recv_until_closed(c, 5)
+    assert.equal("closed", err)
+    assert.truthy(all:find("^HTTP/1%.1 408 "), all)
+    -- a slow body is not a slow head: the clock stops at the blank line
+    c = srv:connect()
+    t.send_all(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
+    t.expect_silence(c, limit * 1.5, "a request whose body is on its way")
+    t.send_all(c, "b")
+    assert.equal("ab", json.decode(read_response(c).body).body)
+    srv:stop()
+    local r = t.run{ handler = "http", args = { header_timeout = "-1" }, opts = { "--check" } }
+    assert.equal(2, r.code)
+    assert.truthy(r.stderr:find("header_timeout: not a number of seconds: -1", 1, true), r.stderr)
+  end)
+
+  it("refuses chunked framing past max_framing", function()
+    local srv = t.start{ handler = "http", args = { max_framing = "64" } }
+    local c = srv:connect()
+    t.send_all(c, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                  ("1;a-long-chunk-extension\r\nz\r\n"):rep(4) .. "0\r\n\r\n")
+    local resp = read_response(c)
+    assert.equal(413, resp.status)
   end)
 end)

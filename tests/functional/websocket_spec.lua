@@ -4,6 +4,7 @@
 -- handshake refusals and malformed frames.
 local t = require "echokit_test"
 local peers = require "peers"
+local slow = require "slow_peers"
 
 local PYTHON = "/usr/bin/python3"
 
@@ -216,5 +217,33 @@ describe("websocket handler", function()
       assert.equal(head, t.recv_n(c, #head, 30), "frame " .. i)
       assert.equal(size, #t.recv_n(c, size, 30))
     end
+  end)
+
+  it("answers 408 and closes clients that trickle the handshake, and serves others meanwhile", function()
+    local limit = t.T(1)
+    local srv = t.start{ handler = "websocket", args = { header_timeout = limit } }
+    local clients = {}
+    for i = 1, 20 do clients[i] = srv:connect() end
+    local served
+    local res = slow.trickle(clients, {
+      bytes = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Slow: " .. ("a"):rep(1000),
+      timeout = 10,
+      during = function(tick)
+        if tick == 3 then served = #oks(client(srv, "ping").out) end
+      end,
+    })
+    assert.equal(4, served)
+    for i, r in ipairs(res) do
+      assert.truthy(r.received:find("^HTTP/1%.1 408 Request Timeout\r\n"), "client " .. i .. ": " .. r.received)
+      assert.truthy(r.received:find("\r\nConnection: close\r\n", 1, true), r.received)
+      assert(r.closed_after >= limit - 0.05, "client " .. i .. " closed early: " .. r.closed_after)
+    end
+    srv:await_log("handshake request not complete after")
+    assert.equal(1, #srv:log_matching("handshake request not complete after"))
+    -- once upgraded, a quiet session is not timed out: the limit is the handshake's
+    local c = upgraded(srv)
+    t.expect_silence(c, limit * 1.5, "an open session")
+    t.send_all(c, frame(0x81, "still", true))
+    assert.equal(frame(0x81, "still", false), t.recv_n(c, 7))
   end)
 end)

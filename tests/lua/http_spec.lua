@@ -258,3 +258,129 @@ describe("echokit.http response writer", function()
     assert.equal("a b", http.trim(" a b\t"))
   end)
 end)
+
+describe("echokit.http handler", function()
+  local fakes = require "fakes"
+
+  -- A handler on a fake loop answering "<path>" for every request; `o` adds options.
+  local function handler(loop, o)
+    o = o or {}
+    o.timer, o.now = loop.timer, loop.now
+    o.log = function(level, fmt, ...) loop.logged = (loop.logged or "") .. level .. " " .. fmt:format(...) .. "\n" end
+    return http.handler(function(req) return 200, { { "X", "y" } }, req.path end, o)
+  end
+
+  -- The statuses of the responses in `out` (the bodies here never hold "HTTP/").
+  local function responses(out)
+    local list = {}
+    for status in out:gmatch("HTTP/1%.1 (%d+) ") do list[#list + 1] = tonumber(status) end
+    return list
+  end
+
+  local function get(path, extra) return "GET " .. path .. " HTTP/1.1\r\nHost: x\r\n" .. (extra or "") .. "\r\n" end
+
+  it("passes max_framing to its parser", function()
+    local loop = fakes.loop()
+    local h = handler(loop, { max_framing = 16 })
+    local c = fakes.conn()
+    h.on_connect(c)
+    h.on_data(c, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                 ("1;ext=aaaa\r\nz\r\n"):rep(4) .. "0\r\n\r\n")
+    assert.truthy(c:output():find("^HTTP/1%.1 413 "), c:output())
+    assert.is_true(c.closed)
+  end)
+
+  it("answers 408 and closes when a head is not complete within header_timeout", function()
+    local loop = fakes.loop()
+    local h = handler(loop, { header_timeout = 30 })
+    local c = fakes.conn()
+    h.on_connect(c)
+    h.on_data(c, "GET / HTTP/1.1\r\nHost")
+    for _ = 1, 29 do
+      loop:advance(1)
+      h.on_data(c, "x")             -- a byte a second: never idle
+    end
+    assert.equal("", c:output())
+    loop:advance(1)
+    assert.truthy(c:output():find("^HTTP/1%.1 408 Request Timeout\r\n"), c:output())
+    assert.truthy(c:output():find("\r\nConnection: close\r\n", 1, true), c:output())
+    assert.is_true(c.closed)
+    assert.truthy(loop.logged:find("^info %[conn 1 fake%] request head not complete after 30s"), loop.logged)
+    h.on_close(c)
+    loop:advance(10)                -- the log's quiet interval ends
+    assert.equal(0, loop:pending())
+    -- header_timeout = 0: no clock at all
+    local created = loop.created
+    local h0 = handler(loop, { header_timeout = 0 })
+    local d = fakes.conn{ id = 2 }
+    h0.on_connect(d)
+    h0.on_data(d, "GET / HTTP/1.1\r\n")
+    loop:advance(1e6)
+    assert.equal("", d:output())
+    assert.equal(created, loop.created)
+  end)
+
+  it("times the head from the connection's start and from each request's first byte", function()
+    local loop = fakes.loop()
+    local h = handler(loop, { header_timeout = 30 })
+    -- nothing sent at all: 408 after 30 s
+    local idle = fakes.conn{ id = 1 }
+    h.on_connect(idle)
+    loop:advance(30)
+    assert.truthy(idle:output():find("^HTTP/1%.1 408 "))
+    -- a complete head in time, a slow body, an idle keep-alive gap and a
+    -- second request whose head trickles: only the last one is timed out
+    local c = fakes.conn{ id = 2 }
+    h.on_connect(c)
+    loop:advance(20)
+    h.on_data(c, "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+    loop:advance(40)
+    h.on_data(c, "abc")
+    assert.same({ 200 }, responses(c:output()))
+    loop:advance(100)               -- keep-alive: nothing buffered, no clock
+    assert.is_false(c.closed)
+    h.on_data(c, "GET /b HTTP/1.1\r\n")
+    loop:advance(29)
+    h.on_data(c, "Host: x\r\n")
+    assert.is_false(c.closed)
+    loop:advance(1)
+    assert.same({ 200, 408 }, responses(c:output()))
+    assert.is_true(c.closed)
+    -- blank lines between requests do not start the clock
+    local b = fakes.conn{ id = 3 }
+    h.on_connect(b)
+    h.on_data(b, get("/c") .. "\r\n")
+    loop:advance(100)
+    assert.same({ 200 }, responses(b:output()))
+    assert.is_false(b.closed)
+  end)
+
+  it("answers a pipeline max_answers at a time, in order, and waits for on_drain on false", function()
+    local loop = fakes.loop()
+    local h = handler(loop, { max_answers = 10 })
+    local c = fakes.conn{ full = { [25] = true } }
+    h.on_connect(c)
+    local reqs = {}
+    for i = 1, 40 do reqs[i] = get("/" .. i) end
+    h.on_data(c, table.concat(reqs))
+    assert.equal(10, #responses(c:output()))
+    loop:advance(0)
+    assert.equal(20, #responses(c:output()))
+    loop:advance(0)
+    assert.equal(25, #responses(c:output()))
+    assert.is_true(c.paused)
+    loop:advance(0)
+    assert.equal(25, #responses(c:output()))
+    -- the peer half-closes meanwhile: the rest is answered first, then the close
+    h.on_eof(c)
+    assert.is_false(c.closed)
+    h.on_drain(c)
+    assert.equal(35, #responses(c:output()))
+    loop:advance(0)
+    assert.equal(40, #responses(c:output()))
+    assert.is_true(c.closed)
+    local paths = {}
+    for p in c:output():gmatch("\r\n\r\n/(%d+)") do paths[#paths + 1] = tonumber(p) end
+    for i = 1, 40 do assert.equal(i, paths[i]) end
+  end)
+end)

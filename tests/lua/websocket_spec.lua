@@ -155,3 +155,98 @@ describe("echokit.websocket writer", function()
     assert.equal("x" .. ("y"):rep(1000), evs[1].data)
   end)
 end)
+
+describe("echokit.websocket handler", function()
+  local fakes = require "fakes"
+  -- the handshake's SHA-1 and base64 are echokit.codec's (C): stand-ins that
+  -- give a wrong accept key, which these specs do not look at
+  local function with_codec(fn)
+    local was = package.loaded["echokit.codec"]
+    package.loaded["echokit.codec"] = {
+      sha1 = function(s) return ("x"):rep(20) end,
+      base64 = function(s) return ("A"):rep(28) end,
+      unbase64 = function(s) return ("k"):rep(16) end,
+    }
+    local ok, err = pcall(fn)
+    package.loaded["echokit.codec"] = was
+    if not ok then error(err, 0) end
+  end
+
+  local HANDSHAKE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+
+  local function echo_handler(loop, o)
+    o = o or {}
+    o.timer, o.now = loop.timer, loop.now
+    o.log = function(level, fmt, ...) loop.logged = (loop.logged or "") .. level .. " " .. fmt:format(...) .. "\n" end
+    return ws.handler({ on_message = function(conn, data, kind) conn.ws:send(data, kind) end }, o)
+  end
+
+  -- The server's frames in `out` after the 101's head.
+  local function frames_out(out)
+    local body = out:match("^HTTP/1%.1 101 .-\r\n\r\n(.*)$")
+    local p = ws.parser{ masked = false }
+    p:feed(body)
+    local list = {}
+    while true do
+      local ev = p:next()
+      if not ev then break end
+      list[#list + 1] = ev.data
+    end
+    return list
+  end
+
+  it("reads max_frames frames a callback, in order, and none while a write is false", function()
+    with_codec(function()
+      local loop = fakes.loop()
+      local h = echo_handler(loop, { max_frames = 10 })
+      local c = fakes.conn{ full = { [16] = true } }   -- the 101, then 15 echoes
+      h.on_connect(c)
+      local msgs = {}
+      for i = 1, 40 do msgs[i] = cf(1, "m" .. i) end
+      h.on_data(c, HANDSHAKE .. table.concat(msgs))
+      assert.equal(10, #frames_out(c:output()))
+      loop:advance(0)
+      assert.equal(15, #frames_out(c:output()))
+      assert.is_true(c.paused)
+      loop:advance(0)
+      assert.equal(15, #frames_out(c:output()))
+      h.on_drain(c)
+      assert.equal(25, #frames_out(c:output()))
+      loop:advance(0)
+      loop:advance(0)
+      local got = frames_out(c:output())
+      assert.equal(40, #got)
+      for i = 1, 40 do assert.equal("m" .. i, got[i]) end
+      assert.is_false(c.paused)
+    end)
+  end)
+
+  it("answers 408 when the handshake request is not complete within header_timeout", function()
+    with_codec(function()
+      local loop = fakes.loop()
+      local h = echo_handler(loop, { header_timeout = 30 })
+      local c = fakes.conn()
+      h.on_connect(c)
+      for i = 1, 29 do
+        h.on_data(c, HANDSHAKE:sub(i, i))
+        loop:advance(1)
+      end
+      assert.equal("", c:output())
+      loop:advance(1)
+      assert.truthy(c:output():find("^HTTP/1%.1 408 Request Timeout\r\n"), c:output())
+      assert.is_true(c.closed)
+      assert.truthy(loop.logged:find("handshake request not complete after 30s", 1, true))
+      h.on_close(c)
+      -- completed in time, the session has no such limit
+      local d = fakes.conn{ id = 2 }
+      h.on_connect(d)
+      loop:advance(29)
+      h.on_data(d, HANDSHAKE)
+      loop:advance(1000)
+      assert.is_false(d.closed)
+      h.on_data(d, cf(1, "late"))
+      assert.same({ "late" }, frames_out(d:output()))
+    end)
+  end)
+end)
