@@ -1,10 +1,14 @@
 -- proxy: relays every client to an upstream, in C (conn:pipe), with
 -- back-pressure and half-close carried across.
 --
---   echokit -H proxy -l 127.0.0.1:7000 -- upstream=127.0.0.1:6379
+--   echokit -H proxy -l 127.0.0.1:7000 -- upstream=127.0.0.1:6379 [reset=1]
+--
+-- reset=1: a reset of either side (an RST) resets the other too; by default
+-- the other side gets a clean close after what was already relayed.
 local echokit = require "echokit"
 local args = ...
 local upstream = args.upstream
+local opts = { reset = args.reset == "1" }
 if not upstream then
   error("proxy: give the upstream address: -- upstream=HOST:PORT (or [V6]:PORT, unix:/path)")
 end
@@ -20,7 +24,7 @@ return {
       on_connect = function(up) up.connected = true end,
     })
     -- Bytes the client sends before the upstream is up wait in its queue.
-    client:pipe(up)
-    up:pipe(client)
+    client:pipe(up, opts)
+    up:pipe(client, opts)
   end,
 }

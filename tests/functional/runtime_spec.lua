@@ -238,6 +238,35 @@ describe("runtime", function()
     end)
   end)
 
+  describe("a proxied reset", function()
+    for _, reset in ipairs({ false, true }) do
+      it(reset and "reaches the client as a reset with reset=1" or
+         "reaches the client as a clean end by default", function()
+        local up = t.start{ handler = "tests/handlers/reset_after.lua" }
+        local px = t.start{ handler = "proxy", args = {
+          upstream = "127.0.0.1:" .. up:port(), reset = reset and "1" or nil } }
+        local c = px:connect()
+        t.send_all(c, "GET\n")
+        -- raw reads until the end: "" is a FIN, nil and an errno a reset
+        local got, errno = "", nil
+        for _ = 1, 100 do
+          local r = socket.select({ c }, nil, t.T(5))
+          assert(#r == 1, "the proxy did not end the client's stream within 5 s")
+          local d, e = t.raw_recv(c)
+          if not d or d == "" then errno = e; break end
+          got = got .. d
+        end
+        if reset then
+          -- the bytes relayed before the reset may or may not arrive first
+          assert.equal(t.proc.errno.ECONNRESET, errno, "expected a reset, got a clean end")
+        else
+          assert.equal("partial", got)
+          assert.is_nil(errno, "expected a clean end, got errno " .. tostring(errno))
+        end
+      end)
+    end
+  end)
+
   describe("output cap", function()
     it("--max-buffer counts only what waits, not what the socket took", function()
       local srv = t.start{ handler = "echo", opts = { "--high-water", "4", "--max-buffer", "4" } }
