@@ -102,43 +102,14 @@ static int closed(lua_State *L)
 
 /* ---- calls into Lua -------------------------------------------------------- */
 
-/* One callback's call: fn(handle), fn(handle, str) or, for a tap,
- * fn(str, handle); str NULL pushes nil. */
-struct dispatch {
-    struct lconn *lc;
-    int fn;
-    int nstr;
-    int str_first;
-    const char *str;
-    size_t len;
-};
-
-/* [-0, +0, e] */
-static int dispatch_body(lua_State *L)
+/* Calls function reference fn for lc (see script_call_ref for args); on an
+ * error lc is torn down. */
+static void dispatch(struct lconn *lc, int fn, const char *what, enum script_args args,
+                     const char *str, size_t len)
 {
-    const struct dispatch *d = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, d->fn);
-    if (d->str_first)
-        lua_pushlstring(L, d->str, d->len);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, d->lc->ud_ref);
-    if (d->nstr && !d->str_first) {
-        if (d->str)
-            lua_pushlstring(L, d->str, d->len);
-        else
-            lua_pushnil(L);
-    }
-    lua_call(L, 1 + d->nstr, 0);
-    return 0;
-}
-
-/* Calls function reference fn for lc; on an error lc is torn down. */
-static void dispatch(struct lconn *lc, int fn, const char *what, int nstr, const char *str,
-                     size_t len, int str_first)
-{
-    struct dispatch d = {lc, fn, nstr, str_first, str, len};
     struct lconn *prev = calling;
     calling = lc;
-    script_invoke(lc->S, dispatch_body, &d, what, live(lc));
+    script_call_ref(lc->S, fn, lc->ud_ref, args, str, len, what, live(lc));
     calling = prev;
 }
 
@@ -421,10 +392,7 @@ static void op_data(struct conn *c, const char *buf, size_t len)
     if (lc->co) {
         serve_input(lc, buf, len);
     } else if (lc->h->cb[CB_DATA] != LUA_NOREF) {
-        struct lconn *prev = calling;
-        calling = lc;
-        script_call_chunk(lc->S, lc->h->cb[CB_DATA], lc->ud_ref, buf, len, 0, "on_data", c);
-        calling = prev;
+        dispatch(lc, lc->h->cb[CB_DATA], "on_data", ARGS_SELF_STR, buf, len);
     } /* else no reader: input is discarded */
     if ((c->flags & CONN_DEAD) && !lc->S->depth && c->reason &&
         !strncmp(c->reason, "error", 5))
@@ -439,7 +407,7 @@ static void op_eof(struct conn *c)
         return;
     }
     if (lc->h->cb[CB_EOF] != LUA_NOREF)
-        dispatch(lc, lc->h->cb[CB_EOF], "on_eof", 0, NULL, 0, 0);
+        dispatch(lc, lc->h->cb[CB_EOF], "on_eof", ARGS_SELF, NULL, 0);
     else
         conn_close(c);
 }
@@ -450,7 +418,7 @@ static void op_drain(struct conn *c)
     if (lc->co && lc->wait == WAIT_SEND)
         resume(lc, R_TRUE, NULL, 0);
     if (lc->h->cb[CB_DRAIN] != LUA_NOREF && !(c->flags & CONN_DEAD))
-        dispatch(lc, lc->h->cb[CB_DRAIN], "on_drain", 0, NULL, 0, 0);
+        dispatch(lc, lc->h->cb[CB_DRAIN], "on_drain", ARGS_SELF, NULL, 0);
 }
 
 static void op_close(struct conn *c, const char *reason)
@@ -484,7 +452,8 @@ static void op_close(struct conn *c, const char *reason)
     }
     /* A connection whose handle could not be made never reached Lua. */
     if (lc->h->cb[CB_CLOSE] != LUA_NOREF && lc->ud_ref != LUA_NOREF)
-        dispatch(lc, lc->h->cb[CB_CLOSE], "on_close", 1, reason, reason ? strlen(reason) : 0, 0);
+        dispatch(lc, lc->h->cb[CB_CLOSE], "on_close", ARGS_SELF_STR, reason,
+                 reason ? strlen(reason) : 0);
     if (lc->handle) {
         ptrmap_del(&handles, lc->handle);
         lc->handle = NULL;
@@ -512,7 +481,7 @@ static void start(struct lconn *lc)
                 lc->outbound ? "connected" : "open");
     }
     if (lc->h->cb[CB_CONNECT] != LUA_NOREF)
-        dispatch(lc, lc->h->cb[CB_CONNECT], "on_connect", 0, NULL, 0, 0);
+        dispatch(lc, lc->h->cb[CB_CONNECT], "on_connect", ARGS_SELF, NULL, 0);
     if (lc->h->cb[CB_SERVE] != LUA_NOREF && !(c->flags & CONN_DEAD))
         resume(lc, R_START, NULL, 0);
 }
@@ -528,9 +497,9 @@ static void op_tap(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
     if (!buf)
-        dispatch(lc, lc->tap_eof_ref, "pipe on_eof", 0, NULL, 0, 0);
+        dispatch(lc, lc->tap_eof_ref, "pipe on_eof", ARGS_SELF, NULL, 0);
     else
-        script_call_chunk(lc->S, lc->tap_ref, lc->ud_ref, buf, len, 1, "tap", live(lc));
+        dispatch(lc, lc->tap_ref, "tap", ARGS_STR_SELF, buf, len);
 }
 
 static const struct conn_ops lconn_ops = {

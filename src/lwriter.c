@@ -28,7 +28,6 @@
 
 #define WRITER_MT "echokit.writer"
 #define WRITER_MAX (1 << 20)
-#define WRITER_IOV 64
 
 struct lwriter {
     struct outq q;
@@ -80,25 +79,7 @@ static int open_target(const char *target, int *sock, char err[ECHOKIT_ERR_LEN])
  * reader is full), or -1 with errno. */
 static ssize_t drain_once(struct lwriter *w)
 {
-    if (!w->sock)
-        return outq_write(&w->q, w->fd);
-    struct iovec iov[WRITER_IOV];
-    int n = 0;
-    for (struct outq_block *b = w->q.head; b && n < WRITER_IOV; b = b->next) {
-        if (b->end == b->start)
-            continue;
-        iov[n].iov_base = b->data + b->start;
-        iov[n].iov_len = b->end - b->start;
-        n++;
-    }
-    if (n == 0)
-        return 0;
-    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t r = sendmsg(w->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (r < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
-    outq_consume(&w->q, (size_t)r);
-    return r;
+    return w->sock ? outq_send(&w->q, w->fd) : outq_write(&w->q, w->fd);
 }
 
 static void watch(struct lwriter *w, int on)

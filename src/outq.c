@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #define OUTQ_IOV 64
@@ -67,7 +68,9 @@ void outq_consume(struct outq *q, size_t n)
         q->tail = NULL;
 }
 
-ssize_t outq_write(struct outq *q, int fd)
+/* One system call over the queued blocks: writev, or for a socket that must
+ * not block whatever its own flags say, sendmsg with MSG_DONTWAIT. */
+static ssize_t write_blocks(struct outq *q, int fd, int dontwait)
 {
     struct iovec iov[OUTQ_IOV];
     int n = 0;
@@ -80,11 +83,27 @@ ssize_t outq_write(struct outq *q, int fd)
     }
     if (n == 0)
         return 0;
-    ssize_t w = writev(fd, iov, n);
+    ssize_t w;
+    if (dontwait) {
+        struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        w = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else {
+        w = writev(fd, iov, n);
+    }
     if (w < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
     outq_consume(q, (size_t)w);
     return w;
+}
+
+ssize_t outq_write(struct outq *q, int fd)
+{
+    return write_blocks(q, fd, 0);
+}
+
+ssize_t outq_send(struct outq *q, int fd)
+{
+    return write_blocks(q, fd, 1);
 }
 
 void outq_clear(struct outq *q)

@@ -26,6 +26,10 @@ int outq_append(struct outq *q, const void *data, size_t len);
  * (0 if the socket is full), or -1 with errno on a socket error. */
 ssize_t outq_write(struct outq *q, int fd);
 
+/* The same on a socket, with MSG_DONTWAIT (it never blocks, whatever the
+ * socket's own flags, which others may share) and MSG_NOSIGNAL. */
+ssize_t outq_send(struct outq *q, int fd);
+
 /* Drops n bytes (n <= q->len) from the front. */
 void outq_consume(struct outq *q, size_t n);
 

@@ -113,7 +113,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     } else {
         p = pool_get(S, nsize);
         if (!p && S->uncapped && S->reserve) {
-            free(S->reserve); /* see script_call_chunk */
+            free(S->reserve); /* see script_call_ref */
             S->reserve = NULL;
             p = pool_get(S, nsize);
         }
@@ -346,58 +346,63 @@ int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *wh
  * address space, not memory. */
 #define RESERVE_SIZE (1024 * 1024)
 
-struct chunk_call {
-    int fn, self, chunk_first;
-    const char *chunk;
+struct ref_call {
+    int fn, self;
+    enum script_args args;
+    const char *str;
     size_t len;
 };
 
-/* script_call_chunk's call as a script_invoke body. [-0, +0, e] */
-static int chunk_body(lua_State *L)
+/* Pushes fn and its arguments. [-0, +3|2, m] */
+static void push_ref_call(lua_State *L, const struct ref_call *a)
 {
-    const struct chunk_call *a = lua_touserdata(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->fn);
-    if (a->chunk_first)
-        lua_pushlstring(L, a->chunk, a->len);
+    if (a->args == ARGS_STR_SELF)
+        lua_pushlstring(L, a->str, a->len);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->self);
-    if (!a->chunk_first)
-        lua_pushlstring(L, a->chunk, a->len);
-    lua_call(L, 2, 0);
+    if (a->args == ARGS_SELF_STR) {
+        if (a->str)
+            lua_pushlstring(L, a->str, a->len);
+        else
+            lua_pushnil(L);
+    }
+}
+
+/* script_call_ref's call as a script_invoke body. [-0, +0, e] */
+static int ref_body(lua_State *L)
+{
+    const struct ref_call *a = lua_touserdata(L, 1);
+    push_ref_call(L, a);
+    lua_call(L, a->args == ARGS_SELF ? 1 : 2, 0);
     return 0;
 }
 
-int script_call_chunk(struct script *S, int fn, int self, const char *chunk, size_t len,
-                      int chunk_first, const char *what, struct conn *c)
+int script_call_ref(struct script *S, int fn, int self, enum script_args args, const char *str,
+                    size_t len, const char *what, struct conn *c)
 {
     lua_State *L = S->L;
-    if (!S->reserve)
+    struct ref_call a = {fn, self, args, str, len};
+    int allocates = args != ARGS_SELF && str;
+    if (allocates && !S->reserve)
         S->reserve = malloc(RESERVE_SIZE);
-    if (!S->reserve) {
-        /* No reserve: the slow path pushes the chunk under protection. */
-        struct chunk_call a = {fn, self, chunk_first, chunk, len};
-        return script_invoke(S, chunk_body, &a, what, c);
-    }
+    if (allocates && !S->reserve)
+        return script_invoke(S, ref_body, &a, what, c); /* no reserve: protected */
     lua_State *prev = budget_begin(S, L);
-    /* stack: msgh(1), ..., fn, self, chunk (or fn, chunk, self) */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    /* stack: msgh(1), ..., fn, args */
     S->uncapped = 1;
-    if (chunk_first)
-        lua_pushlstring(L, chunk, len);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, self);
-    if (!chunk_first)
-        lua_pushlstring(L, chunk, len);
+    push_ref_call(L, &a);
     S->uncapped = 0;
     int rc;
     /* Over the cap counts garbage too: collect before refusing, as Lua
      * itself does before an allocation fails. */
-    if (S->mem_limit && S->mem_used > S->mem_limit)
+    if (allocates && S->mem_limit && S->mem_used > S->mem_limit)
         lua_gc(L, LUA_GCCOLLECT);
-    if (S->mem_limit && S->mem_used > S->mem_limit) {
+    if (allocates && S->mem_limit && S->mem_used > S->mem_limit) {
         lua_pop(L, 3);
         lua_pushliteral(L, "not enough memory");
         rc = LUA_ERRMEM;
     } else {
-        rc = lua_pcall(L, 2, 0, 1);
+        rc = lua_pcall(L, args == ARGS_SELF ? 1 : 2, 0, 1);
     }
     budget_end(S, prev);
     if (rc == LUA_OK)

@@ -44,7 +44,7 @@ struct script {
     volatile sig_atomic_t overrun;  /* this callback is over budget */
     sig_atomic_t watch_seq, watch_ticks; /* the signal handler's own */
     size_t mem_limit, mem_used; /* bytes, 0 = no limit */
-    int uncapped;               /* pushing a chunk: the cap waits (script_call_chunk) */
+    int uncapped;               /* pushing a chunk: the cap waits (script_call_ref) */
     void *reserve;              /* given back to malloc if it fails then */
     struct {                    /* freed small blocks kept for reuse (l_alloc) */
         void *head[SCRIPT_POOL_CLASSES];
@@ -99,15 +99,22 @@ void script_unref(lua_State *L, int *ref);
 int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *what,
                   struct conn *c);
 
-/* The hot path of script_invoke, for a callback fn(self, chunk) (or, with
- * chunk_first, fn(chunk, self)) given as registry references: no C frame in
- * between. Pushing the chunk is the one allocation made outside the
- * protected call, and it cannot fail: the cap does not apply to it (a heap
- * over the cap then fails the callback before it runs, "not enough memory"),
- * and a malloc that fails falls back on a reserve block. Same results and
- * error policy as script_invoke. [-0, +0, -] */
-int script_call_chunk(struct script *S, int fn, int self, const char *chunk, size_t len,
-                      int chunk_first, const char *what, struct conn *c);
+/* How script_call_ref passes its arguments: fn(self), fn(self, str) (a nil
+ * str passes nil) or fn(str, self). */
+enum script_args { ARGS_SELF, ARGS_SELF_STR, ARGS_STR_SELF };
+
+/* script_invoke for a callback given as registry references (fn, and self:
+ * the connection's handle) with at most one string: the path of every
+ * connection callback, with no C frame between the protected call and the
+ * callback. The string, a chunk of input say, is the one allocation made
+ * outside the protected call, and it cannot fail: the cap does not apply to
+ * it (a heap still over the cap once garbage is collected then fails the
+ * callback before it runs, "not enough memory"), and a malloc that fails
+ * falls back on a reserve block (without one, the string is pushed inside
+ * the protected call). Same results and error policy as script_invoke.
+ * [-0, +0, -] */
+int script_call_ref(struct script *S, int fn, int self, enum script_args args, const char *str,
+                    size_t len, const char *what, struct conn *c);
 
 /* Inside a body: resumes co (nargs values pushed on it) under the budget;
  * its results are popped. On an error logs and tears down c as script_invoke
