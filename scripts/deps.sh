@@ -5,7 +5,8 @@
 # build/npm). Usage: scripts/deps.sh [build|test]
 set -eu
 
-# lua-cjson: the JSON codec of the control API (--admin), needed at run time.
+# lua-cjson: the JSON codec of the control API (--admin), -H http and -H debug,
+# needed at run time.
 build="gcc make cmake pkg-config liblua5.4-dev libev-dev lua-cjson"
 test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind
       redis-server redis-tools curl python3
