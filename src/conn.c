@@ -795,6 +795,19 @@ const char *conn_label(const struct conn *c, char *buf, size_t cap)
     return buf;
 }
 
+void conn_ctx_release(struct conn_ctx *ctx)
+{
+    while (ctx->fair) {
+        struct conn *c = ctx->fair;
+        ctx->fair = c->fair_next;
+        c->fair_next = NULL;
+        c->flags &= ~(unsigned)CONN_FAIR;
+        conn_unref(c);
+    }
+    ev_idle_stop(ctx->loop, &ctx->wake);
+    ev_prepare_stop(ctx->loop, &ctx->reaper);
+}
+
 void conn_abort_all(struct conn_ctx *ctx, const char *reason)
 {
     while (ctx->all)

@@ -201,6 +201,10 @@ static inline int conn_is_open(const struct conn *c)
 /* "[conn 7 127.0.0.1:51514]" */
 const char *conn_label(const struct conn *c, char *buf, size_t cap);
 
+/* After the loop has stopped, every connection reaped: drops what the
+ * context still holds (connections waiting for a fair drain). */
+void conn_ctx_release(struct conn_ctx *ctx);
+
 /* Aborts every live connection with reason (shutdown). */
 void conn_abort_all(struct conn_ctx *ctx, const char *reason);
 

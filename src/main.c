@@ -278,6 +278,7 @@ int main(int argc, char **argv)
     ev_signal_stop(a.loop, &a.sigterm);
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    conn_ctx_release(&a.ctx);
     script_free(a.S);
     ev_loop_destroy(a.loop);
     free(rbuf);
