@@ -28,19 +28,19 @@ describe("runtime", function()
 
   describe("callbacks stored from a coroutine", function()
     for _, style in ipairs({ "serve", "wrap" }) do
-      it("timer, every, listen, connect work from " .. style, function()
+      it("timer, every, listen, connect, a pipe's tap work from " .. style, function()
         local srv = t.start{ handler = "tests/handlers/coro_refs.lua", args = { style = style } }
         local c = srv:connect()
         if style == "wrap" then t.send_all(c, "go\n") end
-        assert.same({ "connect got hello", "every fired", "timer fired",
-                      "types userdata userdata userdata table" }, lines(c, 4))
+        assert.same({ "every fired", "hello", "tap saw hello", "timer fired",
+                      "types userdata userdata userdata table" }, lines(c, 5))
         assert.is_true(srv:alive())
         -- and the references they took are given back: none left but the handler's
         c:close()
         local ctl = srv:connect()
         if style == "wrap" then t.send_all(ctl, "go\n") end
-        assert.same({ "connect got hello", "every fired", "timer fired",
-                      "types userdata userdata userdata table" }, lines(ctl, 4))
+        assert.same({ "every fired", "hello", "tap saw hello", "timer fired",
+                      "types userdata userdata userdata table" }, lines(ctl, 5))
       end)
     end
   end)

@@ -1,4 +1,4 @@
--- Every API that keeps a callback (timer, every, listen, connect, pipe with a
+-- Every API that keeps a callback (timer, every, listen, connect, a pipe's
 -- tap), called from a coroutine: from serve (args.style = "serve") or from a
 -- coroutine.wrap inside on_data (the default). The client gets one line with
 -- the types the calls returned, then one line per callback that fired.
@@ -13,13 +13,8 @@ local function probe(conn)
     on_connect = function(c) c:write("hello\n") end,
     on_data = function(c) c:close() end,
   }))
-  local up = echokit.connect(l:address(), {
-    on_data = function(u, d)
-      conn:write("connect got " .. d)
-      u:write("bye")
-      l:close()
-    end,
-  })
+  local up = echokit.connect(l:address(), {})
+  up:pipe(conn, { tap = function(d) conn:write("tap saw " .. d); l:close() end })
   conn:write(string.format("types %s %s %s %s\n", type(t), type(e), type(l), type(up)))
 end
 
