@@ -143,7 +143,9 @@ describe("toxics", function()
     for _, n in ipairs(reads) do
       assert(n % 10 == 0, "a read of " .. n .. " bytes: slices are 10 bytes")
     end
-    assert(#reads >= 6, "10 slices 50 ms apart came in " .. #reads .. " reads")
+    -- a loaded machine may deschedule the reader across a few slices, so the
+    -- reads show only that slices came apart; the time shows the delays
+    assert(#reads >= 3, "10 slices 50 ms apart came in " .. #reads .. " reads")
     assert(t.now() - t0 >= 0.9 * 9 * 0.05, "10 slices 50 ms apart took " .. (t.now() - t0))
   end)
 
