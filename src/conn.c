@@ -582,13 +582,11 @@ int conn_write(struct conn *c, const void *data, size_t len)
     return 1;
 }
 
-int conn_write_fair(struct conn *c, const void *data, size_t len)
+int conn_fair_turn(struct conn *c, size_t len)
 {
     struct conn_ctx *ctx = c->ctx;
-    int rc = conn_write(c, data, len);
-    c->turn_bytes += len;
-    if (rc != 1 || c->turn_bytes < ctx->turn_quota || !ctx->turn_quota)
-        return rc;
+    if (!ctx->turn_quota)
+        return 1;
     /* The count runs across turns until it reaches the quota; only then is
      * it checked against the turn (ev_iteration is a call), and restarted
      * from this write if older turns made it. A turn thus passes at most

@@ -168,7 +168,11 @@ int conn_write(struct conn *c, const void *data, size_t len);
  * took them all, and ops->on_drain follows on the next turn; a writer that
  * stops at 0 and continues in on_drain thus gives the loop back at least
  * once per quota. Same results as conn_write otherwise. */
-int conn_write_fair(struct conn *c, const void *data, size_t len);
+static inline int conn_write_fair(struct conn *c, const void *data, size_t len);
+
+/* conn_write_fair's slow path, once the count reaches the quota: 1, or 0
+ * with the drain scheduled. */
+int conn_fair_turn(struct conn *c, size_t len);
 
 /* Runs a torn-down connection's on_close now instead of at the end of the
  * loop turn, and drops the reference it held for being open (which may free
@@ -191,6 +195,15 @@ void conn_set_timeout(struct conn *c, double seconds); /* 0 = none */
 static inline size_t conn_queued(const struct conn *c)
 {
     return c->out.len + c->kp_len;
+}
+
+static inline int conn_write_fair(struct conn *c, const void *data, size_t len)
+{
+    int rc = conn_write(c, data, len);
+    c->turn_bytes += len;
+    if (rc != 1 || c->turn_bytes < c->ctx->turn_quota)
+        return rc;
+    return conn_fair_turn(c, len);
 }
 
 static inline int conn_is_open(const struct conn *c)

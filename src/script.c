@@ -354,7 +354,7 @@ struct ref_call {
 };
 
 /* Pushes fn and its arguments. [-0, +3|2, m] */
-static void push_ref_call(lua_State *L, const struct ref_call *a)
+static inline void push_ref_call(lua_State *L, const struct ref_call *a)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->fn);
     if (a->args == ARGS_STR_SELF)
