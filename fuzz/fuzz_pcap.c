@@ -4,7 +4,8 @@
  *   op byte: low 3 bits the operation, bits 3-4 the stream, bit 5 the side
  *     0 open   then 1 byte of families/address seed and 4 bytes of ISN seed
  *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 70 000
- *              when bit 6 is set) and the payload, taken from the input
+ *              when bit 6 is set, from a fixed pattern at an offset bit 7
+ *              picks) and the payload, taken from the input unless bit 6
  *     2 fin    3 rst    4 flush    others: nothing
  *
  * The file is then read back by a small reader written here from the pcap and
@@ -36,6 +37,7 @@ struct expect {
 };
 
 static char path[64];
+static uint8_t big[70000 + 256];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -44,11 +46,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     int fd = mkstemp(path);
     FUZZ_CHECK(fd >= 0, "mkstemp %s", path);
     close(fd);
+    for (size_t k = 0; k < sizeof big; k++)
+        big[k] = (uint8_t)(k * 7 + k / 251);
     return 0;
 }
 
 static void append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p, size_t n)
 {
+    if (n == 0)
+        return;
     if (*len + n > *cap) {
         *cap = (*len + n) * 2;
         *buf = realloc(*buf, *cap);
@@ -270,9 +276,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct pcap_stream st[NSTREAMS];
     struct expect ex[NSTREAMS];
     memset(ex, 0, sizeof ex);
-    static uint8_t big[70000];
 
-    size_t i = 0;
+    size_t i = 0, total = 0;
     while (i < size) {
         uint8_t op = data[i++];
         int si = (op >> 3) & 3, side = (op >> 5) & 1;
@@ -305,10 +310,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             i += 2;
             const uint8_t *p;
             if (op & 0x40) {
-                n = n % sizeof big;
-                for (size_t k = 0; k < n; k++)
-                    big[k] = (uint8_t)(k * 7 + n);
-                p = big;
+                n %= 70000;
+                p = big + (op & 0x80 ? 255 : 0);
             } else {
                 n %= 8192;
                 if (n > size - i)
@@ -316,7 +319,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 p = data + i;
                 i += n;
             }
-            if (!e->open)
+            /* bounded, but past the 256 KiB buffer so that it fills up */
+            if (!e->open || (total += n) > 400000)
                 break;
             FUZZ_CHECK(pcap_stream_data(&f, &st[si], side, p, n) == 0, "data");
             if (!e->rst && !e->fin[side])

@@ -161,8 +161,12 @@ function M.http(input)
       check(type(status) == "number" and type(why) == "string", "handshake refusal")
     end
   end
+  -- Errors must agree on whether there is one, not on which: a head that is
+  -- both too long and malformed is a 431 when its line end is in the buffer
+  -- and a 400 when the early refusal of a line that cannot be a request
+  -- (before its end has come) sees the bad byte first. Both are right.
   local reqs, err, status = differential("http", make, payload, sel, each,
-    function(_, c1, _, c2) return c1 == c2 end)
+    function(e1, _, e2) return (e1 == nil) == (e2 == nil) end)
   if err then check(HTTP_STATUS[status], "status %s for %s", tostring(status), err) end
 
   -- finish() never raises and, after the last complete request, is consistent
