@@ -70,6 +70,7 @@ fuzz:
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 		$(FUZZBUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
 			-artifact_prefix=$(FUZZBUILD)/findings/$$t- -print_final_stats=1 \
+			$$(test -f fuzz/dict/$$t.dict && echo -dict=fuzz/dict/$$t.dict) \
 			$(FUZZBUILD)/corpus/$$t fuzz/corpus/$$t 2>$(FUZZBUILD)/$$t.log \
 			|| { tail -n 40 $(FUZZBUILD)/$$t.log; exit 1; }; \
 		grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' \
