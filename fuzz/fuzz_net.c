@@ -27,7 +27,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(err[0] && memchr(err, '\0', sizeof err), "no error message");
     if (rc == 1) {
         FUZZ_CHECK(port >= 0 && port <= 65535, "port %d", port);
-        FUZZ_CHECK(strlen(host) < sizeof host, "host");
+        /* The name handed back is the spec's host part, all of it: the text
+         * in brackets, or before the last colon. */
+        const char *from = spec, *to;
+        if (spec[0] == '[') {
+            from = spec + 1;
+            to = strchr(spec, ']');
+        } else {
+            to = strrchr(spec, ':');
+        }
+        FUZZ_CHECK(to && strlen(host) == (size_t)(to - from) && memcmp(host, from, strlen(host)) == 0,
+                   "'%s' gave the name '%s'", spec, host);
     }
 
     struct net_addr b;
