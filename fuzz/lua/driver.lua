@@ -153,6 +153,27 @@ function M.http(input)
       check(tonumber(cl:match("^%s*(%d+)")) == #req.body, "Content-Length %s, body %d", cl,
             #req.body)
     end
+    -- written out again (framed by Content-Length), it parses to the same request
+    local t = { ("%s %s HTTP/%s\r\n"):format(req.method, req.target, req.version) }
+    for _, kv in ipairs(req.header_list) do
+      local lk = kv[1]:lower()
+      if lk ~= "content-length" and lk ~= "transfer-encoding" then
+        t[#t + 1] = kv[1] .. ": " .. kv[2] .. "\r\n"
+      end
+    end
+    t[#t + 1] = "Content-Length: " .. #req.body .. "\r\n\r\n" .. req.body
+    local back, e = run(http.parser{ max_header = 1 << 20, max_headers = 1 << 20,
+                                     max_body = 1 << 30 }, { table.concat(t) })
+    check(not e and #back == 1, "re-written request does not parse: %s", tostring(e))
+    for _, k in ipairs({ "method", "target", "path", "query", "version", "body" }) do
+      check(back[1][k] == req[k], "re-written request: %s %s, was %s", k, show(back[1][k]),
+            show(req[k]))
+    end
+    for k, v in pairs(req.headers) do
+      if k ~= "content-length" and k ~= "transfer-encoding" then
+        check(back[1].headers[k] == v, "re-written request: header %s", k)
+      end
+    end
     -- the WebSocket handshake reads these same headers from the peer
     local answer, status, why = ws.handshake(req, { protocols = { "chat", "x" } })
     if answer then
