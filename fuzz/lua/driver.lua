@@ -263,8 +263,23 @@ function M.resp(input)
     max_command = ({ nil, 200 })[(o >> 4) % 2 + 1],
   }
   local function make() return resp.parser(opts) end
+  -- the encoder writes an error's lone CR or LF as a space (a RESP line ends at CR LF)
+  local function norm(v)
+    if type(v) ~= "table" or v == resp.null then return v end
+    if v.err then return { err = v.err:gsub("[\r\n]+", " ") } end
+    local t = { n = v.n }
+    for i = 1, v.n do t[i] = norm(v[i]) end
+    return t
+  end
   local function each(v)
-    if opts.values then return end
+    if opts.values then
+      -- a value re-encoded parses back to itself (simple strings come back as bulk
+      -- strings: both are Lua strings)
+      local back, e = run(resp.parser{ values = true }, { resp.encode(v) })
+      check(not e and #back == 1 and same(norm(back[1]), norm(v)),
+            "re-encoded value does not parse back: %s %s", tostring(e), show(v))
+      return
+    end
     check(type(v) == "table" and v.n == #v and v.n > 0, "command shape %s", show(v))
     for i = 1, v.n do check(type(v[i]) == "string", "command word %d", i) end
     -- a command re-encoded as a client sends it parses back to itself (limits
