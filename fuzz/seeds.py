@@ -86,6 +86,15 @@ def http_seeds():
     put("lua_http", "pipeline_cut", lua(0, 3, reqs["get"] + reqs["post"] + reqs["chunked"]))
     put("lua_http", "chunked_small_limits", lua(0x29, 5, reqs["chunked"]))
     put("lua_http", "upgrade_bytewise", lua(0, 8, reqs["upgrade"]))
+    # the handler builders: HTTP pipelined (and above high water), a WebSocket session
+    put("lua_handlers", "http_pipeline", lua(0, 3, reqs["get"] + reqs["expect"] + reqs["chunked"]))
+    put("lua_handlers", "http_full", lua(2, 0, reqs["post"] + reqs["http10"]))
+    put("lua_handlers", "http_fail", lua(0, 0, reqs["get"].replace(b"/path/x", b"/fail", 1)))
+    frames = ws_frame(1, b"hello") + ws_frame(9, b"ping") + ws_frame(2, b"x" * 200, False) \
+        + ws_frame(0, b"y") + ws_frame(8, struct.pack("!H", 1000) + b"bye")
+    put("lua_handlers", "ws_session", lua(1, 0, reqs["upgrade"] + frames))
+    put("lua_handlers", "ws_session_cut", lua(3, 5, reqs["upgrade"] + frames))
+    put("lua_handlers", "ws_plain_http", lua(1, 0, reqs["get"]))
 
 
 def ws_frame(op, payload, fin=True, mask=b"\x37\xfa\x21\x3d"):

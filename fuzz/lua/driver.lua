@@ -356,4 +356,66 @@ function M.glob(input)
   check(#pat == 0 or e == "pattern too long", "max_len not enforced")
 end
 
+---------------------------------------------------------------------------
+-- The handler builders (echokit.http.handler, echokit.websocket.handler)
+-- against a stand-in connection: they run on peer input too, and must
+-- not raise, must not write after closing, and must answer the same bytes
+-- whether the input comes whole or in pieces (and with or without the
+-- connection above high water, which defers answers to on_drain).
+---------------------------------------------------------------------------
+-- echokit.log for http.handler's error path, quietly (the real module is
+-- the runtime's); without echokit.timer a WebSocket close is immediate.
+package.preload["echokit"] = function() return { log = function() end } end
+
+local function fake_conn(full)
+  local c = { out = {}, closed = false, paused = false }
+  function c:write(data)
+    check(type(data) == "string", "write of a %s", type(data))
+    if self.closed then return nil, "closed" end
+    self.out[#self.out + 1] = data
+    if full then return false end
+    return true
+  end
+  function c:close() self.closed = true end
+  function c:pause() self.paused = true end
+  function c:resume() self.paused = false end
+  return c
+end
+
+local function drive(h, chunks, full)
+  local c = fake_conn(full)
+  if h.on_connect then h.on_connect(c) end
+  for _, chunk in ipairs(chunks) do
+    if c.closed then break end
+    h.on_data(c, chunk)
+    -- the runtime reads nothing while paused; the output drains meanwhile
+    while full and c.paused and not c.closed do h.on_drain(c) end
+  end
+  if not c.closed and h.on_eof then h.on_eof(c) end
+  if h.on_close then h.on_close(c) end
+  -- the Date header is the one thing that may differ from run to run
+  return (table.concat(c.out):gsub("\r\nDate: [^\r]*", ""))
+end
+
+function M.handlers(input)
+  budget(4000000 + 6000 * #input)
+  local o, sel, payload = split(input)
+  local full = bit(o, 1)
+  local h
+  if bit(o, 0) then
+    h = ws.handler({
+      on_message = function(conn, data, kind) conn.ws:send(data, kind) end,
+      on_open = function(conn) conn.ws:ping("hi") end,
+    }, { max_message = ({ nil, 10, 1000 })[(o >> 2) % 3 + 1], protocols = { "chat" } })
+  else
+    h = http.handler(function(req)
+      if req.path == "/fail" then error("handler failed") end
+      return 200, { { "Content-Type", "text/plain" } }, req.method .. " " .. req.body
+    end, { max_header = ({ 8192, 200 })[(o >> 2) % 2 + 1], max_body = ({ 1 << 20, 10 })[(o >> 3) % 2 + 1] })
+  end
+  local whole = drive(h, { payload }, full)
+  local cut = drive(h, pieces(payload, sel), full)
+  check(whole == cut, "answers differ fed whole and in pieces:\n%s\n%s", show(whole), show(cut))
+end
+
 return M
