@@ -359,7 +359,7 @@ end
 ---------------------------------------------------------------------------
 -- The handler builders (echokit.http.handler, echokit.websocket.handler)
 -- against a stand-in connection: they run on peer input too, and must
--- not raise, must not write after closing, and must answer the same bytes
+-- not raise, and must answer the same bytes
 -- whether the input comes whole or in pieces (and with or without the
 -- connection above high water, which defers answers to on_drain).
 ---------------------------------------------------------------------------
