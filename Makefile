@@ -7,7 +7,7 @@ ARGS    ?=
 WERROR  := $(if $(CI),ON,OFF)
 CMAKE   := cmake -DECHOKIT_WERROR=$(WERROR)
 
-.PHONY: all deps test-deps build run test test-fast test-valgrind install clean
+.PHONY: all deps test-deps build run test test-fast test-valgrind install clean fuzz
 
 all: build
 
@@ -49,7 +49,33 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN)
+	rm -rf $(BUILD) $(ASAN) $(FUZZBUILD)
+
+# Coverage-guided fuzzing (clang + libFuzzer, installed by scripts/deps.sh fuzz):
+# each harness runs FUZZ_SECONDS, reading the committed seeds in fuzz/corpus/
+# and keeping what it finds new in $(FUZZBUILD)/corpus/ (never in the source
+# tree); a crash or broken invariant stops with the input in
+# $(FUZZBUILD)/findings/. e.g. make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS=lua_http
+FUZZBUILD    ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= net util codec pcap lua_http lua_websocket lua_resp lua_framing lua_glob lua_handlers
+fuzz:
+	@scripts/deps.sh fuzz
+	@cmake -S . -B $(FUZZBUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DECHOKIT_FUZZ=ON -DECHOKIT_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(FUZZBUILD) -j$(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	@mkdir -p $(FUZZBUILD)/findings
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZBUILD)/corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		$(FUZZBUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-artifact_prefix=$(FUZZBUILD)/findings/$$t- -print_final_stats=1 \
+			$$(test -f fuzz/dict/$$t.dict && echo -dict=fuzz/dict/$$t.dict) \
+			$(FUZZBUILD)/corpus/$$t fuzz/corpus/$$t 2>$(FUZZBUILD)/$$t.log \
+			|| { tail -n 40 $(FUZZBUILD)/$$t.log; exit 1; }; \
+		grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' \
+			$(FUZZBUILD)/$$t.log; \
+	done
 
 # Benchmarks against bare C, Python, HAProxy, socat and nginx (~10 min);
 # writes docs/bench.md and docs/bench.png. e.g. make bench BENCH_ARGS=--quick

@@ -2,7 +2,8 @@
 # Installs what echokit needs to build, run and test on Debian 12, and only
 # what is missing. Run as root (or with sudo available). `test` also installs
 # the npm packages the suite drives echokit with (scripts/npm-deps.sh, into
-# build/npm). Usage: scripts/deps.sh [build|test]
+# build/npm). `fuzz` adds clang and libFuzzer, which only `make fuzz` needs.
+# Usage: scripts/deps.sh [build|test|fuzz]
 set -eu
 
 # lua-cjson: the JSON codec of the control API (--admin), -H http and -H debug,
@@ -23,10 +24,15 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   test="$test nodejs npm"
 fi
 
+# clang builds the harnesses with -fsanitize=fuzzer; libfuzzer-14-dev brings
+# libFuzzer's main and libclang-rt-14-dev the sanitizer runtimes it links with.
+fuzz="clang libfuzzer-14-dev libclang-rt-14-dev"
+
 case "${1:-test}" in
   build) want="$build" ;;
   test)  want="$build $test" ;;
-  *) echo "usage: $0 [build|test]" >&2; exit 2 ;;
+  fuzz)  want="$build $fuzz" ;;
+  *) echo "usage: $0 [build|test|fuzz]" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -63,8 +63,10 @@ int net_parse_addr2(const char *spec, int resolve, struct net_addr *out, char *h
             return -1;
         }
         size_t n = (size_t)(close - spec - 1);
-        if (n >= sizeof host)
-            n = sizeof host - 1;
+        if (n >= sizeof host) {
+            snprintf(err, ECHOKIT_ERR_LEN, "%s: host name too long", spec);
+            return -1;
+        }
         memcpy(host, spec + 1, n);
         host[n] = '\0';
         portstr = close + 2;

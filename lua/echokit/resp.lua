@@ -148,7 +148,8 @@ function Parser:next()
     -- an inline command ends at LF (CR LF or LF, as telnet sends); RESP lines at CR LF
     local e = buf:find(inline and "\n" or "\r\n", pos, true)
     if not e then
-      if have > self.max_inline then
+      -- a RESP line may still end in CR LF with the CR as the last byte here
+      if have > self.max_inline + (inline and 0 or 1) then
         return self:fail(inline and "Protocol error: too big inline request"
                                  or "Protocol error: too big line")
       end

@@ -82,6 +82,17 @@ describe("echokit.resp command parser", function()
     assert.equal(e1, e2)
   end)
 
+  it("takes a line of max_inline bytes whether or not its CR LF arrives split", function()
+    local input = "+1234567\r\n:1234567\r\n"
+    for _, step in ipairs({ #input, 1, 9 }) do
+      local out, err = parse(input, step, { values = true, max_inline = 8 })
+      assert.is_nil(err)
+      assert.same({ "1234567", 1234567 }, out)
+    end
+    local _, err = parse("+12345678\r", 1, { values = true, max_inline = 8 })
+    assert.equal("Protocol error: too big line", err)
+  end)
+
   it("never lets a Lua error escape on random, mutated and truncated input", function()
     local rng = fuzz.rng(6379)
     for i = 1, 3000 do
