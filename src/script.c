@@ -324,6 +324,18 @@ void script_fail(struct script *S, const char *what, struct conn *c, const char 
     conn_abort(c, reason, 0);
 }
 
+/* After a protected call: 0, or -1 once the error on the stack is logged
+ * and c torn down. [-(0|1), +0, -] */
+static int call_result(struct script *S, int rc, const char *what, struct conn *c)
+{
+    if (rc == LUA_OK)
+        return 0;
+    const char *msg = lua_tostring(S->L, -1);
+    script_fail(S, what, c, msg ? msg : "(error object is not a string)");
+    lua_pop(S->L, 1);
+    return -1;
+}
+
 int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *what,
                   struct conn *c)
 {
@@ -334,12 +346,7 @@ int script_invoke(struct script *S, lua_CFunction body, void *ud, const char *wh
     lua_pushlightuserdata(L, ud);
     int rc = lua_pcall(L, 1, 0, 1);
     budget_end(S, prev);
-    if (rc == LUA_OK)
-        return 0;
-    const char *msg = lua_tostring(L, -1);
-    script_fail(S, what, c, msg ? msg : "(error object is not a string)");
-    lua_pop(L, 1);
-    return -1;
+    return call_result(S, rc, what, c);
 }
 
 /* Big enough for the largest chunk the loop reads; untouched, so it costs
@@ -405,12 +412,7 @@ int script_call_ref(struct script *S, int fn, int self, enum script_args args, c
         rc = lua_pcall(L, args == ARGS_SELF ? 1 : 2, 0, 1);
     }
     budget_end(S, prev);
-    if (rc == LUA_OK)
-        return 0;
-    const char *msg = lua_tostring(L, -1);
-    script_fail(S, what, c, msg ? msg : "(error object is not a string)");
-    lua_pop(L, 1);
-    return -1;
+    return call_result(S, rc, what, c);
 }
 
 int script_resume(struct script *S, lua_State *co, int nargs, const char *what, struct conn *c)
