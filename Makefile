@@ -26,21 +26,21 @@ run: build
 test: test-deps
 	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
-	cd $(BUILD) && ctest --output-on-failure -j2
+	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 120
 	@$(CMAKE) -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DECHOKIT_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN) -j$(JOBS)
-	cd $(ASAN) && ctest --output-on-failure -j2
+	cd $(ASAN) && ctest --output-on-failure -j2 --timeout 300
 
 # The release build only: the quick loop while developing.
 test-fast: test-deps
 	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
-	cd $(BUILD) && ctest --output-on-failure -j2
+	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 120
 
 # The functional suite with every server under valgrind's memcheck.
 test-valgrind: test-deps build
 	cd $(BUILD) && ECHOKIT_LUA_POOL=0 \
-		ECHOKIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" ctest --output-on-failure -R functional
+		ECHOKIT_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" ctest --output-on-failure --timeout 1500 -R functional
 
 test-deps:
 	@scripts/deps.sh test

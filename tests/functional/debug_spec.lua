@@ -283,8 +283,8 @@ describe("debug proxy pcap", function()
       local f = io.open(path, "rb")
       local n = f and f:seek("end") or 0
       if f then f:close() end
-      return n >= want + 5000
-    end, 1.5, "capture file flushed")
+      return n >= want + 2 * 5000 + #"END 5000\n"
+    end, 1.5, "capture file flushed (both directions)")
     proxy.p:kill("KILL")
     proxy:wait_exit(5)
     proxy:exit_checked_by_test()
