@@ -32,6 +32,7 @@ struct app {
     int stopping;
     ev_signal sigint, sigterm;
     ev_timer grace_timer;
+    ev_timer trim_timer;
 };
 
 /* ---- shutdown ----------------------------------------------------------- */
@@ -109,6 +110,21 @@ static void tune_malloc(void)
      * which would give every 256 KiB chunk string its own mmap, munmap and
      * page faults. */
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
+}
+
+/* glibc gives back free memory at the top of the heap only (above the trim
+ * threshold); what the collector frees below a live block stays counted in
+ * the RSS until a malloc_trim. A handler that keeps values of many sizes (the
+ * redis mock under a mixed load) then saw its RSS ratchet up in steps, 46 MiB
+ * for 8 MiB of live Lua data, 11 MiB after a trim. Trimming every 10 s keeps
+ * the RSS near what is in use; it does not keep the loop alive. */
+#define TRIM_INTERVAL 10.0
+
+static void trim_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
 #endif
 }
 
@@ -259,6 +275,9 @@ int main(int argc, char **argv)
     }
 
     server_start(&a.srv);
+    ev_timer_init(&a.trim_timer, trim_cb, TRIM_INTERVAL, TRIM_INTERVAL);
+    ev_timer_start(a.loop, &a.trim_timer);
+    ev_unref(a.loop); /* the trim timer alone does not keep the loop running */
     ev_run(a.loop, 0);
 
     int worker = o.workers > 1;
@@ -266,6 +285,8 @@ int main(int argc, char **argv)
     if (!worker)
         server_unlink_unix(&a.srv);
     ev_timer_stop(a.loop, &a.grace_timer);
+    ev_ref(a.loop); /* as ev_unref above: before stopping the timer */
+    ev_timer_stop(a.loop, &a.trim_timer);
     /* Shutdown is done: a late signal must not turn exit 0 into a kill.
      * ev_signal_stop restores the default action (death), so the signals are
      * blocked across it, then ignored, which discards any that came. */
