@@ -103,18 +103,6 @@ static void make_endpoint(struct pcap_endpoint *ep, uint8_t seed, int v6, uint16
     FUZZ_CHECK(ep->family == (v6 ? AF_INET6 : AF_INET), "family of %s", text);
 }
 
-static void to_v6(struct pcap_endpoint *ep)
-{
-    if (ep->family != AF_INET)
-        return;
-    uint8_t v4[4];
-    memcpy(v4, ep->addr, 4);
-    memset(ep->addr, 0, 16);
-    ep->addr[10] = ep->addr[11] = 0xff;
-    memcpy(ep->addr + 12, v4, 4);
-    ep->family = AF_INET6;
-}
-
 /* Reads the file back; see the top of the file for what is checked. */
 static void check_file(struct expect *ex, uint64_t records)
 {
@@ -304,8 +292,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             e->ep[0] = c;
             e->ep[1] = s;
             if (c.family != s.family) {
-                to_v6(&e->ep[0]);
-                to_v6(&e->ep[1]);
+                pcap_endpoint_map_v6(&e->ep[0]);
+                pcap_endpoint_map_v6(&e->ep[1]);
             }
             break;
         }

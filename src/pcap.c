@@ -148,8 +148,7 @@ int pcap_endpoint_parse(struct pcap_endpoint *ep, const char *host, uint16_t por
     return -1;
 }
 
-/* Rewrite an IPv4 endpoint as its IPv4-mapped IPv6 address. */
-static void map_v6(struct pcap_endpoint *ep)
+void pcap_endpoint_map_v6(struct pcap_endpoint *ep)
 {
     if (ep->family != AF_INET)
         return;
@@ -256,8 +255,8 @@ int pcap_stream_open(struct pcap_file *f, struct pcap_stream *s, const struct pc
     s->ep[PCAP_CLIENT] = *client;
     s->ep[PCAP_SERVER] = *server;
     if (client->family != server->family) {
-        map_v6(&s->ep[PCAP_CLIENT]);
-        map_v6(&s->ep[PCAP_SERVER]);
+        pcap_endpoint_map_v6(&s->ep[PCAP_CLIENT]);
+        pcap_endpoint_map_v6(&s->ep[PCAP_SERVER]);
     }
     /* Distinct, spread-out initial sequence numbers (Knuth's multiplier). */
     uint32_t isn_c = isn_seed * 2654435761u, isn_s = ~isn_c ^ 0x5bd1e995u;

@@ -55,6 +55,10 @@ int pcap_close(struct pcap_file *f);
 /* Fill ep from a textual IPv4/IPv6 address; 0, or -1 if HOST is neither. */
 int pcap_endpoint_parse(struct pcap_endpoint *ep, const char *host, uint16_t port);
 
+/* Rewrites an IPv4 endpoint as its IPv4-mapped IPv6 address (a stream with
+ * one IPv6 end is written as IPv6); others are left alone. */
+void pcap_endpoint_map_v6(struct pcap_endpoint *ep);
+
 /* Start a conversation between client and server: records the three-way
  * handshake. Endpoints of different families are written as IPv6 (IPv4 as
  * ::ffff:a.b.c.d). isn_seed varies the initial sequence numbers. */
