@@ -257,12 +257,13 @@ int main(int argc, char **argv)
 
     if (o.workers > 1) {
         int status = workers_run(o.workers, a.loop, &oldmask);
-        if (status >= 0) {
+        if (status >= 0 || status == -2) {
             server_stop(&a.srv);
-            server_unlink_unix(&a.srv);
+            if (status >= 0) /* the parent; an orphaned worker leaves the files */
+                server_unlink_unix(&a.srv);
             script_free(a.S);
             free(rbuf);
-            return status;
+            return status >= 0 ? status : 0;
         }
         /* A worker: its loop takes SIGINT/SIGTERM over. libev installs its
          * handler but leaves the signal mask alone, so they must be unblocked

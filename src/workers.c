@@ -84,7 +84,7 @@ int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask)
             free(pids);
             prctl(PR_SET_PDEATHSIG, SIGTERM);
             if (getppid() != parent)
-                _exit(0);
+                return -2;
             ev_loop_fork(loop);
             return -1;
         }

@@ -17,7 +17,9 @@ void workers_prepare(sigset_t *oldmask);
  * restores oldmask itself (libev does not unblock them). In the parent it
  * restores oldmask, forwards SIGINT/SIGTERM to every worker, and returns once
  * all have ended: 0 if each exited 0 and all n could be forked, else 1
- * (each failure is logged). */
+ * (each failure is logged). A worker whose parent died before it could ask
+ * for PR_SET_PDEATHSIG gets -2: it must not serve, and exits (cleanly, so a
+ * memory checker sees its memory freed). */
 int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask);
 
 #endif
