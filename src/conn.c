@@ -673,10 +673,8 @@ static void reap(struct conn_ctx *ctx)
 
 void conn_reap_now(struct conn *c)
 {
-    if (c->flags & CONN_DEAD && !(c->flags & CONN_REAPED)) {
-        c->flags |= CONN_REAPED;
+    if (c->flags & CONN_DEAD && !(c->flags & CONN_REAPED))
         reap_one(c->ctx, c);
-    }
 }
 
 /* Runs before the loop polls, on every turn while there is work: closed

@@ -186,13 +186,6 @@ static void budget_arm(void)
     setitimer(ITIMER_PROF, &it, NULL);
 }
 
-/* Interval timers are not inherited across fork(2): every child (a worker)
- * arms its own, so the budget holds in every process. */
-static void budget_after_fork(void)
-{
-    budget_arm();
-}
-
 static void budget_setup(struct script *S)
 {
     static int atfork_done;
@@ -208,7 +201,9 @@ static void budget_setup(struct script *S)
     struct sigaction sa = {.sa_handler = budget_signal, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGPROF, &sa, NULL);
-    if (!atfork_done && pthread_atfork(NULL, NULL, budget_after_fork) == 0)
+    /* Interval timers are not inherited across fork(2): every child (a
+     * worker) arms its own, so the budget holds in every process. */
+    if (!atfork_done && pthread_atfork(NULL, NULL, budget_arm) == 0)
         atfork_done = 1;
     budget_arm();
 }
