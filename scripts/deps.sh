@@ -8,8 +8,10 @@ set -eu
 
 # lua-cjson: the JSON codec of the control API (--admin), -H http and -H debug,
 # needed at run time.
-build="gcc make cmake pkg-config liblua5.4-dev libev-dev lua-cjson"
-test="lua5.4 lua-busted lua-socket bsdextrautils netcat-openbsd socat procps valgrind
+build="gcc make cmake pkg-config liblua5.4-dev libev-dev lua-cjson libssl-dev"
+# libssl-dev: OpenSSL 3, for TLS (listeners, upstreams, certificates made at
+# run time, the decrypting debug proxy).
+test="lua5.4 lua-busted openssl lua-socket bsdextrautils netcat-openbsd socat procps valgrind
       redis-server redis-tools curl python3
       wrk python3-websockets"
 # wrk: the HTTP handler's load test (100 connections, zero errors);

@@ -1,0 +1,51 @@
+#ifndef ECHOKIT_TLSCERT_H
+#define ECHOKIT_TLSCERT_H
+/* Certificates made at run time, with OpenSSL: the in-memory self-signed
+ * certificate of --tls-self-signed, the CA of --make-ca, and the leaf
+ * certificates the decrypting debug proxy signs with that CA per server
+ * name. No libev, no Lua, no sockets. Functions that can fail return NULL
+ * or -1 with a message in err (ECHOKIT_ERR_LEN bytes). */
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "util.h"
+
+/* A fresh EC P-256 key, or NULL. */
+EVP_PKEY *tlscert_new_key(char *err);
+
+/* A self-signed certificate for key, valid from an hour ago for days days,
+ * whose subject CN is names[0] and whose subjectAltName lists every name:
+ * an IPv4 or IPv6 literal as an IP entry, anything else as a DNS entry. */
+X509 *tlscert_self_signed(EVP_PKEY *key, const char *const *names, int n, int days, char *err);
+
+/* SHA-256 fingerprint of the DER certificate as "AB:CD:...:EF" (95 chars). */
+#define TLSCERT_FP_LEN 96
+void tlscert_fingerprint(X509 *x, char out[TLSCERT_FP_LEN]);
+
+/* Writes a new CA (EC P-256, 10 years, CA:TRUE, keyCertSign) into dir as
+ * echokit-ca.pem (certificate, 0644) and echokit-ca-key.pem (key, 0600).
+ * dir is created (0700) if missing; existing files are not overwritten (-1).
+ * On success *cert_path and *key_path point at static buffers with the paths. */
+int tlscert_make_ca(const char *dir, const char **cert_path, const char **key_path, char *err);
+
+/* A CA loaded from PEM files, signing leaf certificates on demand. */
+struct tlsca;
+
+/* Loads the CA's certificate and key; checks that the key matches the
+ * certificate and that the certificate may sign (CA:TRUE). */
+struct tlsca *tlsca_load(const char *cert_file, const char *key_file, char *err);
+
+/* The leaf certificate for name (DNS name or IP literal; CN and SAN), signed
+ * by the CA, valid from an hour ago for 1 year or up to the CA's own
+ * not-after if sooner, all leaves sharing one EC P-256 key. Cached per
+ * name (at most TLSCA_CACHE names, the least recently used dropped first).
+ * The caller gets its own references (X509_free / EVP_PKEY_free). */
+#define TLSCA_CACHE 1024
+int tlsca_leaf(struct tlsca *ca, const char *name, X509 **cert, EVP_PKEY **key, char *err);
+
+/* The CA certificate (borrowed), e.g. to send as the leaf's chain. */
+X509 *tlsca_cert(struct tlsca *ca);
+
+void tlsca_free(struct tlsca *ca);
+
+#endif
