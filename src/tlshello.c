@@ -265,7 +265,9 @@ static int parse(struct rd *r, struct tlshello *out)
         return R_BAD;
     TRY(take(r, 3, hh + 1));
     size_t body = (size_t)hh[1] << 16 | (size_t)hh[2] << 8 | hh[3];
-    if (body < HELLO_MIN || body + 4 + RECORD_HEADER > TLSHELLO_CAP)
+    /* At least one header for every full record it needs. */
+    size_t need = body + 4 + RECORD_HEADER * ((body + 4 + RECORD_MAX - 1) / RECORD_MAX);
+    if (body < HELLO_MIN || need > TLSHELLO_CAP)
         return R_BAD;
     r->msg_left = body;
     r->off = 0;
