@@ -100,7 +100,7 @@ static void check_prefixes(const char *name, const uint8_t *p, size_t len, struc
 /* ---- building hellos ---- */
 
 struct buf {
-    uint8_t d[140000];
+    uint8_t d[6 * 65536 + 64]; /* a 64 KiB message in 1-byte records */
     size_t n;
 };
 
