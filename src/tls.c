@@ -421,8 +421,25 @@ struct tls_client {
     SSL_SESSION *session; /* the newest, offered by the next connection */
 };
 
+/* Most recently used first. Bounded: a handler that connects to ever new
+ * upstreams (the control API's proxies, names from the traffic) must not
+ * grow it without end. */
+#define TLS_CLIENTS_MAX 256
 static struct tls_client *clients;
+static int nclients;
 static int client_idx = -1; /* SSL_CTX ex_data slot: the tls_client */
+
+/* Connections made with it keep its SSL_CTX (reference counted); its
+ * session callback finds nothing once it is unlinked here. */
+static void client_free(struct tls_client *tc)
+{
+    SSL_CTX_set_ex_data(tc->ctx, client_idx, NULL);
+    SSL_SESSION_free(tc->session);
+    SSL_CTX_free(tc->ctx);
+    free(tc->key);
+    free(tc->name);
+    free(tc);
+}
 
 /* A session ticket arrived: keep it for the next connection. */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
@@ -521,11 +538,23 @@ struct tls_client *tls_client_get(const struct tls_client_opts *o, const char *h
         snprintf(err, ECHOKIT_ERR_LEN, "out of memory");
         return NULL;
     }
-    for (struct tls_client *tc = clients; tc; tc = tc->next) {
+    for (struct tls_client **p = &clients; *p; p = &(*p)->next) {
+        struct tls_client *tc = *p;
         if (!strcmp(tc->key, key)) {
             free(key);
+            *p = tc->next; /* to the front */
+            tc->next = clients;
+            clients = tc;
             return tc;
         }
+    }
+    if (nclients >= TLS_CLIENTS_MAX) {
+        struct tls_client **p = &clients;
+        while ((*p)->next)
+            p = &(*p)->next;
+        client_free(*p);
+        *p = NULL;
+        nclients--;
     }
     struct tls_client *tc = client_new(o, host, err);
     if (!tc) {
@@ -535,6 +564,7 @@ struct tls_client *tls_client_get(const struct tls_client_opts *o, const char *h
     tc->key = key;
     tc->next = clients;
     clients = tc;
+    nclients++;
     if (o->insecure)
         log_msg(LOG_WARN, "tls: %s:%d: certificate verification is off (insecure=1)", host,
                 port);
@@ -593,12 +623,9 @@ void tls_cleanup(void)
     while (clients) {
         struct tls_client *tc = clients;
         clients = tc->next;
-        SSL_SESSION_free(tc->session);
-        SSL_CTX_free(tc->ctx);
-        free(tc->key);
-        free(tc->name);
-        free(tc);
+        client_free(tc);
     }
+    nclients = 0;
     if (keylog) {
         fclose(keylog);
         keylog = NULL;
