@@ -191,6 +191,27 @@ static int cert_load(struct tls_cert *c, const char *certf, const char *keyf, ch
     return 0;
 }
 
+/* A certificate outside its validity is served all the same (a test may
+ * want exactly that), but said at start-up: clients will refuse it. */
+static void warn_validity(const char *file, X509 *x)
+{
+    const ASN1_TIME *na = X509_get0_notAfter(x), *nb = X509_get0_notBefore(x);
+    const char *what = X509_cmp_current_time(na) < 0   ? "expired"
+                       : X509_cmp_current_time(nb) > 0 ? "not valid yet"
+                                                       : NULL;
+    if (!what)
+        return;
+    char when[64] = "?";
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b && ASN1_TIME_print(b, what[0] == 'e' ? na : nb)) {
+        int n = BIO_read(b, when, sizeof when - 1);
+        when[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+    log_msg(LOG_WARN, "tls: the certificate in %s is %s (%s %s): verifying clients will "
+                      "refuse it", file, what, what[0] == 'e' ? "not after" : "not before", when);
+}
+
 static int use_cert(SSL *ssl, const struct tls_cert *c)
 {
     return SSL_use_cert_and_key(ssl, c->x, c->key, c->chain, 1) == 1;
@@ -266,6 +287,7 @@ static int server_certs(struct tls_server *ts, const struct tls_server_opts *o, 
         }
         if (cert_load(&ts->certs[i], o->cert[i], o->key[i], err) < 0)
             return -1;
+        warn_validity(o->cert[i], ts->certs[i].x);
         ts->ncerts++;
     }
     if (ts->ncerts || !o->self_signed)
