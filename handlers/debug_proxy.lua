@@ -97,20 +97,15 @@ if mode == "mitm" then
   if not (args.ca_cert and args.ca_key) then
     error("debug: tls=mitm needs ca_cert=FILE and ca_key=FILE (echokit --make-ca DIR makes them)")
   end
-  for _, f in ipairs({ { "ca_cert", "CERTIFICATE" }, { "ca_key", "PRIVATE KEY" } }) do
-    local fh, err = io.open(args[f[1]])
-    local pem = fh and fh:read("a") or ""
-    if fh then fh:close() end
-    if not pem:find("-----BEGIN [%u ]*" .. f[2] .. "-----") then
-      error("debug: " .. f[1] .. "=" .. (err or args[f[1]] .. ": no PEM " .. f[2]:lower()))
-    end
-  end
   local up_args = {} -- alpn= for the client alone when the upstream is plain
   for k, v in pairs(args) do up_args[k] = v end
   if not tls_upstream then up_args.alpn = nil end
   connect_opts = upstream_options.options(up_args, "debug")
   mitm = { ca_cert = args.ca_cert, ca_key = args.ca_key, alpn = args.alpn,
            name = upstream:gsub("^tls://", ""):match("^%[?(.-)%]?:%d+$") }
+  -- the CA loads, its key matches it, it may sign: checked now, not at the first client
+  local ok, err = pcall(echokit.tls_check, mitm)
+  if not ok then error("debug: " .. tostring(err), 0) end
   if args.keylog then
     local ok, err = echokit.tls_keylog(args.keylog)
     if not ok then error("debug: " .. err) end

@@ -274,7 +274,10 @@ describe("debug proxy, tls=mitm", function()
     refused({ upstream = tls_up }, "debug: upstream=tls://[%d.:]+ speaks TLS: give ca_cert=FILE " ..
             "ca_key=FILE .* or tls=passthrough")
     refused({ upstream = tls_up, tls = "mitm", ca_cert = pki.ca_key, ca_key = pki.ca_key },
-            "debug: ca_cert=.*: no PEM certificate")
+            "debug: tls: .*echokit%-ca%-key%.pem: not a PEM certificate")
+    -- both PEM, but the key is another's: found when the handler loads
+    refused({ upstream = tls_up, tls = "mitm", ca_cert = pki.ca, ca_key = pki.key },
+            "debug: tls: .*upstream%.key.*does not match")
     refused({ upstream = "127.0.0.1:1", keylog = pki.dir .. "/k" },
             "debug: keylog= needs tls=mitm")
   end)
