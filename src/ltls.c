@@ -89,7 +89,6 @@ struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port
     return tc;
 }
 
-static struct tls_server *server_config(lua_State *L, int idx, const char *who);
 
 /* echokit.tls_check(addr, tlsopts), or echokit.tls_check(serveropts): the configuration echokit.connect would
  * use, made now, so that a handler reports a bad CA file or option when it
@@ -98,7 +97,7 @@ static int l_tls_check(lua_State *L)
 {
     if (lua_istable(L, 1)) {
         /* server options, as conn:starttls takes them */
-        server_config(L, 1, "tls");
+        ltls_server(L, 1, "tls");
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -123,8 +122,10 @@ static int l_tls_check(lua_State *L)
 
 /* ---- conn:starttls ---------------------------------------------------------- */
 
-static struct tls_server *server_config(lua_State *L, int idx, const char *who)
+struct tls_server *ltls_server(lua_State *L, int idx, const char *who)
 {
+    if (!lua_isnil(L, idx))
+        luaL_checktype(L, idx, LUA_TTABLE);
     struct script *S = script_of(L);
     check_keys(L, idx, server_keys, who);
     struct tls_server_opts o = {0};
@@ -180,7 +181,7 @@ static int m_starttls(lua_State *L)
     }
     SSL *ssl;
     if (server) {
-        ssl = tls_server_ssl(server_config(L, 2, "starttls"));
+        ssl = tls_server_ssl(ltls_server(L, 2, "starttls"));
     } else {
         lua_pushnil(L);
         if (lua_istable(L, 2)) {
