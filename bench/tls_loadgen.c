@@ -265,6 +265,7 @@ struct conn {
     int dead;
     int active;             /* has work in flight (counted in `busy`) */
     int want_out;           /* OpenSSL asked to wait for writability */
+    int pending;            /* a message is out, its echo not all back */
 };
 
 static struct sockaddr_in dst;
@@ -384,6 +385,7 @@ static void make_msg(struct conn *c)
     memcpy(c->msg, pat + off, opt.size);
     c->msg[opt.size - 1] = '\n';
     c->sent = c->rcvd = 0;
+    c->pending = 1;
 }
 
 /* Writes what is left of the current message. 0 or -1. */
@@ -452,6 +454,7 @@ static void slot_start(struct conn *c, uint64_t now);
 static void msg_done(struct conn *c, uint64_t now)
 {
     record_latency(now - c->t0);
+    c->pending = 0;
     c->seq++;
     c->last_progress = now;
     if (opt.mode == PINGPONG) {
@@ -516,6 +519,12 @@ static void drive(struct conn *c, uint32_t ev, uint64_t now)
     if (c->st != READY) return;
     if (opt.mode == BULK) {
         if (pump_bulk(c, now) < 0) goto bad;
+    } else if (!c->pending) {
+        /* nothing asked: read what is there (post-handshake records are
+         * fine), application data is surplus */
+        int n = SSL_read(c->ssl, rbuf, RBUF);
+        if (n > 0) { n_mismatch++; goto bad; }
+        if (ssl_wait(c, n, NULL) < 0) goto bad;
     } else {
         if ((ev & EPOLLOUT) && c->sent < opt.size && send_msg(c) < 0) goto bad;
         if (c->sent == opt.size || (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
