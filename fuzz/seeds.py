@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/ from real traffic: the requests
-curl sends, the commands redis-cli sends and the replies redis-server gives
-(captured on a loopback socket), WebSocket frames as RFC 6455 lays them out
+curl sends, the commands redis-cli sends and the replies redis-server gives,
+the ClientHellos openssl s_client sends (captured on a loopback socket),
+WebSocket frames as RFC 6455 lays them out
 (masked by a client, unmasked from a server), and pcap operation sequences.
 
-    python3 fuzz/seeds.py          # needs curl, redis-cli, redis-server
+    python3 fuzz/seeds.py          # needs curl, redis-cli, redis-server, openssl
 
 Run by hand when the seeds should change; `make fuzz` never writes here.
 Inputs of the Lua harnesses start with two bytes: the options and the cuts
@@ -26,7 +27,7 @@ def put(harness, name, data):
         f.write(data)
 
 
-def capture(cmd, reply=b"", settle=0.5):
+def capture(cmd, reply=b"", settle=0.5, stdin=None):
     """Runs cmd (with {port}) against a listener that records what it gets."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -52,7 +53,7 @@ def capture(cmd, reply=b"", settle=0.5):
 
     t = threading.Thread(target=serve)
     t.start()
-    subprocess.run([a.format(port=port) for a in cmd], stdout=subprocess.DEVNULL,
+    subprocess.run([a.format(port=port) for a in cmd], stdin=stdin, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=10)
     t.join()
     srv.close()
@@ -205,6 +206,56 @@ def pcap_seeds():
         + data(1, b"after fin", 1))
 
 
+def tls_records(msg, frag, version=0x0301):
+    return b"".join(struct.pack("!BHH", 22, version, len(msg[i:i + frag])) + msg[i:i + frag]
+                    for i in range(0, len(msg), frag))
+
+
+def tls_hello(exts):
+    """A ClientHello handshake message with the extensions given as (type, data),
+    or with no extension block at all when exts is None."""
+    body = struct.pack("!H", 0x0303) + bytes(range(32)) + b"\x00" + struct.pack("!HHH", 4, 0x1301, 0xc02f) \
+        + b"\x01\x00"
+    if exts is not None:
+        ext = b"".join(struct.pack("!HH", t, len(d)) + d for t, d in exts)
+        body += struct.pack("!H", len(ext)) + ext
+    return b"\x01" + struct.pack("!I", len(body))[1:] + body
+
+
+def tlshello_seeds():
+    """The hellos s_client sends (tests/unit/test_tlshello.c embeds the same
+    three), then built ones for what it does not send."""
+    s_client = ["openssl", "s_client", "-connect", "127.0.0.1:{port}"]
+    hellos = {
+        "tls13_sni_alpn": s_client + ["-tls1_3", "-servername", "example.com", "-alpn", "h2,http/1.1"],
+        "tls12_sni_alpn": s_client + ["-tls1_2", "-servername", "www.example.org", "-alpn", "http/1.1"],
+        "no_sni": s_client + ["-noservername"],
+    }
+    for name, cmd in hellos.items():
+        put("tlshello", name, capture(cmd, stdin=subprocess.DEVNULL))
+
+    def sni(name):
+        return (0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
+
+    def alpn(*names):
+        lst = b"".join(bytes([len(n)]) + n for n in names)
+        return (16, struct.pack("!H", len(lst)) + lst)
+
+    def versions(*vs):
+        return (43, bytes([2 * len(vs)]) + b"".join(struct.pack("!H", v) for v in vs))
+
+    msg = tls_hello([sni(b"split.example"), alpn(b"h2"), versions(0x0304, 0x0303)])
+    put("tlshello", "two_records", tls_records(msg, len(msg) // 2 + 1))
+    put("tlshello", "bytewise_records", tls_records(msg, 1, 0x0303))
+    put("tlshello", "grease", tls_records(tls_hello([(0x2a2a, b""), versions(0x7a7a, 0x0304, 0x0303),
+                                                    alpn(b"\x0a\x0a", b"h2"), sni(b"g.example"),
+                                                    (0xdada, b"\x00")]), 16384))
+    put("tlshello", "long_odd_sni", tls_records(tls_hello([sni(b"a\\\x01," * 100)]), 16384))
+    put("tlshello", "no_extensions", tls_records(tls_hello(None), 16384))
+    put("tlshello", "truncated", tls_records(msg, 16384)[:60])
+    put("tlshello", "plaintext", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
 def simple_seeds():
     for name, s in {"v4": "127.0.0.1:7000", "v6": "[::1]:7000", "unix": "unix:/tmp/e.sock",
                     "port": "7000", "name": "localhost:6379", "any": "*:80",
@@ -221,6 +272,7 @@ def simple_seeds():
 
 if __name__ == "__main__":
     simple_seeds()
+    tlshello_seeds()
     pcap_seeds()
     glob_seeds()
     framing_seeds()

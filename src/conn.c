@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "conn_tls.h"
 #include "util.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents);
@@ -57,11 +58,22 @@ static void list_push(struct conn **head, struct conn *c)
  * when that changes, so there is no epoll_ctl churn per message. */
 static void update_read(struct conn *c)
 {
-    int want = !(c->flags & (CONN_PAUSED | CONN_BP | CONN_HOLD | CONN_EOF | CONN_CLOSING |
-                             CONN_DEAD | CONN_CONNECTING));
+    int want;
+    if (c->flags & (CONN_DEAD | CONN_CONNECTING))
+        want = 0;
+    else if (c->flags & (CONN_HANDSHAKE | CONN_TLS_WANT_R))
+        /* the SSL needs the peer's records, whatever the handler wants;
+         * after the clear text of a STARTTLS is out */
+        want = !c->raw.len && !c->kp_len;
+    else
+        want = !(c->flags & (CONN_PAUSED | CONN_BP | CONN_HOLD | CONN_EOF | CONN_CLOSING));
     if (want && !(c->flags & CONN_READING)) {
         ev_io_start(c->ctx->loop, &c->rio);
         c->flags |= CONN_READING;
+        /* Records already read into the SSL's buffer: no readiness will
+         * tell of them. */
+        if (conn_tls_pending(c))
+            ev_feed_event(c->ctx->loop, &c->rio, EV_READ);
     } else if (!want && (c->flags & CONN_READING)) {
         ev_io_stop(c->ctx->loop, &c->rio);
         c->flags &= ~CONN_READING;
@@ -128,7 +140,11 @@ static const char *errno_reason(int err)
 static void abort_errno(struct conn *c, int err)
 {
     const char *r = errno_reason(err);
-    if (r) {
+    if (err == EPROTO && c->ssl) {
+        char buf[300];
+        snprintf(buf, sizeof buf, "error: %s", conn_tls_reason());
+        conn_abort(c, buf, 0);
+    } else if (r) {
         conn_abort(c, r, 0);
     } else {
         char buf[128];
@@ -139,6 +155,11 @@ static void abort_errno(struct conn *c, int err)
 
 static void do_shutdown(struct conn *c)
 {
+    /* TLS: close_notify, then the FIN, as a plain connection's half-close. */
+    if (c->ssl && !(c->flags & CONN_TLS_SENT) && conn_tls_close_notify(c) == 0) {
+        ev_io_start(c->ctx->loop, &c->wio); /* called again once writable */
+        return;
+    }
     shutdown(c->fd, SHUT_WR);
     c->flags = (c->flags & ~CONN_SHUT_WANT) | CONN_SHUT_DONE;
     if (c->flags & CONN_EOF)
@@ -209,11 +230,12 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     /* ev.pod "be smart about timeouts": activity only moves a timestamp; the
      * timer is re-armed here for what is left. */
-    int connecting = (c->flags & CONN_CONNECTING) != 0;
-    ev_tstamp limit = connecting ? c->ctx->connect_timeout : c->timeout;
+    ev_tstamp limit = (c->flags & CONN_CONNECTING)  ? c->ctx->connect_timeout
+                      : (c->flags & CONN_HANDSHAKE) ? c->ctx->handshake_timeout
+                                                    : c->timeout;
     ev_tstamp left = c->last_active + limit - ev_now(loop);
     if (left <= 0 || limit <= 0) {
-        conn_abort(c, "timeout", 0);
+        conn_abort(c, (c->flags & CONN_HANDSHAKE) ? "timeout: tls handshake" : "timeout", 0);
         return;
     }
     w->repeat = left;
@@ -240,6 +262,29 @@ static void connect_failed(struct conn *c, int err)
     abort_errno(c, err == ENOENT ? ECONNREFUSED : err);
 }
 
+static void tls_begin(struct conn *c);
+static void tls_step(struct conn *c);
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents);
+
+/* Writes the queue (plain or TLS). Returns -1 after tearing c down. */
+static int flush_out(struct conn *c)
+{
+    ssize_t n = c->ssl ? conn_tls_write_outq(c) : outq_write(&c->out, c->fd);
+    if (n < 0) {
+        abort_errno(c, errno);
+        return -1;
+    }
+    if (n > 0)
+        count_out(c, (size_t)n);
+    if (c->flags & CONN_TLS_WANT_R) {
+        /* Waits for the peer's records, not for room: the read watcher
+         * calls again (update_read keeps it on). */
+        ev_io_stop(c->ctx->loop, &c->wio);
+        update_read(c);
+    }
+    return 0;
+}
+
 static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = container_of(w, struct conn, wio);
@@ -254,6 +299,12 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
         c->addrs = NULL;
         c->naddrs = 0;
         ACTIVE(c);
+        if (c->ssl) {
+            /* on_connect waits for the handshake */
+            c->flags |= CONN_TLS_CONNECT;
+            tls_begin(c);
+            return;
+        }
         update_read(c);
         /* From now on the timer measures idleness, if asked for. */
         conn_set_timeout(c, c->timeout);
@@ -267,11 +318,12 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
     }
-    /* Spliced bytes were accepted before anything now in the queue. */
+    /* Spliced bytes were accepted before anything now in the queue, and
+     * the clear text queued before a STARTTLS before the handshake. */
     if (kp_flush(c) < 0)
         return;
-    if (!c->kp_len && c->out.len) {
-        ssize_t n = outq_write(&c->out, c->fd);
+    if (c->raw.len && !c->kp_len) {
+        ssize_t n = outq_write(&c->raw, c->fd);
         if (n < 0) {
             abort_errno(c, errno);
             return;
@@ -279,6 +331,21 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
         if (n > 0)
             count_out(c, (size_t)n);
     }
+    if (c->flags & CONN_HANDSHAKE) {
+        if (!c->raw.len && !c->kp_len) {
+            update_read(c);
+            tls_step(c);
+        }
+        return;
+    }
+    if (c->flags & CONN_TLS_WANT_W) {
+        /* An SSL_read that had to write first: read again now. */
+        c->flags &= ~(unsigned)CONN_TLS_WANT_W;
+        if (c->flags & CONN_READING)
+            ev_feed_event(loop, &c->rio, EV_READ);
+    }
+    if (!c->kp_len && !c->raw.len && c->out.len && flush_out(c) < 0)
+        return;
     if (!conn_queued(c)) {
         ev_io_stop(loop, w);
         after_flush(c);
@@ -350,7 +417,24 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     struct conn *c = container_of(w, struct conn, rio);
     struct conn_ctx *ctx = c->ctx;
     struct conn *dst = c->pipe_to;
-    if (dst && (c->flags & CONN_BULK) && ctx->splice && !(c->flags & CONN_TAP) &&
+    if (c->flags & CONN_HANDSHAKE) {
+        if (!c->raw.len && !c->kp_len)
+            tls_step(c);
+        return;
+    }
+    if (c->flags & CONN_TLS_WANT_R) {
+        /* A TLS write waited for this: write first, then read if wanted. */
+        c->flags &= ~(unsigned)CONN_TLS_WANT_R;
+        if (c->out.len && flush_out(c) < 0)
+            return;
+        if (conn_queued(c))
+            ev_io_start(loop, &c->wio);
+        update_read(c);
+        if (!(c->flags & CONN_READING))
+            return;
+    }
+    if (dst && !c->ssl && !dst->ssl && (c->flags & CONN_BULK) && ctx->splice &&
+        !(c->flags & CONN_TAP) &&
         !dst->out.len && !dst->kp_len &&
         dst->fd >= 0 &&
         !(dst->flags & (CONN_CONNECTING | CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT |
@@ -360,7 +444,10 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     /* recv, not read: every fd here is a socket, and read(2) takes the
      * VFS path (vfs_read, ~2% of the proxy's CPU in a ping-pong profile)
      * before it reaches the same socket code. */
-    ssize_t n = recv(c->fd, ctx->rbuf, ctx->rbuf_len, 0);
+    ssize_t n = c->ssl ? conn_tls_recv(c, ctx->rbuf, ctx->rbuf_len)
+                       : recv(c->fd, ctx->rbuf, ctx->rbuf_len, 0);
+    if (c->flags & CONN_TLS_WANT_W)
+        ev_io_start(loop, &c->wio); /* the SSL must write before it reads on */
     if (n > 0) {
         /* A read of a kernel pipe's worth or more means a stream, not
          * messages: from now on a pipe moves it with splice. Message
@@ -389,6 +476,9 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
             c->ops->on_data(c, ctx->rbuf, (size_t)n);
         }
         ctx->source = prev;
+        /* More records in the SSL's buffer than rbuf held. */
+        if ((c->flags & CONN_READING) && conn_tls_pending(c))
+            ev_feed_event(loop, &c->rio, EV_READ);
         return;
     }
     if (n == 0) {
@@ -491,6 +581,81 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n)
     start_connect(c);
 }
 
+/* ---- TLS ------------------------------------------------------------------ */
+
+/* The handshake starts: its timer runs, reading serves the SSL, and the
+ * write watcher drives it (after the clear text queued before it). */
+static void tls_begin(struct conn *c)
+{
+    struct conn_ctx *ctx = c->ctx;
+    c->flags |= CONN_HANDSHAKE;
+    if (conn_tls_attach(c) < 0) {
+        conn_abort(c, "error: tls: out of memory", 0);
+        return;
+    }
+    ev_timer_stop(ctx->loop, &c->idle);
+    if (ctx->handshake_timeout > 0) {
+        c->idle.repeat = ctx->handshake_timeout;
+        ev_timer_again(ctx->loop, &c->idle);
+    }
+    update_read(c);
+    ev_io_start(ctx->loop, &c->wio);
+}
+
+/* Drives the handshake one step; once done, what waited goes on. */
+static void tls_step(struct conn *c)
+{
+    struct ev_loop *loop = c->ctx->loop;
+    int rc = conn_tls_handshake(c);
+    if (rc < 0) {
+        abort_errno(c, errno);
+        return;
+    }
+    if (rc == 0) {
+        if (c->flags & CONN_TLS_WANT_W)
+            ev_io_start(loop, &c->wio);
+        else
+            ev_io_stop(loop, &c->wio);
+        return;
+    }
+    c->flags = (c->flags & ~(unsigned)(CONN_HANDSHAKE | CONN_TLS_WANT_W | CONN_TLS_WANT_R)) |
+               CONN_TLS_DONE;
+    ACTIVE(c);
+    conn_set_timeout(c, c->timeout);
+    update_read(c);
+    if (c->ops->on_tls)
+        c->ops->on_tls(c);
+    if ((c->flags & CONN_TLS_CONNECT) && !(c->flags & CONN_DEAD)) {
+        c->flags &= ~(unsigned)CONN_TLS_CONNECT;
+        if (c->ops->on_connect)
+            c->ops->on_connect(c);
+    }
+    if (c->flags & CONN_DEAD)
+        return;
+    if (conn_queued(c)) {
+        ev_io_start(loop, &c->wio);
+    } else {
+        ev_io_stop(loop, &c->wio);
+        after_flush(c);
+    }
+}
+
+int conn_start_tls(struct conn *c, struct ssl_st *ssl)
+{
+    if (c->flags & CONN_DEAD)
+        return -2;
+    if (c->ssl)
+        return -1;
+    c->ssl = ssl;
+    if (c->flags & CONN_CONNECTING)
+        return 0; /* on_writable begins it once connected */
+    /* What was queued so far was written before the upgrade: in the clear. */
+    c->raw = c->out;
+    memset(&c->out, 0, sizeof c->out);
+    tls_begin(c);
+    return 0;
+}
+
 int conn_pipe(struct conn *src, struct conn *dst, int reset)
 {
     if ((src->flags | dst->flags) & CONN_DEAD)
@@ -539,8 +704,9 @@ int conn_write(struct conn *c, const void *data, size_t len)
     if (len == 0)
         return conn_queued(c) > ctx->high_water ? 0 : 1;
     const char *p = data;
-    if (!conn_queued(c) && !(c->flags & CONN_CONNECTING)) {
-        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (!conn_queued(c) && !(c->flags & (CONN_CONNECTING | CONN_HANDSHAKE | CONN_TLS_WANT_R))) {
+        ssize_t n = c->ssl ? conn_tls_send(c, p, len)
+                           : send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 abort_errno(c, errno);
@@ -571,7 +737,7 @@ int conn_write(struct conn *c, const void *data, size_t len)
         conn_abort(c, "error: out of memory", 1);
         return -1;
     }
-    if (was_empty && !(c->flags & CONN_CONNECTING))
+    if (was_empty && !(c->flags & (CONN_CONNECTING | CONN_HANDSHAKE | CONN_TLS_WANT_R)))
         ev_io_start(ctx->loop, &c->wio);
     if (conn_queued(c) > ctx->high_water) {
         c->flags |= CONN_WANT_DRAIN;
@@ -626,7 +792,7 @@ void conn_shutdown(struct conn *c)
     if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
         return;
     c->flags |= CONN_SHUT_WANT;
-    if (!conn_queued(c) && !(c->flags & CONN_CONNECTING))
+    if (!conn_queued(c) && !(c->flags & (CONN_CONNECTING | CONN_HANDSHAKE)))
         do_shutdown(c);
 }
 
@@ -702,6 +868,7 @@ void conn_abort(struct conn *c, const char *reason, int rst)
     update_read(c);
     ev_io_stop(ctx->loop, &c->wio);
     ev_timer_stop(ctx->loop, &c->idle);
+    conn_tls_end(c, !rst && !reason);
     if (c->fd >= 0) {
         if (rst)
             net_set_reset(c->fd);
@@ -709,6 +876,7 @@ void conn_abort(struct conn *c, const char *reason, int rst)
         c->fd = -1;
     }
     outq_clear(&c->out);
+    outq_clear(&c->raw);
     if (c->kp[0] >= 0) {
         close(c->kp[0]);
         close(c->kp[1]);
@@ -769,8 +937,8 @@ void conn_set_hold(struct conn *c, int hold)
 void conn_set_timeout(struct conn *c, double seconds)
 {
     c->timeout = seconds;
-    if (c->flags & (CONN_DEAD | CONN_CONNECTING))
-        return; /* the connect timeout runs; this applies once connected */
+    if (c->flags & (CONN_DEAD | CONN_CONNECTING | CONN_HANDSHAKE))
+        return; /* the connect or handshake timeout runs; this applies after */
     if (seconds <= 0) {
         ev_timer_stop(c->ctx->loop, &c->idle);
         return;

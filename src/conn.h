@@ -34,6 +34,9 @@ struct conn_ops {
     /* A piped chunk passes (only with CONN_TAP set), before it is relayed. */
     void (*on_tap)(struct conn *c, const char *buf, size_t len);
     /* (on_tap with buf NULL: a piped source's EOF, if CONN_TAP_EOF is set.) */
+    /* A TLS handshake completed (conn_start_tls); for an outbound
+     * connection on_connect follows. */
+    void (*on_tls)(struct conn *c);
 };
 
 /* A read at least this large marks a connection as carrying a stream. */
@@ -52,6 +55,7 @@ struct conn_ctx {
     size_t max_buffer;            /* hard per-connection cap */
     double idle_timeout;          /* default for new connections; 0 = none */
     double connect_timeout;       /* outbound connects; 0 = none */
+    double handshake_timeout;     /* TLS handshakes; 0 = none */
     int splice;                   /* untapped pipes move bytes with splice(2) */
     struct conn_stats stats;
     uint64_t next_id;
@@ -89,7 +93,15 @@ enum {
     CONN_FAIR = 1u << 14,      /* in ctx->fair */
     CONN_PIPE_RST = 1u << 15,  /* a reset of this piped connection resets the other end */
     CONN_REAPED = 1u << 16,    /* on_close has run */
+    CONN_HANDSHAKE = 1u << 17, /* TLS handshake under way: input and output wait */
+    CONN_TLS_WANT_W = 1u << 18, /* the SSL waits for the socket to turn writable */
+    CONN_TLS_WANT_R = 1u << 19, /* a TLS write waits for the socket to turn readable */
+    CONN_TLS_DONE = 1u << 20,  /* a handshake completed */
+    CONN_TLS_SENT = 1u << 21,  /* close_notify sent */
+    CONN_TLS_CONNECT = 1u << 22, /* outbound: on_connect once the handshake is done */
 };
+
+struct ssl_st; /* OpenSSL's SSL */
 
 struct conn {
     struct conn_ctx *ctx;
@@ -125,6 +137,8 @@ struct conn {
         struct sockaddr_in6 in6;
     } peer;
     socklen_t peer_len;
+    struct ssl_st *ssl;            /* TLS: owned; NULL for plain TCP */
+    struct outq raw;               /* plaintext queued before conn_start_tls */
 };
 
 void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len);
@@ -153,6 +167,17 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n);
  * torn down. */
 int conn_pipe(struct conn *src, struct conn *dst, int reset);
 void conn_unpipe(struct conn *src);
+
+/* Makes c a TLS connection driven by ssl (made for the server or the client
+ * side), which c then owns. An outbound connection not yet connected
+ * handshakes once connected, and on_connect waits for the handshake; an
+ * established one upgrades in place (STARTTLS): what was queued before goes
+ * out in the clear, then the handshake, then everything written since,
+ * encrypted. Input and output wait during the handshake, which
+ * ctx->handshake_timeout bounds; on_tls follows it, a failure tears c down
+ * with the reason ("error: tls handshake: ..."). Returns -1 if c is
+ * already TLS, -2 if it is torn down (ssl is not taken then). */
+int conn_start_tls(struct conn *c, struct ssl_st *ssl);
 
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c); /* may free */
@@ -194,7 +219,7 @@ void conn_set_timeout(struct conn *c, double seconds); /* 0 = none */
 /* Bytes accepted for output and not yet written. */
 static inline size_t conn_queued(const struct conn *c)
 {
-    return c->out.len + c->kp_len;
+    return c->out.len + c->kp_len + c->raw.len;
 }
 
 static inline int conn_write_fair(struct conn *c, const void *data, size_t len)

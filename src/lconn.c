@@ -21,6 +21,7 @@
 #include "log.h"
 #include "ptrmap.h"
 #include "script.h"
+#include "tls.h"
 
 #define CONN_MT "echokit.conn"
 
@@ -43,6 +44,7 @@ struct lconn {
     struct handler own;   /* callbacks this connection holds references to:
                              echokit.connect's, or an echokit.listen listener's */
     int outbound;
+    int awaiting_tls;     /* accepted on a TLS listener: Lua hears of it after the handshake */
     const void *handle;   /* the handle table's address: its key in handles */
 };
 
@@ -91,6 +93,17 @@ static struct lconn *check_conn(lua_State *L, int idx)
     }
     luaL_typeerror(L, idx, "connection");
     return NULL;
+}
+
+struct conn *lconn_check(lua_State *L, int idx)
+{
+    struct lconn *lc = check_conn(L, idx);
+    return lc ? &lc->c : NULL;
+}
+
+int lconn_is_outbound(const struct conn *c)
+{
+    return ((const struct lconn *)(const void *)c)->outbound;
 }
 
 static int closed(lua_State *L)
@@ -421,6 +434,32 @@ static void op_drain(struct conn *c)
         dispatch(lc, lc->h->cb[CB_DRAIN], "on_drain", ARGS_SELF, NULL, 0);
 }
 
+/* A client of a TLS listener that never completed its handshake: one
+ * line saying why (a plaintext client, an unknown CA, a stall), at most
+ * TLS_FAIL_LINES a second, then a count. */
+#define TLS_FAIL_LINES 10
+static void handshake_failed(struct conn *c, const char *reason)
+{
+    static ev_tstamp second;
+    static unsigned lines, dropped;
+    ev_tstamp now = ev_now(c->ctx->loop);
+    if (now - second >= 1.0) {
+        if (dropped)
+            log_msg(LOG_WARN, "tls: %u more failed handshake(s) not shown", dropped);
+        second = now;
+        lines = dropped = 0;
+    }
+    if (++lines > TLS_FAIL_LINES) {
+        dropped++;
+        return;
+    }
+    char label[200];
+    const char *r = reason ? reason : "closed by the peer";
+    if (!strncmp(r, "error: ", 7))
+        r += 7;
+    log_msg(LOG_WARN, "%s tls handshake failed: %s", conn_label(c, label, sizeof label), r);
+}
+
 static void op_close(struct conn *c, const char *reason)
 {
     struct lconn *lc = lconn_of(c);
@@ -450,8 +489,11 @@ static void op_close(struct conn *c, const char *reason)
             break;
         }
     }
-    /* A connection whose handle could not be made never reached Lua. */
-    if (lc->h->cb[CB_CLOSE] != LUA_NOREF && lc->ud_ref != LUA_NOREF)
+    if (lc->awaiting_tls)
+        handshake_failed(c, reason);
+    /* A connection whose handle could not be made never reached Lua, nor
+     * one whose TLS handshake failed. */
+    if (lc->h->cb[CB_CLOSE] != LUA_NOREF && lc->ud_ref != LUA_NOREF && !lc->awaiting_tls)
         dispatch(lc, lc->h->cb[CB_CLOSE], "on_close", ARGS_SELF_STR, reason,
                  reason ? strlen(reason) : 0);
     if (lc->handle) {
@@ -491,6 +533,19 @@ static void op_connect(struct conn *c)
     start(lconn_of(c));
 }
 
+/* A handshake completed: on_tls, then (accepted on a TLS listener) what an
+ * accepted connection starts with. */
+static void op_tls(struct conn *c)
+{
+    struct lconn *lc = lconn_of(c);
+    int accepted = lc->awaiting_tls;
+    lc->awaiting_tls = 0;
+    if (lc->h->cb[CB_TLS] != LUA_NOREF)
+        dispatch(lc, lc->h->cb[CB_TLS], "on_tls", ARGS_SELF, NULL, 0);
+    if (accepted && !(c->flags & CONN_DEAD))
+        start(lc);
+}
+
 /* A piped chunk (buf) for opts.tap(data, conn), or the source's EOF (buf
  * NULL) for opts.on_eof(conn). */
 static void op_tap(struct conn *c, const char *buf, size_t len)
@@ -509,6 +564,7 @@ static const struct conn_ops lconn_ops = {
     .on_connect = op_connect,
     .on_close = op_close,
     .on_tap = op_tap,
+    .on_tls = op_tls,
 };
 
 /* The C side of a new connection: no Lua yet (nothing here can fail). */
@@ -558,7 +614,8 @@ static int accept_body(lua_State *L)
     return 0;
 }
 
-void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const struct handler *h)
+void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const struct handler *h,
+                  struct tls_server *tls)
 {
     struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
     if (!c) {
@@ -571,6 +628,16 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const s
     struct accepting a = {lc, h};
     if (script_invoke(S, accept_body, &a, "accept", c) < 0)
         return; /* torn down with the error */
+    if (tls) {
+        SSL *ssl = tls_server_ssl(tls);
+        if (!ssl) {
+            conn_abort(c, "error: tls: out of memory", 0);
+            return;
+        }
+        lc->awaiting_tls = 1;
+        conn_start_tls(c, ssl); /* a fresh connection: it takes ssl */
+        return;
+    }
     start(lc);
 }
 
@@ -607,6 +674,9 @@ int lconn_connect(lua_State *L)
     struct script *S = script_of(L);
     const char *spec = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    int tls = tls_scheme(&spec);
     struct net_addr addr;
     char host[256], err[ECHOKIT_ERR_LEN];
     int port;
@@ -614,12 +684,31 @@ int lconn_connect(lua_State *L)
     if (rc < 0)
         return luaL_error(L, "echokit.connect: %s", err);
     script_check_handler(L, 2, "echokit.connect"); /* raises on misuse */
+    struct tls_client *tc = NULL;
+    if (tls) {
+        if (rc == 0)
+            net_addr_split((struct sockaddr *)&addr.ss, addr.len, host, sizeof host, &port);
+        if (lua_istable(L, 3))
+            lua_getfield(L, 3, "tls");
+        else
+            lua_pushnil(L);
+        tc = ltls_client(L, lua_gettop(L), host, port); /* raises on bad options */
+        lua_pop(L, 1);
+    }
     struct conn *c = conn_new_outbound(S->ctx, sizeof(struct lconn), &lconn_ops);
     if (!c)
         return luaL_error(L, "echokit.connect: not enough memory");
     struct lconn *lc = lconn_of(c);
     lconn_prepare(lc, S, &lc->own);
     lc->outbound = 1;
+    if (tc) {
+        SSL *ssl = tls_client_ssl(tc);
+        if (!ssl) {
+            conn_abort(c, "error: not enough memory", 0);
+            return luaL_error(L, "echokit.connect: not enough memory");
+        }
+        conn_start_tls(c, ssl); /* not connected yet: it handshakes once connected */
+    }
     lua_pushcfunction(L, connect_body);
     lua_pushlightuserdata(L, lc);
     lua_pushvalue(L, 2);

@@ -119,7 +119,8 @@ int lechokit_open(lua_State *L)
         {"stats", e_stats}, {"timer", ltimer_timer},  {"every", ltimer_every},
         {"sleep", lconn_sleep}, {"connect", lconn_connect}, {"listen", llisten_listen},
         {"pcap", lpcap_open}, {"time", e_time},   {"isatty", e_isatty},
-        {"size", e_size},   {"writer", lwriter_new},
+        {"size", e_size},   {"writer", lwriter_new}, {"tls_hello", ltls_hello},
+        {"tls_check", ltls_check},
         {NULL, NULL},
     };
     struct script *S = script_of(L);

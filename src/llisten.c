@@ -32,14 +32,14 @@ struct llisten {
  * return. The userdata stays on the stack across the call so it cannot be
  * collected before accept_cb sees srv->accepting cleared. Only called while
  * open (self_ref valid). [-0, +0, m] */
-static void ll_accept(struct server *srv, int fd, const struct net_addr *peer)
+static void ll_accept(struct server *srv, struct listener *l, int fd, const struct net_addr *peer)
 {
     struct llisten *ll = container_of(srv, struct llisten, srv);
     lua_State *L = ll->S->L;
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
     /* stack: ..., listener */
-    lconn_accept(ll->S, fd, peer, &ll->h);
+    lconn_accept(ll->S, fd, peer, &ll->h, l->data);
     lua_settop(L, top);
 }
 

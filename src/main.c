@@ -15,6 +15,8 @@
 #include "options.h"
 #include "script.h"
 #include "server.h"
+#include "tls.h"
+#include "tlscert.h"
 #include "util.h"
 #include "workers.h"
 
@@ -28,6 +30,7 @@ struct app {
     struct conn_ctx ctx;
     struct server srv;
     struct script *S;
+    struct tls_server *tls; /* the --tls-* certificates */
     double grace;
     int stopping;
     ev_signal sigint, sigterm;
@@ -90,10 +93,10 @@ static void script_stop(struct script *S)
     begin_shutdown(S->data);
 }
 
-static void on_accept(struct server *srv, int fd, const struct net_addr *peer)
+static void on_accept(struct server *srv, struct listener *l, int fd, const struct net_addr *peer)
 {
     struct app *a = srv->data;
-    lconn_accept(a->S, fd, peer, NULL);
+    lconn_accept(a->S, fd, peer, NULL, l->data);
 }
 
 /* Every chunk a handler sees is a fresh Lua string of up to 256 KiB; the
@@ -142,8 +145,67 @@ static void raise_fd_limit(void)
 static int early_exit(struct app *a, char *rbuf, int status)
 {
     script_free(a->S);
+    tls_server_free(a->tls);
+    tls_cleanup();
     free(rbuf);
     return status;
+}
+
+/* --make-ca DIR */
+static int make_ca(const char *dir)
+{
+    const char *cert, *key;
+    char err[ECHOKIT_ERR_LEN];
+    if (tlscert_make_ca(dir, &cert, &key, err) < 0) {
+        fprintf(stderr, "echokit: --make-ca: %s\n", err);
+        return 1;
+    }
+    printf("wrote %s (the CA certificate) and %s (its key, keep it private)\n"
+           "\n"
+           "Use them with the debugging proxy:\n"
+           "  echokit -H debug -- upstream=tls://HOST:PORT tls=mitm ca_cert=%s ca_key=%s\n"
+           "\n"
+           "and make the client trust the CA, one of:\n"
+           "  curl --cacert %s ...\n"
+           "  openssl s_client -CAfile %s ...\n"
+           "  SSL_CERT_FILE=%s (OpenSSL-based clients), NODE_EXTRA_CA_CERTS=%s (Node.js)\n"
+           "  system-wide on Debian: cp %s /usr/local/share/ca-certificates/echokit-ca.crt &&\n"
+           "    update-ca-certificates (remove it when done)\n",
+           cert, key, cert, key, cert, cert, cert, cert, cert);
+    return 0;
+}
+
+/* The --tls-* options as one configuration, if any are given or a tls://
+ * listener needs one. Returns -1 after printing the error. */
+static int tls_setup(struct app *a, const struct options *o)
+{
+    int needed = o->ntls_cert || o->tls_self_signed;
+    for (int i = 0; i < o->nlisten; i++) {
+        const char *spec = o->listen[i];
+        needed |= tls_scheme(&spec);
+    }
+    if (!needed) {
+        if (o->tls_alpn || o->tls_client_ca)
+            fprintf(stderr, "echokit: warning: --tls-alpn/--tls-client-ca without a tls:// "
+                            "listener or --tls-cert have no effect\n");
+        return 0;
+    }
+    struct tls_server_opts t = {0};
+    for (int i = 0; i < o->ntls_cert; i++) {
+        t.cert[i] = o->tls_cert[i];
+        t.key[i] = o->tls_key[i];
+    }
+    t.ncerts = o->ntls_cert;
+    t.self_signed = o->tls_self_signed;
+    t.alpn = o->tls_alpn;
+    t.client_ca = o->tls_client_ca;
+    char err[ECHOKIT_ERR_LEN];
+    a->tls = tls_server_new(&t, err);
+    if (!a->tls) {
+        fprintf(stderr, "echokit: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -151,6 +213,8 @@ int main(int argc, char **argv)
     struct options o;
     options_parse(argc, argv, &o);
     log_setup(o.level, o.json);
+    if (o.make_ca)
+        return make_ca(o.make_ca);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
     tune_malloc();
@@ -173,6 +237,7 @@ int main(int argc, char **argv)
     a.ctx.max_buffer = o.max_buffer;
     a.ctx.idle_timeout = o.idle_timeout;
     a.ctx.connect_timeout = o.connect_timeout;
+    a.ctx.handshake_timeout = o.handshake_timeout;
     a.ctx.splice = !o.no_splice;
     a.ctx.on_reaped = on_reaped;
 
@@ -183,6 +248,9 @@ int main(int argc, char **argv)
     }
     a.S->data = &a;
     a.S->on_stop = script_stop;
+    if (tls_setup(&a, &o) < 0)
+        return early_exit(&a, rbuf, 2);
+    a.S->tls = a.tls;
     char err[1024];
     if (script_load(a.S, o.handler, o.hargv, o.hargc, err, sizeof err) < 0) {
         fprintf(stderr, "echokit: %s\n", err);
@@ -190,9 +258,7 @@ int main(int argc, char **argv)
     }
     if (o.check) {
         printf("%s: ok\n", o.handler);
-        script_free(a.S);
-        free(rbuf);
-        return 0;
+        return early_exit(&a, rbuf, 0);
     }
 
     server_init(&a.srv, &a.ctx);
@@ -205,7 +271,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nlisten; i++) {
         struct net_addr probe;
         char perr[ECHOKIT_ERR_LEN];
-        if (net_parse_addr(o.listen[i], 1, &probe, perr) < 0) {
+        const char *spec = o.listen[i];
+        tls_scheme(&spec);
+        if (net_parse_addr(spec, 1, &probe, perr) < 0) {
             fprintf(stderr, "echokit: --listen %s (see echokit --help)\n", perr);
             return early_exit(&a, rbuf, 2);
         }
@@ -245,13 +313,17 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < o.nlisten; i++) {
         char lerr[ECHOKIT_ERR_LEN];
-        if (server_listen(&a.srv, o.listen[i], lerr) < 0) {
+        const char *spec = o.listen[i];
+        int tls = tls_scheme(&spec);
+        if (server_listen(&a.srv, spec, lerr) < 0) {
             fprintf(stderr, "echokit: cannot listen on %s\n", lerr);
             server_stop(&a.srv);
             return early_exit(&a, rbuf, 1);
         }
+        a.srv.ls[i].data = tls ? a.tls : NULL;
         char name[200];
-        printf("listening on %s\n", server_listener_name(&a.srv, i, name, sizeof name));
+        printf("listening on %s%s\n", tls ? "tls://" : "",
+               server_listener_name(&a.srv, i, name, sizeof name));
     }
     fflush(stdout);
 
@@ -261,9 +333,7 @@ int main(int argc, char **argv)
             server_stop(&a.srv);
             if (status >= 0) /* the parent; an orphaned worker leaves the files */
                 server_unlink_unix(&a.srv);
-            script_free(a.S);
-            free(rbuf);
-            return status >= 0 ? status : 0;
+            return early_exit(&a, rbuf, status >= 0 ? status : 0);
         }
         /* A worker: its loop takes SIGINT/SIGTERM over. libev installs its
          * handler but leaves the signal mask alone, so they must be unblocked
@@ -302,6 +372,8 @@ int main(int argc, char **argv)
     signal(SIGTERM, SIG_IGN);
     conn_ctx_release(&a.ctx);
     script_free(a.S);
+    tls_server_free(a.tls);
+    tls_cleanup();
     ev_loop_destroy(a.loop);
     free(rbuf);
     log_msg(LOG_DEBUG, "stopped");

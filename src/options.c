@@ -49,7 +49,8 @@ static void usage(FILE *f)
 "Options:\n"
 "  -l, --listen ADDR       where to listen; repeatable. HOST:PORT, [V6]:PORT,\n"
 "                          unix:/path, or PORT (on 127.0.0.1). Port 0 picks a free\n"
-"                          port. Default 127.0.0.1:7000\n"
+"                          port. tls://ADDR serves TLS (see TLS below).\n"
+"                          Default 127.0.0.1:7000\n"
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name, one of\n"
 "%s"
 "                          Default echo\n"
@@ -93,6 +94,21 @@ static void usage(FILE *f)
 "                          \"not enough memory\" in the callback. 0 = none.\n"
 "                          Default 1g\n"
 "\n"
+"TLS (tls:// listeners, and conn:starttls without certificates of its own):\n"
+"      --tls-cert FILE     PEM certificate (then its chain); repeatable: the one\n"
+"                          whose names match the client's SNI is served, the first\n"
+"                          by default. Each needs its --tls-key, in the same order\n"
+"      --tls-key FILE      PEM private key of the --tls-cert before it\n"
+"      --tls-self-signed   no certificate: make one in memory for localhost,\n"
+"                          127.0.0.1 and ::1 (its SHA-256 fingerprint is logged)\n"
+"      --tls-alpn LIST     ALPN protocols offered, comma-separated (h2,http/1.1)\n"
+"      --tls-client-ca FILE  request client certificates and verify them with the\n"
+"                          CA certificates in FILE\n"
+"      --handshake-timeout SECONDS  close a TLS handshake not done in this long.\n"
+"                          0 = none. Default 10\n"
+"      --make-ca DIR       write a new CA (echokit-ca.pem, echokit-ca-key.pem) into\n"
+"                          DIR for the debugging proxy's tls=mitm, and exit\n"
+"\n"
 "  -h, --help              this text\n"
 "      --version           print the version\n"
 "\n"
@@ -118,6 +134,7 @@ static void die_usage(const char *fmt, const char *arg)
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
     OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_PERIP,
+    OPT_TLSCERT, OPT_TLSKEY, OPT_TLSSELF, OPT_TLSALPN, OPT_TLSCLIENTCA, OPT_HSTO, OPT_MAKECA,
 };
 
 /* A count >= 0 for --name, or a usage error. */
@@ -173,6 +190,13 @@ void options_parse(int argc, char **argv, struct options *o)
         {"max-conns-per-ip", required_argument, NULL, OPT_PERIP},
         {"cpu-budget", required_argument, NULL, OPT_BUDGET},
         {"lua-memory", required_argument, NULL, OPT_LUAMEM},
+        {"tls-cert", required_argument, NULL, OPT_TLSCERT},
+        {"tls-key", required_argument, NULL, OPT_TLSKEY},
+        {"tls-self-signed", no_argument, NULL, OPT_TLSSELF},
+        {"tls-alpn", required_argument, NULL, OPT_TLSALPN},
+        {"tls-client-ca", required_argument, NULL, OPT_TLSCLIENTCA},
+        {"handshake-timeout", required_argument, NULL, OPT_HSTO},
+        {"make-ca", required_argument, NULL, OPT_MAKECA},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -183,6 +207,7 @@ void options_parse(int argc, char **argv, struct options *o)
     o->level = LOG_INFO;
     o->grace = 5;
     o->connect_timeout = 10;
+    o->handshake_timeout = 10;
     o->budget = 1;
     o->high_water = 256 * 1024;
     o->max_buffer = 64u * 1024 * 1024;
@@ -233,6 +258,21 @@ void options_parse(int argc, char **argv, struct options *o)
         case OPT_LUAMEM: o->lua_memory = parse_size("--lua-memory", optarg); break;
         case OPT_MAXCONNS: o->max_conns = parse_count("--max-conns", optarg); break;
         case OPT_PERIP: o->max_conns_per_ip = parse_count("--max-conns-per-ip", optarg); break;
+        case OPT_TLSCERT:
+            if (o->ntls_cert == TLS_MAX_CERTS)
+                die_usage("at most 16 --tls-cert files%s", "");
+            o->tls_cert[o->ntls_cert++] = optarg;
+            break;
+        case OPT_TLSKEY:
+            if (o->ntls_key == TLS_MAX_CERTS)
+                die_usage("at most 16 --tls-key files%s", "");
+            o->tls_key[o->ntls_key++] = optarg;
+            break;
+        case OPT_TLSSELF: o->tls_self_signed = 1; break;
+        case OPT_TLSALPN: o->tls_alpn = optarg; break;
+        case OPT_TLSCLIENTCA: o->tls_client_ca = optarg; break;
+        case OPT_HSTO: o->handshake_timeout = parse_seconds("--handshake-timeout", optarg); break;
+        case OPT_MAKECA: o->make_ca = optarg; break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -251,6 +291,10 @@ void options_parse(int argc, char **argv, struct options *o)
         die_usage("unexpected argument '%s' (handler arguments go after --)", argv[optind]);
     o->hargv = argv + optind;
     o->hargc = argc - optind;
+    if (o->ntls_cert != o->ntls_key)
+        die_usage("give one --tls-key per --tls-cert, in the same order%s", "");
+    if (o->ntls_cert && o->tls_self_signed)
+        die_usage("--tls-self-signed replaces --tls-cert: give one or the other%s", "");
     if (o->max_buffer < o->high_water)
         die_usage("--max-buffer must be at least --high-water%s", "");
     /* Each worker would hold its own proxies: the API could not answer for

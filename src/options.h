@@ -5,6 +5,7 @@
 
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 struct options {
     const char *listen[SERVER_MAX_LISTENERS];
@@ -18,6 +19,13 @@ struct options {
     int json;
     double idle_timeout, connect_timeout, grace, budget;
     size_t high_water, max_buffer, lua_memory, max_conns, max_conns_per_ip;
+    /* TLS listeners (tls://) and conn:starttls's default certificates */
+    const char *tls_cert[TLS_MAX_CERTS], *tls_key[TLS_MAX_CERTS];
+    int ntls_cert, ntls_key;
+    int tls_self_signed;
+    const char *tls_alpn, *tls_client_ca;
+    double handshake_timeout;
+    const char *make_ca; /* --make-ca DIR: write a CA and exit */
     char **hargv; /* handler arguments (after --) */
     int hargc;
 };

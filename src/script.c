@@ -23,8 +23,8 @@
  * echo.lua's cost per message. */
 static struct script *budget_owner; /* the one script the signal handler sees */
 
-const char *const script_cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof",
-                                               "on_drain",   "on_close", "serve"};
+const char *const script_cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof", "on_drain",
+                                               "on_close",   "serve",    "on_tls"};
 
 struct script *script_of(lua_State *L)
 {
@@ -548,7 +548,7 @@ static void install_searcher(lua_State *L)
 /* Every binding, in one table: metatables registered at start-up, and the
  * modules require finds in package.preload. */
 static void (*const classes[])(lua_State *L) = {
-    lconn_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
+    lconn_open, ltls_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
 };
 
 static const luaL_Reg modules[] = {

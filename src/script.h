@@ -11,7 +11,10 @@
 #include "resolve.h"
 #include "server.h"
 
-enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_COUNT };
+struct tls_server;
+struct tls_client;
+
+enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_TLS, CB_COUNT };
 
 /* The callbacks' names, indexed by enum script_cb: the one list. */
 extern const char *const script_cb_names[CB_COUNT];
@@ -54,6 +57,7 @@ struct script {
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
     struct llisten *listeners;  /* open echokit.listen listeners */
+    struct tls_server *tls;     /* the --tls-* certificates: conn:starttls's default */
     void *data;
 };
 
@@ -162,7 +166,24 @@ int lwriter_new(lua_State *L);   /* echokit.writer (lwriter.c) */
  * handler if h is NULL; with h the connection takes references of its own to
  * h's callbacks, so it outlives h (lconn.c). Owns fd. */
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer,
-                  const struct handler *h);
+                  const struct handler *h, struct tls_server *tls);
+/* With tls (a TLS listener's), the handshake comes first: on_connect (and
+ * serve) wait for it, and a client that fails it never reaches Lua (one
+ * log line says why). */
+
+/* The connection behind handle idx, NULL if it is closed; raises if idx is
+ * not a connection handle (lconn.c). */
+struct conn *lconn_check(lua_State *L, int idx);
+int lconn_is_outbound(const struct conn *c);
+
+/* TLS for Lua (ltls.c): conn:tls(), conn:starttls(opts), echokit.tls_hello,
+ * and the client options of echokit.connect. */
+void ltls_open(lua_State *L);
+int ltls_hello(lua_State *L); /* echokit.tls_hello */
+int ltls_check(lua_State *L); /* echokit.tls_check */
+/* The upstream configuration for host:port from the opts.tls table at idx
+ * (or nil): raises on bad options, naming them. */
+struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port);
 
 /* echokit.listen (llisten.c). */
 void llisten_open(lua_State *L);

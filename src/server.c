@@ -251,11 +251,11 @@ static void uncount(struct server *srv, const unsigned char key[16], uint64_t id
  * it is counted under that id before on_accept runs, so that one torn down
  * and reaped before on_accept returns is counted down too, and uncounted
  * after if no connection was made (the id then goes to another). */
-static void take(struct server *srv, int fd, const struct net_addr *peer)
+static void take(struct server *srv, struct listener *l, int fd, const struct net_addr *peer)
 {
     unsigned char key[16];
     if (!srv->max_conns_per_ip || !ip_key((const struct sockaddr *)&peer->ss, key)) {
-        srv->on_accept(srv, fd, peer);
+        srv->on_accept(srv, l, fd, peer);
         return;
     }
     if (tables_reserve(srv) < 0) {
@@ -269,7 +269,7 @@ static void take(struct server *srv, int fd, const struct net_addr *peer)
     }
     uint64_t id = srv->ctx->next_id;
     count(srv, key, id);
-    srv->on_accept(srv, fd, peer);
+    srv->on_accept(srv, l, fd, peer);
     if (srv->ctx->next_id == id)
         uncount(srv, key, id);
 }
@@ -298,6 +298,7 @@ int server_listen(struct server *srv, const char *spec, char *err)
         net_local_addr(fd, &l->addr);
     l->fd = fd;
     l->srv = srv;
+    l->data = NULL;
     ev_io_init(&l->io, accept_cb, fd, EV_READ);
     srv->nls++;
     return 0;
@@ -347,7 +348,7 @@ void server_drain_backlog(struct server *srv)
             int fd = net_accept(l->fd, &peer);
             if (fd < 0)
                 break;
-            take(srv, fd, &peer);
+            take(srv, l, fd, &peer);
         }
     }
 }
@@ -440,7 +441,7 @@ static void accept_from(struct listener *l)
         int fd = net_accept(l->fd, &peer);
         if (fd >= 0) {
             srv->accepted += srv->starved;
-            take(srv, fd, &peer);
+            take(srv, l, fd, &peer);
             continue;
         }
         switch (errno) {

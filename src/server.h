@@ -17,6 +17,7 @@ struct listener {
     int fd;
     struct net_addr addr; /* as bound (port 0 resolved) */
     struct server *srv;
+    void *data;           /* the caller's (e.g. the listener's TLS setup) */
 };
 
 /* Open connections from one client address (IPv4, or one IPv6 address;
@@ -53,7 +54,8 @@ struct server {
     /* Called with each accepted socket; it owns fd from then on, and wraps
      * it in a connection (conn_new) before it creates any other: the per-ip
      * count knows its connection by the next id. */
-    void (*on_accept)(struct server *srv, int fd, const struct net_addr *peer);
+    void (*on_accept)(struct server *srv, struct listener *l, int fd,
+                      const struct net_addr *peer);
     void *data;
 };
 

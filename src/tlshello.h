@@ -26,12 +26,20 @@ enum {
 };
 
 /* Parses the ClientHello at the start of p[0..len): one handshake message,
- * possibly split across several TLS records (at most 64 KiB in all).
- * Names in sni and alpn with bytes outside printable ASCII are escaped as
- * \xHH so they can be logged as they are. */
+ * possibly split across several TLS records (at most 64 KiB in all), that
+ * ends on a record boundary (RFC 8446 5.1). MORE only while every byte so
+ * far is a valid start, so a longer input never turns NOT_TLS or OK into
+ * something else; a first byte other than 0x16 is NOT_TLS at once. Bytes
+ * after hello_len are not looked at.
+ * In sni and alpn, bytes outside printable ASCII, '\\' and (in alpn) ','
+ * are escaped as \xHH so they can be logged as they are; a name is cut at
+ * a whole character or escape. out's strings are terminated whatever the
+ * result; its other fields mean something only with OK. */
 int tlshello_parse(const uint8_t *p, size_t len, struct tlshello *out);
 
-/* "TLSv1.3" for 0x0304 etc., "0xHHHH" (in buf) for others. */
+/* OpenSSL's names, so logs agree with SSL_get_version: "SSLv3", "TLSv1",
+ * "TLSv1.1", "TLSv1.2", "TLSv1.3" for 0x0300..0x0304; "0xHHHH" (in buf)
+ * for others, GREASE included. */
 const char *tlshello_version_name(uint16_t v, char buf[8]);
 
 #endif
