@@ -64,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -656,6 +657,26 @@ struct target {
 
 struct wres { double cpu_us, secs; uint64_t done, bytes, tickets; int drained; };
 
+static const char *state_names[] = {"free", "connecting", "handshaking", "ready", "held"};
+
+/* On stderr: the connections a window could not drain, and where they stand
+ * (bytes waiting unread in the socket, in OpenSSL). */
+static void report_stalled(const struct target *t)
+{
+    for (int i = 0; i < opt.conns; i++) {
+        const struct conn *c = &t->cs[i];
+        if (!c->active) continue;
+        int unread = -1;
+        if (c->fd >= 0) ioctl(c->fd, FIONREAD, &unread);
+        fprintf(stderr,
+                "tls_loadgen: %s: connection %d stalled: %s, sent %llu, echoed %llu, "
+                "%d bytes unread in the socket, %d in OpenSSL, waiting to %s\n",
+                t->label, i, state_names[c->st], (unsigned long long)c->sent,
+                (unsigned long long)c->rcvd, unread, c->ssl ? SSL_pending(c->ssl) : 0,
+                c->want_out ? "write" : "read");
+    }
+}
+
 /* One window on t: start its work, run `len` s, then start nothing new and
  * wait (up to 5 s) until all in flight is back. */
 static void window(struct target *t, double len, struct wres *r)
@@ -679,6 +700,7 @@ static void window(struct target *t, double len, struct wres *r)
     }
     r->cpu_us = (double)(pids_cpu_ns(t->pids, t->npids) - c0) / 1e3;
     r->drained = busy == 0;
+    if (!r->drained) report_stalled(t);
     r->done = n_done - d0;
     r->bytes = n_bytes - b0;
     r->tickets = n_tickets - k0;
