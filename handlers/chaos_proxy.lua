@@ -27,6 +27,8 @@ local MAIN = {
 local SHORT = { jitter = { "latency", "jitter" }, size_variation = { "slicer", "size_variation" },
                 slice_delay = { "slicer", "delay" } }
 local COMMON = { upstream = true, stream = true, toxicity = true, name = true }
+local connect_opts = require("echokit.upstream").options(args, "chaos")
+for _, k in ipairs(require("echokit.upstream").KEYS) do COMMON[k] = true end
 
 local function number(key, v)
   local n = tonumber(v)
@@ -80,6 +82,7 @@ local proxy = require("echokit.toxiproxy").adopt(args.name or "chaos", upstream,
 
 return toxics.handler {
   upstream = upstream,
+  connect_opts = connect_opts,
   toxics = set,
   down = function() return not proxy.enabled end,
 }

@@ -11,6 +11,7 @@
 local echokit = require "echokit"
 local args = ...
 local upstream = args.upstream or error("line_proxy: give -- upstream=HOST:PORT")
+local connect_opts = require("echokit.upstream").options(args, "line_proxy")
 local max_line = echokit.size(args.max_line, 64 * 1024)
 
 local function too_long(client, n)
@@ -27,7 +28,7 @@ return {
         if reason then echokit.log("warn", "upstream %s: %s", upstream, reason) end
         client:close()
       end,
-    })
+    }, connect_opts)
     client.up:pipe(client)
   end,
 

@@ -2,7 +2,12 @@
 -- back-pressure and half-close carried across.
 --
 --   echokit -H proxy -l 127.0.0.1:7000 -- upstream=127.0.0.1:6379 [reset=1]
+--   echokit -H proxy -- upstream=tls://db.example:6380 [ca=FILE] [sni=NAME]
+--                       [alpn=LIST] [cert=FILE key=FILE] [insecure=1]
 --
+-- A tls:// upstream is verified against the system CA store (or ca=); a
+-- client of a tls:// listener is relayed as plaintext: TLS on either side,
+-- or both, and the relay stays in C.
 -- reset=1: a reset of either side (an RST) resets the other too; by default
 -- the other side gets a clean close after what was already relayed.
 local echokit = require "echokit"
@@ -12,6 +17,7 @@ local opts = { reset = args.reset == "1" }
 if not upstream then
   error("proxy: give the upstream address: -- upstream=HOST:PORT (or [V6]:PORT, unix:/path)")
 end
+local connect_opts = require("echokit.upstream").options(args, "proxy")
 
 return {
   on_connect = function(client)
@@ -22,7 +28,7 @@ return {
         end
       end,
       on_connect = function(up) up.connected = true end,
-    })
+    }, connect_opts)
     -- Bytes the client sends before the upstream is up wait in its queue.
     client:pipe(up, opts)
     up:pipe(client, opts)

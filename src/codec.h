@@ -1,7 +1,7 @@
 #ifndef ECHOKIT_CODEC_H
 #define ECHOKIT_CODEC_H
 /* Byte codecs the protocol modules need and that would be slow or error-prone
- * in Lua: SHA-1 (RFC 3174), base64 (RFC 4648 section 4), and the WebSocket
+ * in Lua: SHA-1 (RFC 3174, OpenSSL's), base64 (RFC 4648 section 4), and the WebSocket
  * XOR mask (RFC 6455 section 5.3). No Lua, no libev. */
 #include <stddef.h>
 #include <stdint.h>

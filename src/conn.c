@@ -72,7 +72,7 @@ static void update_read(struct conn *c)
         c->flags |= CONN_READING;
         /* Records already read into the SSL's buffer: no readiness will
          * tell of them. */
-        if (conn_tls_pending(c))
+        if (c->ssl && conn_tls_pending(c))
             ev_feed_event(c->ctx->loop, &c->rio, EV_READ);
     } else if (!want && (c->flags & CONN_READING)) {
         ev_io_stop(c->ctx->loop, &c->rio);
@@ -477,7 +477,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         }
         ctx->source = prev;
         /* More records in the SSL's buffer than rbuf held. */
-        if ((c->flags & CONN_READING) && conn_tls_pending(c))
+        if (c->ssl && (c->flags & CONN_READING) && conn_tls_pending(c))
             ev_feed_event(loop, &c->rio, EV_READ);
         return;
     }

@@ -352,6 +352,22 @@ void ltls_open(lua_State *L)
     lua_pop(L, 2);
 }
 
+/* echokit.tls_keylog(path): from now on every TLS session's secrets are
+ * appended to path in the NSS key log format (SSLKEYLOGFILE's), for
+ * Wireshark. true, or nil and why. */
+int ltls_keylog(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char err[ECHOKIT_ERR_LEN];
+    if (tls_keylog_open(path, err) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int ltls_check(lua_State *L)
 {
     return l_tls_check(L);

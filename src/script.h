@@ -181,6 +181,7 @@ int lconn_is_outbound(const struct conn *c);
 void ltls_open(lua_State *L);
 int ltls_hello(lua_State *L); /* echokit.tls_hello */
 int ltls_check(lua_State *L); /* echokit.tls_check */
+int ltls_keylog(lua_State *L); /* echokit.tls_keylog */
 /* The upstream configuration for host:port from the opts.tls table at idx
  * (or nil): raises on bad options, naming them. */
 struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port);

@@ -191,6 +191,27 @@ static int cert_load(struct tls_cert *c, const char *certf, const char *keyf, ch
     return 0;
 }
 
+/* A certificate outside its validity is served all the same (a test may
+ * want exactly that), but said at start-up: clients will refuse it. */
+static void warn_validity(const char *file, X509 *x)
+{
+    const ASN1_TIME *na = X509_get0_notAfter(x), *nb = X509_get0_notBefore(x);
+    const char *what = X509_cmp_current_time(na) < 0   ? "expired"
+                       : X509_cmp_current_time(nb) > 0 ? "not valid yet"
+                                                       : NULL;
+    if (!what)
+        return;
+    char when[64] = "?";
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b && ASN1_TIME_print(b, what[0] == 'e' ? na : nb)) {
+        int n = BIO_read(b, when, sizeof when - 1);
+        when[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+    log_msg(LOG_WARN, "tls: the certificate in %s is %s (%s %s): verifying clients will "
+                      "refuse it", file, what, what[0] == 'e' ? "not after" : "not before", when);
+}
+
 static int use_cert(SSL *ssl, const struct tls_cert *c)
 {
     return SSL_use_cert_and_key(ssl, c->x, c->key, c->chain, 1) == 1;
@@ -266,6 +287,7 @@ static int server_certs(struct tls_server *ts, const struct tls_server_opts *o, 
         }
         if (cert_load(&ts->certs[i], o->cert[i], o->key[i], err) < 0)
             return -1;
+        warn_validity(o->cert[i], ts->certs[i].x);
         ts->ncerts++;
     }
     if (ts->ncerts || !o->self_signed)
@@ -421,8 +443,25 @@ struct tls_client {
     SSL_SESSION *session; /* the newest, offered by the next connection */
 };
 
+/* Most recently used first. Bounded: a handler that connects to ever new
+ * upstreams (the control API's proxies, names from the traffic) must not
+ * grow it without end. */
+#define TLS_CLIENTS_MAX 256
 static struct tls_client *clients;
+static int nclients;
 static int client_idx = -1; /* SSL_CTX ex_data slot: the tls_client */
+
+/* Connections made with it keep its SSL_CTX (reference counted); its
+ * session callback finds nothing once it is unlinked here. */
+static void client_free(struct tls_client *tc)
+{
+    SSL_CTX_set_ex_data(tc->ctx, client_idx, NULL);
+    SSL_SESSION_free(tc->session);
+    SSL_CTX_free(tc->ctx);
+    free(tc->key);
+    free(tc->name);
+    free(tc);
+}
 
 /* A session ticket arrived: keep it for the next connection. */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
@@ -521,11 +560,23 @@ struct tls_client *tls_client_get(const struct tls_client_opts *o, const char *h
         snprintf(err, ECHOKIT_ERR_LEN, "out of memory");
         return NULL;
     }
-    for (struct tls_client *tc = clients; tc; tc = tc->next) {
+    for (struct tls_client **p = &clients; *p; p = &(*p)->next) {
+        struct tls_client *tc = *p;
         if (!strcmp(tc->key, key)) {
             free(key);
+            *p = tc->next; /* to the front */
+            tc->next = clients;
+            clients = tc;
             return tc;
         }
+    }
+    if (nclients >= TLS_CLIENTS_MAX) {
+        struct tls_client **p = &clients;
+        while ((*p)->next)
+            p = &(*p)->next;
+        client_free(*p);
+        *p = NULL;
+        nclients--;
     }
     struct tls_client *tc = client_new(o, host, err);
     if (!tc) {
@@ -535,6 +586,7 @@ struct tls_client *tls_client_get(const struct tls_client_opts *o, const char *h
     tc->key = key;
     tc->next = clients;
     clients = tc;
+    nclients++;
     if (o->insecure)
         log_msg(LOG_WARN, "tls: %s:%d: certificate verification is off (insecure=1)", host,
                 port);
@@ -593,12 +645,9 @@ void tls_cleanup(void)
     while (clients) {
         struct tls_client *tc = clients;
         clients = tc->next;
-        SSL_SESSION_free(tc->session);
-        SSL_CTX_free(tc->ctx);
-        free(tc->key);
-        free(tc->name);
-        free(tc);
+        client_free(tc);
     }
+    nclients = 0;
     if (keylog) {
         fclose(keylog);
         keylog = NULL;

@@ -75,8 +75,9 @@ SSL *tls_client_ssl(struct tls_client *tc);
  * Clears the thread's OpenSSL error queue. */
 void tls_failure(SSL *ssl, char *buf, size_t cap);
 
-/* The key log (NSS format, what SSLKEYLOGFILE writes) for every context made
- * from now on: append to path. Returns -1 when it cannot be opened. */
+/* The key log (NSS format, what SSLKEYLOGFILE writes): from now on every
+ * session's secrets are appended to path. Returns -1 when it cannot be
+ * opened. */
 int tls_keylog_open(const char *path, char *err);
 
 /* Frees every upstream configuration and the key log (at exit). */

@@ -555,7 +555,8 @@ end
 ---------------------------------------------------------------------------
 
 -- toxics.handler{ upstream = ADDR or function() return ADDR end, toxics = set,
---                 down = function() return bool end }
+--                 down = function() return bool end,
+--                 connect_opts = OPTS or function() return OPTS end }
 -- `down` (optional) is asked at each new connection: true drops (resets) it.
 -- A callback table (usable as a handler, or with echokit.listen): each client
 -- gets a connection to upstream, both directions run through the set.
@@ -578,6 +579,8 @@ function M.handler(o)
     if not pair.dead then pair.down:rebuild() end
     if pair.dead then return end
     local addr = upstream()
+    local copts = o.connect_opts
+    if type(copts) == "function" then copts = copts() end
     pair.server = echokit.connect(addr, {
       on_connect = function(server) server.connected = true end,
       on_data = function(_, data) if not pair.dead then pair.down:emit(nil, data) end end,
@@ -602,7 +605,7 @@ function M.handler(o)
         pair.up:stop()
         if not pair.down.eof_done then pair.down:emit_eof(nil) end
       end,
-    })
+    }, copts)
     for _, s in ipairs(pair.up.stubs) do s.server = pair.server end
     for _, s in ipairs(pair.down.stubs) do s.server = pair.server end
   end

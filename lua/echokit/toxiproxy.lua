@@ -134,11 +134,12 @@ local function attach(proxy, l)
               proxy.upstream)
 end
 
-local function new_proxy(name, listen, upstream)
+local function new_proxy(name, listen, upstream, tls)
   local proxy = { name = name, listen = listen, upstream = upstream, enabled = false,
-                  set = toxics.set() }
+                  set = toxics.set(), tls = tls }
   proxy.handler = toxics.handler {
     upstream = function() return proxy.upstream end,
+    connect_opts = function() return proxy.tls and { tls = proxy.tls } end,
     toxics = proxy.set,
     down = function() return not proxy.enabled end,
   }
@@ -258,6 +259,7 @@ end
 -- listen, and an upstream at each client's connect. Returns nil or why not.
 local function addr_problem(addr, listen)
   if addr:find("\0", 1, true) then return "contains a NUL byte" end
+  if not listen and addr:sub(1, 6) == "tls://" then addr = addr:sub(7) end
   if addr:sub(1, 5) == "unix:" then
     local path = #addr - 5
     if path == 0 then return "empty unix socket path" end
@@ -292,6 +294,12 @@ local function proxy_input(t, what)
   local en, err = field(t, "enabled", "boolean", what)
   if en == false and err then return nil, err end
   out.enabled = en
+  -- An extension: the TLS options of a tls:// upstream (ca, sni, alpn,
+  -- cert, key: strings; insecure: a boolean), as the proxy handler's.
+  local tls
+  tls, err = field(t, "upstream_tls", "table", what)
+  if tls == false and err then return nil, err end
+  out.upstream_tls = tls or nil
   if out.name and #out.name > M.MAX_NAME then
     return nil, E.bad_body(what .. ": name longer than " .. M.MAX_NAME .. " bytes")
   end
@@ -309,6 +317,14 @@ local function addr_input(input, what)
     elseif why then
       return E.bad_body(string.format("%s: upstream %q: %s", what, v, why))
     end
+  end
+  local up, tls = input.upstream, input.upstream_tls
+  if tls and not (up and up:sub(1, 6) == "tls://") then
+    return E.bad_body(what .. ": upstream_tls needs a tls:// upstream")
+  end
+  if up and up:sub(1, 6) == "tls://" then
+    local ok, err = pcall(echokit.tls_check, up, tls)
+    if not ok then return E.bad_body(string.format("%s: upstream %q: %s", what, up, err)) end
   end
 end
 
@@ -419,7 +435,8 @@ local function add_proxy(input)
   if nproxies >= M.MAX_PROXIES then
     return nil, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")")
   end
-  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
+  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream,
+                          input.upstream_tls)
   if input.enabled ~= false then
     local ls, err = swap_listeners({}, { { proxy, proxy.listen } })
     if not ls then return nil, err end
