@@ -67,6 +67,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -573,18 +574,34 @@ static void poll_once(int ms)
     }
 }
 
-/* Waits (up to 10 s) until the server accepts a TCP connection. */
+/* Waits (up to 10 s) until the server completes a TLS handshake: a probe
+ * that finishes the handshake and says close_notify, so that no server logs
+ * it as a failed one. */
 static void wait_ready(void)
 {
     uint64_t end = now_ns() + 10000000000ull;
     for (;;) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) { close(fd); break; }
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok = 0;
+        struct timeval tv = {2, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) {
+            SSL *s = SSL_new(ctx);
+            SSL_set_fd(s, fd);
+            if (opt.sni) SSL_set_tlsext_host_name(s, opt.sni);
+            if (SSL_connect(s) == 1) {
+                ok = 1;
+                SSL_shutdown(s);
+            }
+            SSL_free(s);
+        }
         close(fd);
-        if (now_ns() > end) die("server not accepting");
+        ERR_clear_error();
+        if (ok) break;
+        if (now_ns() > end) die("server not completing a TLS handshake");
         usleep(20000);
     }
-    usleep(100000);
+    n_tickets = 0;
 }
 
 /* opt.conns connections to dst, handshakes done (bulk, pingpong); handshake
