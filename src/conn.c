@@ -632,6 +632,8 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
+    if ((c->flags & CONN_READING) && conn_tls_pending(c))
+        ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {
         ev_io_start(loop, &c->wio);
     } else {
