@@ -889,7 +889,7 @@ static int run_single(void)
     print_tail((host - r.cpu_us - self - backend) / r.secs / 1e6, !r.drained, dead);
     free_conns(t.cs, opt.conns);
     free(t.pids);
-    return (n_mismatch || dead || !r.drained || n_errors || !r.done) ? 1 : 0;
+    return (n_mismatch || dead || !r.drained || n_errors || !(r.done || r.bytes)) ? 1 : 0;
 }
 
 /* Idle: N connections, each a handshake and one round trip, at most
