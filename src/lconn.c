@@ -457,6 +457,8 @@ static void handshake_failed(struct conn *c, const char *reason)
     const char *r = reason ? reason : "closed by the peer";
     if (!strncmp(r, "error: ", 7))
         r += 7;
+    if (!strncmp(r, "tls handshake: ", 15))
+        r += 15;
     log_msg(LOG_WARN, "%s tls handshake failed: %s", conn_label(c, label, sizeof label), r);
 }
 
