@@ -1,8 +1,10 @@
--- debug: a proxy that shows what passes through it.
+-- debug: a proxy that shows what passes through it, TLS decrypted if asked.
 --
 --   echokit -H debug -- upstream=127.0.0.1:8080 [pcap=out.pcap] [events=FILE|-]
 --                       [dump=hex|text|none] [max=BYTES] [color=auto|always|never]
 --                       [queue=BYTES]
+--   echokit -H debug -- upstream=tls://HOST:PORT ca_cert=FILE ca_key=FILE
+--                       [keylog=FILE] [ca=FILE sni=NAME alpn=LIST cert= key= insecure=1]
 --
 -- Relays every client to the upstream like the `proxy` handler (in C, with
 -- back-pressure and half-close) and, on stderr, prints a line per connection
@@ -15,12 +17,39 @@
 --                one TCP stream per client, between the client's and the
 --                upstream's real addresses
 --   events=FILE  writes one JSON object per line per event (open, connected,
---                data, eof, close) to FILE, or to stderr with events=-.
+--                tls, client_hello, data, eof, close) to FILE, or to stderr
+--                with events=-.
 --                A data event carries the bytes shown (at most max=) in
 --                `data`: as text when they are UTF-8 ("encoding":"text"),
 --                else in base64 ("encoding":"base64"). Other text that is
 --                not UTF-8 (a unix socket's path) is read as Latin-1.
 --   queue=BYTES  output waiting for a slow reader, per destination (default 1m)
+--
+-- TLS, two ways (tls=):
+--
+--   tls=mitm     decrypts: the client's TLS ends here (conn:starttls with a
+--                certificate for the name the client asks for, signed on the
+--                fly by the CA of ca_cert= and ca_key=, which
+--                `echokit --make-ca DIR` makes and the client must trust), and
+--                echokit opens its own TLS connection to a tls:// upstream
+--                (verified against the system store or ca=; the upstream
+--                options are those of `proxy`). The dump, the events and the
+--                pcap show the plaintext; a `tls` event per side
+--                ("side":"client" or "upstream") and a line give the version,
+--                cipher, SNI and ALPN each negotiated (and the upstream's
+--                certificate). alpn= is offered to both sides. A client
+--                that sends no SNI gets a certificate for the upstream's
+--                host. With a plain upstream, only the client's TLS ends.
+--                keylog=FILE appends every session's secrets (both sides) in
+--                the NSS key log format, for Wireshark (echokit.tls_keylog).
+--   tls=passthrough  relays the bytes untouched, and reads the client's
+--                ClientHello from its first bytes: a `client_hello` event and
+--                a line give the SNI, ALPN and highest version it offers.
+--                With upstream=tls://HOST:PORT the bytes go to HOST:PORT.
+--
+-- Without tls=, a plain upstream is passthrough and a tls:// upstream is mitm
+-- when ca_cert= is given; otherwise it is a start-up error, as are tls=mitm
+-- without ca_cert=/ca_key= and the mitm-only options with passthrough.
 --
 -- The dump and the events never block the loop: they go through
 -- echokit.writer, and while stderr (or the events file) is not read fast
@@ -30,6 +59,8 @@
 local echokit = require "echokit"
 local codec = require "echokit.codec"
 local json = require "echokit.json"
+local tlsinfo = require "echokit.tlsinfo"
+local upstream_options = require "echokit.upstream"
 local args = ...
 
 local upstream = args.upstream
@@ -52,6 +83,42 @@ elseif color == "always" or color == "never" then
   color = color == "always"
 else
   error("debug: color must be auto, always or never (got " .. color .. ")")
+end
+
+-- TLS: mitm (decrypt) or passthrough (relay as is); see the header.
+local tls_upstream = upstream:match("^tls://") ~= nil
+local mode = args.tls or (not tls_upstream and "passthrough") or (args.ca_cert and "mitm")
+if not mode then
+  error("debug: upstream=" .. upstream .. " speaks TLS: give ca_cert=FILE ca_key=FILE " ..
+        "(echokit --make-ca DIR) to decrypt it, or tls=passthrough to relay it as it is")
+end
+local connect_opts, mitm
+if mode == "mitm" then
+  if not (args.ca_cert and args.ca_key) then
+    error("debug: tls=mitm needs ca_cert=FILE and ca_key=FILE (echokit --make-ca DIR makes them)")
+  end
+  local up_args = {} -- alpn= for the client alone when the upstream is plain
+  for k, v in pairs(args) do up_args[k] = v end
+  if not tls_upstream then up_args.alpn = nil end
+  connect_opts = upstream_options.options(up_args, "debug")
+  mitm = { ca_cert = args.ca_cert, ca_key = args.ca_key, alpn = args.alpn,
+           name = upstream:gsub("^tls://", ""):match("^%[?(.-)%]?:%d+$") }
+  -- the CA loads, its key matches it, it may sign: checked now, not at the first client
+  local ok, err = pcall(echokit.tls_check, mitm)
+  if not ok then error("debug: " .. tostring(err), 0) end
+  if args.keylog then
+    local ok, err = echokit.tls_keylog(args.keylog)
+    if not ok then error("debug: " .. err) end
+  end
+elseif mode == "passthrough" then
+  for _, k in ipairs({ "ca_cert", "ca_key", "keylog", table.unpack(upstream_options.KEYS) }) do
+    if args[k] then
+      error("debug: " .. k .. "= needs tls=mitm (tls=passthrough relays the client's TLS as it is)")
+    end
+  end
+  upstream = upstream:gsub("^tls://", "")
+else
+  error("debug: tls must be mitm or passthrough (got " .. mode .. ")")
 end
 
 local pcap
@@ -163,10 +230,34 @@ local function record(s, dir, data)
   end
 end
 
+-- What a side negotiated (conn:tls()), once its handshake is done.
+local function show_tls(s, side, conn)
+  local t = conn:tls()
+  note(s, "open", side .. " tls: " .. tlsinfo.summary(t),
+       { "ts", "event", "id", "side", "version", "cipher", "sni", "alpn", "resumed", "verify",
+         "peer",
+         event = "tls", side = side, version = t.version, cipher = t.cipher, sni = t.sni,
+         alpn = t.alpn, resumed = t.resumed, verify = t.verify,
+         peer = t.peer_cert and t.peer_cert.subject })
+end
+
+-- Passthrough: the ClientHello in the client's first bytes, if they are TLS.
+local function show_hello(s, data)
+  local h = s.hello(data)
+  if h ~= nil then s.hello = nil end -- read, or not TLS: done either way
+  if h then
+    note(s, "open", "client hello: " .. tlsinfo.summary(h),
+         { "ts", "event", "id", "version", "sni", "alpn", "length", "truncated",
+           event = "client_hello", version = h.version, sni = h.sni, alpn = h.alpn,
+           length = h.length, truncated = h.truncated })
+  end
+end
+
 local function tap(s, dir)
   return function(data)
     local offset = s.bytes[dir]
     s.bytes[dir] = offset + #data
+    if dir == "up" and s.hello then show_hello(s, data) end
     show_chunk(s, dir, data, offset)
     record(s, dir, data)
   end
@@ -213,7 +304,13 @@ return {
     note(s, "open", "open " .. s.client_addr .. " -> " .. upstream,
          { "ts", "event", "id", "client", "upstream",
            event = "open", client = s.client_addr, upstream = upstream })
+    if mitm then
+      client:starttls(mitm) -- reads and writes wait for the handshake
+    else
+      s.hello = tlsinfo.hello_reader()
+    end
     local up = echokit.connect(upstream, {
+      on_tls = function(up) show_tls(s, "upstream", up) end,
       on_connect = function(up)
         s.upstream_addr = addr(up:peer())
         note(s, "open", "connected to " .. s.upstream_addr .. " from " .. addr(up:sockname()),
@@ -233,10 +330,11 @@ return {
         end
       end,
       on_close = function(_, reason) finish(s, "server", reason) end,
-    })
+    }, connect_opts)
     client:pipe(up, { tap = tap(s, "up"), on_eof = eof(s, "client") })
     up:pipe(client, { tap = tap(s, "down"), on_eof = eof(s, "server") })
   end,
+  on_tls = function(client) show_tls(client.debug, "client", client) end,
   on_close = function(client, reason)
     finish(client.debug, "client", reason)
   end,

@@ -632,6 +632,9 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
+    /* Records that came in with the peer's last handshake flight were read
+     * ahead into the SSL's buffer (a client's first request right behind
+     * its Finished): no readiness will tell of them. */
     if ((c->flags & CONN_READING) && conn_tls_pending(c))
         ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {

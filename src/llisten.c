@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "script.h"
+#include "tls.h"
 
 #define LISTEN_MT "echokit.listener"
 
@@ -82,6 +83,16 @@ int llisten_listen(lua_State *L)
     struct script *S = script_of(L);
     const char *spec = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    struct tls_server *tls = NULL;
+    if (tls_scheme(&spec)) {
+        /* opts.tls: conn:starttls's server options; else the --tls-* ones */
+        lua_getfield(L, 3, "tls");
+        tls = ltls_server(L, lua_gettop(L), "echokit.listen");
+        lua_pop(L, 1);
+    }
     struct net_addr probe;
     char err[ECHOKIT_ERR_LEN], host[256], mapped[64];
     int port;
@@ -118,6 +129,7 @@ int llisten_listen(lua_State *L)
         lua_pushstring(L, err);
         return 2;
     }
+    ll->srv.ls[0].data = tls;
     server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
     ll->open = 1;
     ll->next = S->listeners;

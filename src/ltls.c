@@ -89,11 +89,18 @@ struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port
     return tc;
 }
 
-/* echokit.tls_check(addr, tlsopts): the configuration echokit.connect would
+
+/* echokit.tls_check(addr, tlsopts), or echokit.tls_check(serveropts): the configuration echokit.connect would
  * use, made now, so that a handler reports a bad CA file or option when it
  * loads rather than at its first client. true, or raises. */
 static int l_tls_check(lua_State *L)
 {
+    if (lua_istable(L, 1)) {
+        /* server options, as conn:starttls takes them */
+        ltls_server(L, 1, "tls");
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     const char *spec = luaL_checkstring(L, 1);
     if (!tls_scheme(&spec)) {
         lua_pushboolean(L, 0);
@@ -115,33 +122,35 @@ static int l_tls_check(lua_State *L)
 
 /* ---- conn:starttls ---------------------------------------------------------- */
 
-static struct tls_server *server_config(lua_State *L, int idx)
+struct tls_server *ltls_server(lua_State *L, int idx, const char *who)
 {
+    if (!lua_isnil(L, idx))
+        luaL_checktype(L, idx, LUA_TTABLE);
     struct script *S = script_of(L);
-    check_keys(L, idx, server_keys, "starttls");
+    check_keys(L, idx, server_keys, who);
     struct tls_server_opts o = {0};
-    o.cert[0] = opt_str(L, idx, "cert", "starttls");
-    o.key[0] = opt_str(L, idx, "key", "starttls");
+    o.cert[0] = opt_str(L, idx, "cert", who);
+    o.key[0] = opt_str(L, idx, "key", who);
     o.ncerts = o.cert[0] ? 1 : 0;
     o.self_signed = opt_bool(L, idx, "self_signed");
-    o.alpn = opt_str(L, idx, "alpn", "starttls");
-    o.client_ca = opt_str(L, idx, "client_ca", "starttls");
-    o.mitm_ca_cert = opt_str(L, idx, "ca_cert", "starttls");
-    o.mitm_ca_key = opt_str(L, idx, "ca_key", "starttls");
-    o.mitm_default = opt_str(L, idx, "name", "starttls");
+    o.alpn = opt_str(L, idx, "alpn", who);
+    o.client_ca = opt_str(L, idx, "client_ca", who);
+    o.mitm_ca_cert = opt_str(L, idx, "ca_cert", who);
+    o.mitm_ca_key = opt_str(L, idx, "ca_key", who);
+    o.mitm_default = opt_str(L, idx, "name", who);
     if (!o.ncerts && !o.self_signed && !o.mitm_ca_cert && !o.alpn && !o.client_ca) {
         if (!S->tls)
-            luaL_error(L, "starttls: no certificate: give opts.cert and opts.key (or "
+            luaL_error(L, "%s: no certificate: give opts.cert and opts.key (or "
                           "opts.self_signed), or start echokit with --tls-cert/--tls-key or "
-                          "--tls-self-signed");
+                          "--tls-self-signed", who);
         return S->tls;
     }
     if (o.mitm_ca_cert && !o.mitm_ca_key)
-        luaL_error(L, "starttls: opts.ca_cert needs opts.ca_key");
+        luaL_error(L, "%s: opts.ca_cert needs opts.ca_key", who);
     char err[ECHOKIT_ERR_LEN];
     struct tls_server *ts = tls_server_get(&o, err);
     if (!ts)
-        luaL_error(L, "starttls: %s", err);
+        luaL_error(L, "%s: %s", who, err);
     return ts;
 }
 
@@ -172,7 +181,7 @@ static int m_starttls(lua_State *L)
     }
     SSL *ssl;
     if (server) {
-        ssl = tls_server_ssl(server_config(L, 2));
+        ssl = tls_server_ssl(ltls_server(L, 2, "starttls"));
     } else {
         lua_pushnil(L);
         if (lua_istable(L, 2)) {

@@ -185,6 +185,9 @@ int ltls_keylog(lua_State *L); /* echokit.tls_keylog */
 /* The upstream configuration for host:port from the opts.tls table at idx
  * (or nil): raises on bad options, naming them. */
 struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port);
+/* The server configuration from conn:starttls-style options at idx (or
+ * nil: the --tls-* one): raises on bad options, or when there is none. */
+struct tls_server *ltls_server(lua_State *L, int idx, const char *who);
 
 /* echokit.listen (llisten.c). */
 void llisten_open(lua_State *L);

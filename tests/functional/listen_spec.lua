@@ -33,6 +33,27 @@ describe("echokit.listen", function()
                  "registry references back to the baseline (" .. base .. ")")
   end)
 
+  it("opens a TLS listener (tls://) that openssl s_client talks to", function()
+    local srv = t.start { handler = HANDLER }
+    local ctl = srv:connect()
+    local addr = ask(ctl, "listentls 127.0.0.1:0"):match("^ok (.+)$")
+    assert.truthy(addr, "no address from listentls")
+    local p = io.popen(("printf 'secret\\n' | timeout %d openssl s_client -connect %s -quiet " ..
+                        "2>/dev/null"):format(math.ceil(t.T(5)), addr))
+    local out = p:read("a")
+    p:close()
+    assert.equal("SECRET\n", out)                   -- decrypted, handled, encrypted back
+    -- a plaintext client gets no echo: the bytes are not a TLS handshake
+    local host, port = addr:match("^(.+):(%d+)$")
+    local c = assert(require("socket").connect(host, tonumber(port)))
+    c:settimeout(t.T(3))
+    t.send_all(c, "plain\n")
+    local got = t.recv_until_closed(c)
+    assert.is_nil(got:find("PLAIN", 1, true), "a plaintext client was answered in clear")
+    srv:await_log("tls handshake failed")
+    assert.equal("plain", ask(ctl, "plain"))
+  end)
+
   it("a taken address is a clear error, and what runs keeps running", function()
     local srv = t.start { handler = HANDLER }
     local ctl = srv:connect()

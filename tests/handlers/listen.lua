@@ -1,6 +1,7 @@
 -- Test handler: opens and closes listeners at run time (echokit.listen).
 --   listen ADDR  -> "ok HOST:PORT\n" or "err MESSAGE\n"; the new listener
 --                   echoes lines upper-cased
+--   listentls ADDR -> as listen, a TLS listener with a self-signed certificate
 --   close        -> closes the last listener opened: "closed\n"
 --   bad ADDR     -> echokit.listen with a malformed address (raises)
 --   refs         -> "refs N\n" after a full collection
@@ -19,8 +20,13 @@ return {
   on_data = function(conn, data)
     for line in data:gmatch("([^\n]*)\n") do
       local cmd, arg = line:match("^(%S+)%s*(.*)$")
-      if cmd == "listen" then
-        local l, err = echokit.listen(arg, upper)
+      if cmd == "listen" or cmd == "listentls" then
+        local l, err
+        if cmd == "listen" then
+          l, err = echokit.listen(arg, upper)
+        else
+          l, err = echokit.listen("tls://" .. arg, upper, { tls = { self_signed = true } })
+        end
         if l then
           last = l
           conn:write("ok " .. l:address() .. "\n")

@@ -1,16 +1,18 @@
 #!/usr/bin/python3
 """A plain HTTP upstream for the proxy tests.
 
-    http_server.py DIR
+    http_server.py DIR [CERT KEY]
 
 Serves the files of DIR with Python's http.server on 127.0.0.1, port 0 (the
 kernel picks one), one thread per connection, HTTP/1.0 (the server closes the
 connection after each response). Prints the chosen port on stdout as one line,
 `PORT`, once it is listening; the request log goes to stderr. Runs until it is
-killed (SIGTERM/SIGKILL).
+killed (SIGTERM/SIGKILL). With CERT and KEY (PEM files) it serves HTTPS,
+offering ALPN http/1.1.
 """
 import functools
 import http.server
+import ssl
 import sys
 
 
@@ -36,11 +38,16 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: http_server.py DIR\n")
+    if len(sys.argv) not in (2, 4):
+        sys.stderr.write("usage: http_server.py DIR [CERT KEY]\n")
         return 2
     handler = functools.partial(Handler, directory=sys.argv[1])
     srv = Server(("127.0.0.1", 0), handler)
+    if len(sys.argv) == 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        ctx.set_alpn_protocols(["http/1.1"])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     sys.stdout.write("%d\n" % srv.server_address[1])
     sys.stdout.flush()
     try:

@@ -159,9 +159,10 @@ local function start_redis()
   return h
 end
 
--- tests/support/http_server.py serving dir; h.port.
-local function start_http(dir)
-  local h = spawn({ PYTHON, t.src .. "/tests/support/http_server.py", dir })
+-- tests/support/http_server.py serving dir; h.port. With cert and key
+-- (PEM files), HTTPS.
+local function start_http(dir, cert, key)
+  local h = spawn({ PYTHON, t.src .. "/tests/support/http_server.py", dir, cert, key })
   local line, why = h.p:readline(t.T(10))
   assert(line and line:match("^%d+$"), string.format(
     "http_server.py printed no port (%s: %s); stderr:\n%s", tostring(why), tostring(line),
