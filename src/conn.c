@@ -632,6 +632,12 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
+    /* With read-ahead the handshake's last read may have taken the peer's
+     * first records too (TLS 1.3: the client's Finished and its data in one
+     * segment); the socket will not tell of them again. update_read feeds
+     * only a watcher it starts, and this one ran all through the handshake. */
+    if ((c->flags & CONN_READING) && conn_tls_pending(c))
+        ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {
         ev_io_start(loop, &c->wio);
     } else {
