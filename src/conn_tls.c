@@ -208,7 +208,11 @@ int conn_tls_close_notify(struct conn *c)
 
 int conn_tls_pending(const struct conn *c)
 {
-    return c->ssl && SSL_has_pending(c->ssl);
+    /* The peer's end counts: a close_notify read with the data before it
+     * is reported by the next conn_tls_recv, and the socket, already
+     * drained, may never be readable again to call it. */
+    return c->ssl &&
+           (SSL_has_pending(c->ssl) || (SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN));
 }
 
 void conn_tls_end(struct conn *c, int clean)
