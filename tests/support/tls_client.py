@@ -304,7 +304,8 @@ def mode_tls(args):
             c.hold = bytearray()
             while sent < len(data):
                 sent += c.obj.write(data[sent:sent + 16384])
-                c.step(wait=False)
+                if not args.coalesce:   # else data and close_notify go together
+                    c.step(wait=False)
             try:
                 c.obj.unwrap()   # close_notify; the TCP connection stays open
             except ssl.SSLWantReadError:
