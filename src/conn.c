@@ -640,9 +640,10 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
-    /* Records that came in with the peer's last handshake flight were read
-     * ahead into the SSL's buffer (a client's first request right behind
-     * its Finished): no readiness will tell of them. */
+    /* With read-ahead the handshake's last read may have taken the peer's
+     * first records too (TLS 1.3: the client's Finished and its data in one
+     * segment); the socket will not tell of them again. update_read feeds
+     * only a watcher it starts, and this one ran all through the handshake. */
     if ((c->flags & CONN_READING) && conn_tls_pending(c))
         ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {
