@@ -289,7 +289,7 @@ describe("tls", function()
             assert.equal(want, (r[k] or ""):sub(1, #want), k .. ":\n" .. r.raw)
           end
           assert.is_nil(r.raw:find("reply=subject", 1, true), r.raw)
-          srv:await_log("%[conn %d+ 127%.0%.0%.1:%d+%] tls handshake failed: tls handshake: " ..
+          srv:await_log("%[conn %d+ 127%.0%.0%.1:%d+%] tls handshake failed: " ..
                         case.log)
           assert.equal(0, #srv:log_matching("on_connect"), "reached Lua: " .. srv:stderr())
           -- still serving
@@ -365,7 +365,7 @@ describe("tls", function()
       local data, err = t.recv_until_closed(c, 5)
       assert.equal("closed", err)
       assert.is_nil(data:find("HTTP/1.0", 1, true), "the request came back: " .. data)
-      srv:await_log("%[conn %d+ 127%.0%.0%.1:%d+%] tls handshake failed: tls handshake: " ..
+      srv:await_log("%[conn %d+ 127%.0%.0%.1:%d+%] tls handshake failed: " ..
                     "http request")
       still_serving(srv, bystander, "http")
     end)
@@ -390,7 +390,7 @@ describe("tls", function()
       t.send_all(c, ("\0\1\2garbage\255"):rep(20))
       local _, err = t.recv_until_closed(c, 5)
       assert.equal("closed", err)
-      srv:await_log("tls handshake failed: tls handshake: wrong version number")
+      srv:await_log("tls handshake failed: wrong version number")
       still_serving(srv, bystander, "garbage")
     end)
 
@@ -399,7 +399,7 @@ describe("tls", function()
       local r = client(srv:port(1), "hello", { "--cut", 60 })
       assert.equal("60", r.sent, r.raw)
       assert(tonumber(r.hello_len) > 60, r.raw)
-      srv:await_log("tls handshake failed: tls handshake: closed by the peer")
+      srv:await_log("tls handshake failed: closed by the peer")
       assert.equal(0, #srv:log_matching("unknown error"), srv:stderr())
       still_serving(srv, bystander, "truncated")
     end)
@@ -424,7 +424,7 @@ describe("tls", function()
       local r = client(srv:port(), "lines", { "--ca", certs.ca, "--sni", "localhost",
                                               "--send", "x" })
       assert.truthy((r.handshake or ""):find("certificate has expired", 1, true), r.raw)
-      srv:await_log("tls handshake failed: tls handshake: .*alert certificate expired")
+      srv:await_log("tls handshake failed: .*alert certificate expired")
       -- without verification it is the same certificate, and it works
       r = client(srv:port(), "lines", { "--send", "unverified" })
       assert.equal("unverified", r.reply, r.raw)
