@@ -632,6 +632,11 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
+    /* The peer's first records may have come in the read that ended the
+     * handshake (a client's request right after its Finished): they sit in
+     * the SSL's buffer, and no readiness of the socket will tell of them. */
+    if ((c->flags & CONN_READING) && conn_tls_pending(c))
+        ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {
         ev_io_start(loop, &c->wio);
     } else {
