@@ -164,6 +164,13 @@ M.build_argv = build_argv
 local function parse_listen_line(line)
   local rest = line:match("^listening on (.+)$")
   if not rest then return nil end
+  -- a TLS listener: the address, marked (clients of it must speak TLS)
+  local tls = rest:match("^tls://(.+)$")
+  if tls then
+    local a = parse_listen_line("listening on " .. tls)
+    if a then a.tls = true; a.text = rest end
+    return a
+  end
   local path = rest:match("^unix:(.+)$")
   if path then return { kind = "unix", path = path, text = rest } end
   local h6, p6 = rest:match("^%[(.+)%]:(%d+)$")
