@@ -280,6 +280,24 @@ describe("TLS proxy", function()
     end)
   end)
 
+  it("resumes after an upstream that closes without close_notify after echokit's", function()
+    -- The order is fixed here: the client's EOF makes echokit send its
+    -- close_notify, then the server answers and closes the TCP connection
+    -- without one of its own (as most servers do).
+    local up = start_peer("echo", pki.cert, pki.key, "abrupt")
+    local srv = proxy{ handler = "proxy",
+                       args = { upstream = "tls://127.0.0.1:" .. up.port, ca = pki.ca } }
+    for i = 1, 3 do
+      local c = srv:connect()
+      t.send_all(c, "hi\n")
+      assert(c:shutdown("send"))
+      assert.same({ "hi\nEOF after 3 bytes\n", "closed" }, { t.recv_until_closed(c, 10) })
+      c:close()
+      assert.matches(i == 1 and "^resumed=0 " or "^resumed=1 ", up:conn(), nil, nil,
+                     "upstream connection " .. i)
+    end
+  end)
+
   describe("with redis", function()
     it("carries redis-cli --tls to a plain redis-server", function()
       local redis = peers.start_redis()

@@ -3,8 +3,9 @@
 (OpenSSL underneath, but not echokit's code):
 
     tls_peer.py http CERT KEY DIR      HTTPS file server (http.server) on DIR
-    tls_peer.py echo CERT KEY          TLS echo server; at the client's EOF it
+    tls_peer.py echo CERT KEY [abrupt] TLS echo server; at the client's EOF it
                                        answers "EOF after N bytes\\n", then closes
+                                       (abrupt: without a close_notify of its own)
     tls_peer.py client HOST PORT CA NAME NBYTES
                                        TLS client: sends NBYTES random bytes
                                        while reading the echo, then close_notify
@@ -103,10 +104,11 @@ class Echo(socketserver.BaseRequestHandler):
                 s.sendall(d)
             # The client is done sending; it still reads.
             s.sendall(b"EOF after %d bytes\n" % n)
-            try:
-                s.unwrap()
-            except (OSError, ssl.SSLError):
-                pass
+            if not self.server.abrupt:
+                try:
+                    s.unwrap()
+                except (OSError, ssl.SSLError):
+                    pass
         except (OSError, ssl.SSLError) as e:
             sys.stderr.write("tls_peer echo: after %d bytes: %s\n" % (n, e))
         finally:
@@ -273,9 +275,11 @@ def main():
         ctx = server_context(sys.argv[2], sys.argv[3])
         handler = functools.partial(Quiet, directory=sys.argv[4])
         return serve(TLSHTTPServer(ctx, ("127.0.0.1", 0), handler))
-    if mode == "echo" and len(sys.argv) == 4:
+    if mode == "echo" and len(sys.argv) in (4, 5):
         ctx = server_context(sys.argv[2], sys.argv[3])
-        return serve(EchoServer(ctx, ("127.0.0.1", 0), Echo))
+        srv = EchoServer(ctx, ("127.0.0.1", 0), Echo)
+        srv.abrupt = sys.argv[4:] == ["abrupt"]
+        return serve(srv)
     if mode == "client" and len(sys.argv) == 7:
         return client(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
     if mode == "ask" and len(sys.argv) == 7:
