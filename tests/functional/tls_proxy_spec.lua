@@ -349,10 +349,12 @@ describe("TLS proxy", function()
       local slow = best(srv:port(), cli)
       local what = ("PING direct %.3fs, through chaos without toxics %.3fs, with latency=%g %.3fs")
                    :format(direct, untoxic, lat, slow)
-      -- the toxic's delay is a strict lower bound; its absence bounds it above
+      -- the toxic's delay is a strict lower bound; the rest of a run varies
+      -- by a few hundredths (more in slow builds): the margin
+      local margin = t.T(0.05)
       assert(slow >= lat, what)
-      assert(slow - direct >= lat - 0.02, what)
-      assert(slow - untoxic >= lat - 0.05, what)
+      assert(slow - direct >= lat - margin, what)
+      assert(slow - untoxic >= lat - margin, what)
       assert(slow < untoxic + lat + t.T(1), what)
       assert(untoxic < direct + t.T(0.25), what)
       -- the data went to redis and back in the clear on echokit's side only
@@ -378,10 +380,11 @@ describe("TLS proxy", function()
     end
     local b = math.min(fetch(base, "no toxics"), fetch(base, "no toxics"))
     local s = fetch(sliced, "slicer")
-    local l = fetch(slow, "latency")
+    local l = math.min(fetch(slow, "latency"), fetch(slow, "latency"))
     local what = ("32 KiB over TLS: no toxics %.3fs, slicer %.3fs, latency=0.3 %.3fs"):format(b, s, l)
     assert(s >= 0.4, what)
-    assert(l - b >= 0.28, what)
+    assert(l >= 0.3, what)
+    assert(l - b >= 0.3 - t.T(0.05), what)
     assert(l < b + 0.3 + t.T(1), what)
   end)
 
