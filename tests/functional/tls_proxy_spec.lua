@@ -280,6 +280,22 @@ describe("TLS proxy", function()
     end)
   end)
 
+  it("shows the resumption in conn:tls() of an echokit.connect connection", function()
+    local up = start_peer("echo", pki.cert, pki.key)
+    local srv = t.start{ handler = "tests/handlers/tls_proxy_resume.lua",
+                         args = { upstream = "tls://127.0.0.1:" .. up.port, ca = pki.ca } }
+    local c = srv:connect()
+    for i = 1, 3 do
+      local line = t.ask(c, "hello " .. i, 10)
+      local f = t.parse_kv(line)
+      assert.equal(i == 1 and "false" or "true", f.resumed, line)
+      assert.equal("ok", f.verify, line)
+      assert.matches("^TLSv1%.3$", f.version, nil, nil, line)
+      assert.truthy(line:find("subject=/CN=localhost", 1, true), line)
+      assert.matches(i == 1 and "^resumed=0 " or "^resumed=1 ", up:conn())
+    end
+  end)
+
   it("resumes after an upstream that closes without close_notify after echokit's", function()
     -- The order is fixed here: the client's EOF makes echokit send its
     -- close_notify, then the server answers and closes the TCP connection
