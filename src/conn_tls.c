@@ -222,6 +222,13 @@ void conn_tls_end(struct conn *c, int clean)
     if (clean && c->fd >= 0 && (c->flags & CONN_TLS_DONE) &&
         !(c->flags & (CONN_TLS_SENT | CONN_HANDSHAKE)))
         conn_tls_close_notify(c);
+    /* A peer that closes without close_notify after ours (most do) is
+     * recorded by SSL_OP_IGNORE_UNEXPECTED_EOF as SSL_set_shutdown(RECEIVED),
+     * which drops the SENT bit; SSL_free would then take the connection for
+     * one cut short and make its session unresumable, and the next
+     * connection to that upstream would not resume. */
+    if (c->flags & CONN_TLS_SENT)
+        SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(c->ssl);
     c->ssl = NULL;
     ERR_clear_error();
