@@ -460,6 +460,11 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         ACTIVE(c);
         struct conn *prev = ctx->source;
         ctx->source = c;
+        /* TLS: c is looked at after on_data, which may reap and free it
+         * (conn_reap_now): hold it. Plain connections need not. */
+        int tls = c->ssl != NULL;
+        if (tls)
+            conn_ref(c);
         if (c->pipe_to && (c->flags & CONN_TAP))
             c->ops->on_tap(c, ctx->rbuf, (size_t)n);
         if (c->flags & CONN_DEAD) {
@@ -476,9 +481,12 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
             c->ops->on_data(c, ctx->rbuf, (size_t)n);
         }
         ctx->source = prev;
-        /* More records in the SSL's buffer than rbuf held. */
-        if (c->ssl && (c->flags & CONN_READING) && conn_tls_pending(c))
-            ev_feed_event(loop, &c->rio, EV_READ);
+        if (tls) {
+            /* More records in the SSL's buffer than rbuf held. */
+            if (!(c->flags & CONN_DEAD) && (c->flags & CONN_READING) && conn_tls_pending(c))
+                ev_feed_event(loop, &c->rio, EV_READ);
+            conn_unref(c);
+        }
         return;
     }
     if (n == 0) {
@@ -632,9 +640,10 @@ static void tls_step(struct conn *c)
     }
     if (c->flags & CONN_DEAD)
         return;
-    /* Records that came in with the peer's last handshake flight were read
-     * ahead into the SSL's buffer (a client's first request right behind
-     * its Finished): no readiness will tell of them. */
+    /* With read-ahead the handshake's last read may have taken the peer's
+     * first records too (TLS 1.3: the client's Finished and its data in one
+     * segment); the socket will not tell of them again. update_read feeds
+     * only a watcher it starts, and this one ran all through the handshake. */
     if ((c->flags & CONN_READING) && conn_tls_pending(c))
         ev_feed_event(loop, &c->rio, EV_READ);
     if (conn_queued(c)) {

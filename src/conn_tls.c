@@ -20,6 +20,16 @@ const char *conn_tls_reason(void)
     return reason;
 }
 
+/* The peer ended the stream where it may not: nothing in OpenSSL's error
+ * queue to tell (it would read "unknown error"). Returns -1, errno EPROTO. */
+static ssize_t closed_by_peer(const char *what)
+{
+    ERR_clear_error();
+    snprintf(reason, sizeof reason, "%s: closed by the peer", what);
+    errno = EPROTO;
+    return -1;
+}
+
 /* Maps a failed SSL call to errno and the flags; returns -1. */
 static ssize_t failed(struct conn *c, int rc, const char *what, int writing)
 {
@@ -34,11 +44,17 @@ static ssize_t failed(struct conn *c, int rc, const char *what, int writing)
         c->flags |= CONN_TLS_WANT_W;
         errno = EAGAIN;
         return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        /* Where no end may come (a handshake): the TCP EOF looks like this
+         * under SSL_OP_IGNORE_UNEXPECTED_EOF. */
+        return closed_by_peer(what);
     case SSL_ERROR_SYSCALL:
         if (errno && errno != EAGAIN) {
             ERR_clear_error();
             return -1; /* the socket's error: reset and such */
         }
+        if (!ERR_peek_error())
+            return closed_by_peer(what); /* the TCP EOF */
         /* no errno: OpenSSL's queue says why */
         __attribute__((fallthrough));
     default: {
@@ -192,7 +208,11 @@ int conn_tls_close_notify(struct conn *c)
 
 int conn_tls_pending(const struct conn *c)
 {
-    return c->ssl && SSL_has_pending(c->ssl);
+    /* The peer's end counts: a close_notify read with the data before it
+     * is reported by the next conn_tls_recv, and the socket, already
+     * drained, may never be readable again to call it. */
+    return c->ssl &&
+           (SSL_has_pending(c->ssl) || (SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN));
 }
 
 void conn_tls_end(struct conn *c, int clean)

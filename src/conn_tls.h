@@ -30,7 +30,8 @@ int conn_tls_handshake(struct conn *c);
 /* Sends close_notify: 1 sent, 0 not yet (wait for writable), -1 error. */
 int conn_tls_close_notify(struct conn *c);
 
-/* Buffered plaintext or records SSL_read would return without the socket. */
+/* Buffered plaintext or records SSL_read would return without the socket,
+ * or the end of the stream it has read and not yet reported. */
 int conn_tls_pending(const struct conn *c);
 
 /* Why the last call failed with EPROTO ("handshake: wrong version number",

@@ -96,3 +96,70 @@ describe("bench/loadgen", function()
     assert(kv.mismatches > 0, line)
   end)
 end)
+
+-- bench/tls_loadgen, the TLS benchmark's client, against echokit's TLS
+-- listener (a self-signed certificate made at start-up): every mode, one
+-- window and paired windows, every byte checked.
+describe("bench/tls_loadgen", function()
+  local TLS_LOADGEN = assert(os.getenv("ECHOKIT_TLS_LOADGEN"), "ECHOKIT_TLS_LOADGEN not set (run under ctest)")
+  after_each(function() peers.cleanup() end)
+
+  -- echokit -H echo on tls://127.0.0.1:0: { h = helper, port = n }
+  local function start_tls()
+    local h = peers.spawn({ t.bin, "-q", "-l", "tls://127.0.0.1:0", "--tls-self-signed" })
+    local line = h.p:readline(t.T(10))
+    local port = line and tonumber(line:match("^listening on tls://127%.0%.0%.1:(%d+)$"))
+    assert(port, "echokit: " .. tostring(line) .. "\n" .. peers.helper_stderr(h))
+    return { h = h, port = port }
+  end
+
+  local function tls_loadgen(args)
+    local r = peers.run({ TLS_LOADGEN, table.unpack(args) }, 30)
+    assert(r.how == "exited", "tls_loadgen: " .. tostring(r.how) .. "\n" .. t.clip(r.err))
+    local line = r.out:match("label=[^\n]*")
+    assert(line, "tls_loadgen printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
+    return r.code, t.parse_kv(line), line, r.err
+  end
+
+  local MODES = {
+    bulk = { "--conns", "2", "--size", "65536", "--inflight", "262144" },
+    handshake = { "--conns", "4", "--size", "64", "--sources", "4" },
+    pingpong = { "--conns", "4", "--size", "64" },
+  }
+  local RATE = { bulk = "mbps", handshake = "hps", pingpong = "rps" }
+
+  for _, mode in ipairs{ "handshake", "bulk", "pingpong" } do
+    it("runs " .. mode .. " through a TLS listener, alone and in paired windows", function()
+      local a, b = start_tls(), start_tls()
+      local args = { "--mode", mode, "--port", tostring(a.port), "--pid", tostring(a.h.p:pid()),
+                     "--duration", "0.3", "--warmup", "0.1", table.unpack(MODES[mode]) }
+      local code, kv, line, err = tls_loadgen(args)
+      assert.equal(0, code, line .. "\n" .. err)
+      for _, k in ipairs{ "errors", "mismatches", "stalled", "dead", "conn_fail" } do
+        assert.equal(0, kv[k], k .. " in " .. line)
+      end
+      assert(kv[RATE[mode]] > 0, line)
+      assert.equal("TLS_AES_128_GCM_SHA256", kv.cipher)
+      args = { "--mode", mode, "--port", tostring(a.port), "--pid", tostring(a.h.p:pid()), "--label", "a",
+               "--pair-port", tostring(b.port), "--pair-pid", tostring(b.h.p:pid()), "--pair-label", "b",
+               "--pairs", "2", "--window", "0.15", "--warmup", "0.05", table.unpack(MODES[mode]) }
+      code, kv, line, err = tls_loadgen(args)
+      assert.equal(0, code, line .. "\n" .. err)
+      assert.equal(1, kv.paired)
+      for _, k in ipairs{ "errors", "mismatches", "stalled", "dead" } do
+        assert.equal(0, kv[k], k .. " in " .. line)
+      end
+      assert(kv["ratio_" .. RATE[mode]] > 0, line)
+    end)
+  end
+
+  it("holds idle TLS connections and reads the server's memory", function()
+    local a = start_tls()
+    local code, kv, line = tls_loadgen({ "--mode", "idle", "--port", tostring(a.port),
+      "--pid", tostring(a.h.p:pid()), "--count", "200", "--sources", "2", "--hold", "0.1" })
+    assert.equal(0, code, line)
+    assert.equal(200, kv.ok)
+    assert.equal(0, kv.closed_by_server)
+    assert(kv.rss_per_conn > 0, line)
+  end)
+end)

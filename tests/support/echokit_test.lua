@@ -161,9 +161,17 @@ local function build_argv(o)
 end
 M.build_argv = build_argv
 
-local function parse_listen_line(line)
+local parse_listen_line
+function parse_listen_line(line)
   local rest = line:match("^listening on (.+)$")
   if not rest then return nil end
+  -- a TLS listener: its address, marked (clients of srv:connect speak TCP)
+  local tls_rest = rest:match("^tls://(.+)$")
+  if tls_rest then
+    local a = parse_listen_line("listening on " .. tls_rest)
+    if a then a.tls, a.text = true, rest end
+    return a
+  end
   local path = rest:match("^unix:(.+)$")
   if path then return { kind = "unix", path = path, text = rest } end
   local h6, p6 = rest:match("^%[(.+)%]:(%d+)$")
