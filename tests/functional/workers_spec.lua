@@ -150,6 +150,21 @@ describe("--workers", function()
     assert.equal(2, n, "TLS connections reached one worker only")
   end)
 
+  it("exits 0 on a SIGTERM sent right after the 'listening on' line", function()
+    -- the workers may not exist yet, or not have loaded the handler
+    local bad = {}
+    for i = 1, 10 do
+      local srv = t.start { opts = { "--workers", "2" } }
+      srv.p:kill("TERM")
+      local how, code = srv:wait_exit(5)
+      if not (how == "exited" and code == 0) then
+        bad[#bad + 1] = string.format("run %d: %s %s\n%s", i, how, code, srv:stderr())
+      end
+      srv:exit_checked_by_test()
+    end
+    assert(#bad == 0, #bad .. " of 10 runs did not exit 0:\n" .. table.concat(bad, "\n"))
+  end)
+
   it("stops every worker and exits 0 when a worker calls echokit.stop()", function()
     local srv = t.start { handler = "tests/handlers/conn.lua",
                           opts = { "--workers", "2", "--grace", "2" } }
