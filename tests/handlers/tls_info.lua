@@ -3,6 +3,7 @@
 --   peer  -> "subject=S issuer=I verify=V san=a,b" or "peer=none"
 -- on_tls and on_connect log what conn:tls() says when they run.
 local echokit = require "echokit"
+local framing = require "echokit.framing"
 
 local function info(conn)
   local t = conn:tls()
@@ -24,16 +25,12 @@ return {
     echokit.log("info", "on_tls conn %d %s", conn.id, info(conn))
   end,
   on_connect = function(conn)
-    conn.buf = ""
+    conn.lines = framing.lines()
     echokit.log("info", "on_connect conn %d %s", conn.id, info(conn))
   end,
   on_data = function(conn, data)
-    conn.buf = conn.buf .. data
-    while true do
-      local line, rest = conn.buf:match("^([^\n]*)\n(.*)$")
-      if not line then break end
-      conn.buf = rest
-      line = line:gsub("\r$", "")
+    conn.lines:feed(data)
+    for line in conn.lines.next, conn.lines do
       if line == "info" then
         conn:write(info(conn) .. "\n")
       elseif line == "peer" then

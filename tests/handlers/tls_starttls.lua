@@ -4,10 +4,11 @@
 --   after the handshake every line is echoed ("QUIT" -> "221 bye", close).
 -- Before the upgrade other lines get "500 first STARTTLS".
 local echokit = require "echokit"
+local framing = require "echokit.framing"
 
 return {
   on_connect = function(conn)
-    conn.buf, conn.secure = "", false
+    conn.lines, conn.secure = framing.lines(), false
     conn:write("220 ready\r\n")
   end,
   on_tls = function(conn)
@@ -15,12 +16,8 @@ return {
     echokit.log("info", "starttls done conn %d %s", conn.id, conn:tls().version)
   end,
   on_data = function(conn, data)
-    conn.buf = conn.buf .. data
-    while true do
-      local line, rest = conn.buf:match("^([^\n]*)\n(.*)$")
-      if not line then break end
-      conn.buf = rest
-      line = line:gsub("\r$", "")
+    conn.lines:feed(data)
+    for line in conn.lines.next, conn.lines do
       if conn.secure then
         if line == "QUIT" then
           conn:write("221 bye\r\n")
@@ -33,7 +30,7 @@ return {
       elseif line == "STARTTLS" then
         conn:write("220 go ahead\r\n")
         assert(conn:starttls())
-        conn.buf = "" -- nothing may follow STARTTLS in the clear
+        conn.lines = framing.lines() -- nothing may follow STARTTLS in the clear
         return
       else
         conn:write("500 first STARTTLS\r\n")
