@@ -118,6 +118,7 @@ int llisten_listen(lua_State *L)
     /* stack: addr, handler, listener */
     server_init(&ll->srv, S->ctx);
     ll->srv.on_accept = ll_accept;
+    ll->srv.reuseport = S->reuseport; /* with --workers, each worker its own socket */
     /* The references first: they may raise (memory), and nothing would close
      * a socket bound before that (__gc only closes an open listener). */
     script_take_handler(L, 2, &ll->h);

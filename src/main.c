@@ -1,7 +1,15 @@
 /* echokit: start and stop. The app struct ties the loop, the connections,
  * the listeners and the Lua state together; signals begin the shutdown and
- * the grace period ends it. Options are in options.c, --workers in
- * workers.c. */
+ * the grace period ends it. Options are in options.c, the --workers master
+ * in workers.c.
+ *
+ * With --workers N the process that starts is the master: it loads the
+ * handler once to check it (the errors of a bad handler come before any
+ * "listening on" line, as without workers), closes that Lua state again,
+ * opens the listeners (a socket per worker for TCP, SO_REUSEPORT; unix ones
+ * shared) and forks. Each worker then loads the handler into a state of its
+ * own and runs the loop; the master runs no callback, holds no Lua state and
+ * only waits for signals and for its workers' deaths. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,6 +153,7 @@ static void raise_fd_limit(void)
 static int early_exit(struct app *a, char *rbuf, int status)
 {
     script_free(a->S);
+    a->S = NULL;
     tls_server_free(a->tls);
     tls_cleanup();
     free(rbuf);
@@ -208,6 +217,65 @@ static int tls_setup(struct app *a, const struct options *o)
     return 0;
 }
 
+/* A Lua state with the handler loaded, in a->S. Returns 0, or the exit
+ * status (1: no state; 2: the handler does not load) with the message in
+ * err. */
+static int load_handler(struct app *a, const struct options *o, char *err, size_t cap)
+{
+    a->S = script_new(&a->ctx, o->budget, o->lua_memory);
+    if (!a->S) {
+        snprintf(err, cap, "cannot create the Lua state");
+        return 1;
+    }
+    a->S->data = a;
+    a->S->on_stop = script_stop;
+    a->S->tls = a->tls;
+    a->S->reuseport = o->workers > 1; /* echokit.listen: each worker its own socket */
+    return script_load(a->S, o->handler, o->hargv, o->hargc, err, cap) < 0 ? 2 : 0;
+}
+
+/* The master's shutdown begins: its copies of the listeners close, so that
+ * once the workers have closed theirs the kernel refuses new clients. */
+static void master_stopping(void *data)
+{
+    struct app *a = data;
+    server_stop(&a->srv);
+}
+
+/* --workers N: runs the master, which returns in each worker. Returns -1 in
+ * a worker that is to serve, with its listeners chosen and its handler
+ * loaded; otherwise the exit status. */
+static int run_workers(struct app *a, const struct options *o, const sigset_t *oldmask)
+{
+    struct workers w = {
+        .n = o->workers, .grace = o->grace, .stopping = master_stopping, .data = a,
+    };
+    long index = 0;
+    int r = workers_run(&w, &index);
+    if (r >= 0 || r == WORKERS_ORPHAN) {
+        server_stop(&a->srv);
+        if (r >= 0) /* the master; an orphaned worker leaves the files */
+            server_unlink_unix(&a->srv);
+        return r >= 0 ? r : 0;
+    }
+    server_keep_copy(&a->srv, (int)index);
+    ev_loop_fork(a->loop);
+    char err[1024];
+    int status = load_handler(a, o, err, sizeof err);
+    if (status) {
+        log_msg(LOG_ERROR, "worker %ld: %s", index, err);
+        server_stop(&a->srv);
+        return status;
+    }
+    /* The loop takes SIGINT/SIGTERM over. libev installs its handlers but
+     * leaves the signal mask alone: they are unblocked here, after the
+     * handlers are in place (one that came meanwhile is taken now). */
+    ev_signal_start(a->loop, &a->sigint);
+    ev_signal_start(a->loop, &a->sigterm);
+    sigprocmask(SIG_SETMASK, oldmask, NULL);
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -241,24 +309,22 @@ int main(int argc, char **argv)
     a.ctx.splice = !o.no_splice;
     a.ctx.on_reaped = on_reaped;
 
-    a.S = script_new(&a.ctx, o.budget, o.lua_memory);
-    if (!a.S) {
-        fprintf(stderr, "echokit: cannot create the Lua state\n");
-        return 1;
-    }
-    a.S->data = &a;
-    a.S->on_stop = script_stop;
     if (tls_setup(&a, &o) < 0)
         return early_exit(&a, rbuf, 2);
-    a.S->tls = a.tls;
     char err[1024];
-    if (script_load(a.S, o.handler, o.hargv, o.hargc, err, sizeof err) < 0) {
+    int status = load_handler(&a, &o, err, sizeof err);
+    if (status) {
         fprintf(stderr, "echokit: %s\n", err);
-        return early_exit(&a, rbuf, 2);
+        return early_exit(&a, rbuf, status);
     }
     if (o.check) {
         printf("%s: ok\n", o.handler);
         return early_exit(&a, rbuf, 0);
+    }
+    if (o.workers > 1) {
+        /* Checked; each worker loads its own. */
+        script_free(a.S);
+        a.S = NULL;
     }
 
     server_init(&a.srv, &a.ctx);
@@ -266,6 +332,7 @@ int main(int argc, char **argv)
     a.srv.on_accept = on_accept;
     a.srv.max_conns = o.max_conns;
     a.srv.max_conns_per_ip = o.max_conns_per_ip;
+    a.srv.reuseport = o.workers > 1;
     /* A malformed address is a usage error (2); one that cannot be bound is
      * not (1). */
     for (int i = 0; i < o.nlisten; i++) {
@@ -288,8 +355,9 @@ int main(int argc, char **argv)
     }
 
     /* SIGINT/SIGTERM are handled from before the first "listening on" line:
-     * a supervisor may signal as soon as it has read it. Workers inherit them
-     * blocked and their loop takes them over. */
+     * a supervisor may signal as soon as it has read it. With workers the
+     * master keeps them blocked and waits for them (workers.c); the workers'
+     * loops take them over. */
     sigset_t oldmask;
     sigemptyset(&oldmask);
     ev_signal_init(&a.sigint, signal_cb, SIGINT);
@@ -321,28 +389,23 @@ int main(int argc, char **argv)
             return early_exit(&a, rbuf, 1);
         }
         a.srv.ls[i].data = tls ? a.tls : NULL;
+    }
+    if (server_copy_listeners(&a.srv, (int)o.workers, err) < 0) {
+        fprintf(stderr, "echokit: cannot listen: %s\n", err);
+        server_stop(&a.srv);
+        return early_exit(&a, rbuf, 1);
+    }
+    for (int i = 0; i < o.nlisten; i++) {
         char name[200];
-        printf("listening on %s%s\n", tls ? "tls://" : "",
+        printf("listening on %s%s\n", a.srv.ls[i].data ? "tls://" : "",
                server_listener_name(&a.srv, i, name, sizeof name));
     }
     fflush(stdout);
 
     if (o.workers > 1) {
-        int status = workers_run(o.workers, a.loop, &oldmask);
-        if (status >= 0 || status == -2) {
-            server_stop(&a.srv);
-            if (status >= 0) /* the parent; an orphaned worker leaves the files */
-                server_unlink_unix(&a.srv);
-            return early_exit(&a, rbuf, status >= 0 ? status : 0);
-        }
-        /* A worker: its loop takes SIGINT/SIGTERM over. libev installs its
-         * handler but leaves the signal mask alone, so they must be unblocked
-         * here, after the handler is in place; blocked, a worker never saw the
-         * signals its parent forwarded (nor its PR_SET_PDEATHSIG) and the
-         * parent waited for it forever. One that came meanwhile is taken now. */
-        ev_signal_start(a.loop, &a.sigint);
-        ev_signal_start(a.loop, &a.sigterm);
-        sigprocmask(SIG_SETMASK, &oldmask, NULL);
+        status = run_workers(&a, &o, &oldmask);
+        if (status >= 0)
+            return early_exit(&a, rbuf, status);
     }
 
     server_start(&a.srv);

@@ -250,6 +250,11 @@ int net_unix_claim(const struct net_addr *addr, char *err)
 
 int net_listen(const struct net_addr *addr, int backlog, char *err)
 {
+    return net_listen_opt(addr, backlog, 0, err);
+}
+
+int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char *err)
+{
     char name[160];
     net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
     int family = addr->ss.ss_family;
@@ -264,6 +269,11 @@ int net_listen(const struct net_addr *addr, int backlog, char *err)
     int one = 1;
     if (family != AF_UNIX) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+            snprintf(err, ECHOKIT_ERR_LEN, "%s: SO_REUSEPORT: %s", name, strerror(errno));
+            close(fd);
+            return -1;
+        }
         if (family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     }

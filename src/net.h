@@ -42,6 +42,11 @@ int net_unix_claim(const struct net_addr *addr, char *err);
  * claimed first with net_unix_claim). Returns the fd. */
 int net_listen(const struct net_addr *addr, int backlog, char *err);
 
+/* As net_listen; with reuseport a TCP socket gets SO_REUSEPORT before bind,
+ * so that other sockets with it (of the same user) can bind the same address
+ * and the kernel spreads new connections over them. Ignored for unix paths. */
+int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char *err);
+
 /* accept4() non-blocking + close-on-exec, TCP_NODELAY on TCP sockets.
  * Returns the fd, or -1 with errno set (EAGAIN when nothing is pending). */
 int net_accept(int lfd, struct net_addr *peer);

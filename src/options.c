@@ -54,8 +54,12 @@ static void usage(FILE *f)
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name, one of\n"
 "%s"
 "                          Default echo\n"
-"  -w, --workers N|auto    worker processes sharing the listeners; auto = one per\n"
-"                          core. Default 1\n"
+"  -w, --workers N|auto    worker processes, 1..256; auto = one per online CPU.\n"
+"                          With 2 or more, a master starts them, replaces one\n"
+"                          that dies and stops them all on SIGINT/SIGTERM; each\n"
+"                          has its own Lua state, limits (--max-conns, CPU\n"
+"                          budget, --lua-memory: per worker) and TCP sockets\n"
+"                          (SO_REUSEPORT). Default 1 (no master)\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
 "      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
 "                          and toxics created and changed at run time) on ADDR;\n"
@@ -77,9 +81,9 @@ static void usage(FILE *f)
 "      --max-buffer BYTES  hard cap on one connection's queued output (and unread\n"
 "                          serve input); past it the connection is closed with an\n"
 "                          error. Default 64m\n"
-"      --max-conns N       stop accepting while N connections are open. Default\n"
-"                          0 (only the open-files limit, which echokit raises to\n"
-"                          its hard limit)\n"
+"      --max-conns N       stop accepting while N connections are open (per\n"
+"                          worker with --workers). Default 0 (only the open-files\n"
+"                          limit, which echokit raises to its hard limit)\n"
 "      --max-conns-per-ip N  close a new connection at once when its client\n"
 "                          address has N open already: per IPv4 address, per\n"
 "                          IPv6 address (not per prefix); unix peers are not\n"
@@ -118,8 +122,9 @@ static void usage(FILE *f)
 "Environment: ECHOKIT_LUA_POOL=0 turns off the reuse of freed small Lua blocks, so\n"
 "a memory checker (valgrind) sees every free.\n"
 "\n"
-"Exit status: 0 after a clean shutdown, 1 if a listener cannot be opened, 2 for a\n"
-"usage or handler-load error.\n",
+"Exit status: 0 after a clean shutdown, 1 if a listener cannot be opened (or,\n"
+"with --workers, if every worker keeps dying at start-up), 2 for a usage or\n"
+"handler-load error.\n",
             names);
 }
 
@@ -227,6 +232,10 @@ void options_parse(int argc, char **argv, struct options *o)
         case 'w':
             if (!strcmp(optarg, "auto")) {
                 o->workers = sysconf(_SC_NPROCESSORS_ONLN);
+                if (o->workers < 1)
+                    o->workers = 1;
+                if (o->workers > 256)
+                    o->workers = 256;
             } else {
                 char *end;
                 o->workers = strtol(optarg, &end, 10);

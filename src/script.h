@@ -58,6 +58,7 @@ struct script {
     void (*on_stop)(struct script *S); /* echokit.stop() */
     struct llisten *listeners;  /* open echokit.listen listeners */
     struct tls_server *tls;     /* the --tls-* certificates: conn:starttls's default */
+    int reuseport;              /* echokit.listen sets SO_REUSEPORT (--workers) */
     void *data;
 };
 

@@ -291,7 +291,7 @@ int server_listen(struct server *srv, const char *spec, char *err)
     struct listener *l = &srv->ls[srv->nls];
     if (net_parse_addr(spec, 1, &l->addr, err) < 0)
         return -1;
-    int fd = net_listen(&l->addr, 1024, err);
+    int fd = net_listen_opt(&l->addr, 1024, srv->reuseport, err);
     if (fd < 0)
         return -1;
     if (l->addr.ss.ss_family != AF_UNIX)
@@ -299,9 +299,50 @@ int server_listen(struct server *srv, const char *spec, char *err)
     l->fd = fd;
     l->srv = srv;
     l->data = NULL;
+    l->copies = NULL;
+    l->ncopies = 0;
     ev_io_init(&l->io, accept_cb, fd, EV_READ);
     srv->nls++;
     return 0;
+}
+
+int server_copy_listeners(struct server *srv, int n, char *err)
+{
+    for (int i = 0; i < srv->nls; i++) {
+        struct listener *l = &srv->ls[i];
+        if (l->addr.ss.ss_family == AF_UNIX || l->copies || n < 2)
+            continue;
+        l->copies = malloc((size_t)n * sizeof *l->copies);
+        if (!l->copies) {
+            snprintf(err, ECHOKIT_ERR_LEN, "out of memory");
+            return -1;
+        }
+        l->copies[0] = l->fd;
+        for (l->ncopies = 1; l->ncopies < n; l->ncopies++) {
+            int fd = net_listen_opt(&l->addr, 1024, 1, err);
+            if (fd < 0)
+                return -1;
+            l->copies[l->ncopies] = fd;
+        }
+    }
+    return 0;
+}
+
+void server_keep_copy(struct server *srv, int i)
+{
+    for (int k = 0; k < srv->nls; k++) {
+        struct listener *l = &srv->ls[k];
+        if (!l->copies)
+            continue;
+        for (int j = 0; j < l->ncopies; j++)
+            if (j != i)
+                close(l->copies[j]);
+        l->fd = l->copies[i];
+        free(l->copies);
+        l->copies = NULL;
+        l->ncopies = 0;
+        ev_io_set(&l->io, l->fd, EV_READ);
+    }
 }
 
 char *server_listener_name(const struct server *srv, int i, char *buf, size_t cap)
@@ -364,9 +405,15 @@ void server_stop(struct server *srv)
     tables_free(srv);
     for (int i = 0; i < srv->nls; i++) {
         struct listener *l = &srv->ls[i];
-        if (l->fd < 0)
-            continue;
-        close(l->fd);
+        if (l->copies) { /* copies[0] is fd */
+            for (int j = 0; j < l->ncopies; j++)
+                close(l->copies[j]);
+            free(l->copies);
+            l->copies = NULL;
+            l->ncopies = 0;
+        } else if (l->fd >= 0) {
+            close(l->fd);
+        }
         l->fd = -1;
     }
 }

@@ -18,6 +18,10 @@ struct listener {
     struct net_addr addr; /* as bound (port 0 resolved) */
     struct server *srv;
     void *data;           /* the caller's (e.g. the listener's TLS setup) */
+    /* server_copy_listeners: one socket per worker (copies[0] == fd) until
+     * server_keep_copy picks one; NULL for a listener that is shared. */
+    int *copies;
+    int ncopies;
 };
 
 /* Open connections from one client address (IPv4, or one IPv6 address;
@@ -33,6 +37,7 @@ struct server {
     int nls;
     int running;      /* listeners wanted (not stopped for shutdown) */
     int accepting;    /* watchers active */
+    int reuseport;    /* TCP listeners opened from now on get SO_REUSEPORT */
     size_t max_conns; /* 0 = no limit */
     ev_timer backoff; /* fd exhaustion: retry accepting later */
     /* --max-conns-per-ip: 0 = no limit. Counted per process (per worker),
@@ -63,6 +68,19 @@ void server_init(struct server *srv, struct conn_ctx *ctx);
 
 /* Binds and listens on spec; returns 0, or -1 with err filled. */
 int server_listen(struct server *srv, const char *spec, char *err);
+
+/* --workers: gives each TCP listener n sockets bound to its address (as
+ * bound: port 0 resolved), all with SO_REUSEPORT (srv->reuseport must have
+ * been set before server_listen), so that the kernel spreads new connections
+ * over the workers and no worker is woken for another's. Unix listeners stay
+ * one socket, shared. Returns 0, or -1 with err filled (what was opened stays
+ * for server_stop to close). */
+int server_copy_listeners(struct server *srv, int n, char *err);
+
+/* In worker i (0-based): keeps copy i of each copied listener and closes the
+ * others (the parent keeps its own copies open, so connections queued on a
+ * dead worker's socket wait there for its replacement). */
+void server_keep_copy(struct server *srv, int i);
 
 /* "127.0.0.1:7000" for listener i, as bound. */
 char *server_listener_name(const struct server *srv, int i, char *buf, size_t cap);

@@ -1,97 +1,246 @@
-/* --workers: fork the workers, then supervise them from the parent. */
+/* --workers: the master that forks the workers, keeps them alive and stops
+ * them. It waits for signals with sigtimedwait (SIGINT, SIGTERM and SIGCHLD
+ * stay blocked in the master): no handler runs, so nothing here needs to be
+ * async-signal-safe, and the back-off and kill deadlines are the wait's
+ * timeout. */
 #include "workers.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 
-static volatile sig_atomic_t forward_sig;
+struct slot {
+    pid_t pid;      /* 0: none running */
+    double started; /* when it was forked */
+    double due;     /* pid 0: when to start the next one */
+    int fails;      /* deaths at start-up in a row */
+};
 
-static void record_signal(int sig)
+struct master {
+    const struct workers *w;
+    struct slot *slots;
+    pid_t self;
+    int stopping;
+    double kill_at; /* stopping: workers left then are killed */
+    int status;
+};
+
+static double now(void)
 {
-    forward_sig = sig;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int stop_signal(int sig)
+{
+    return sig == SIGINT || sig == SIGTERM;
 }
 
 void workers_prepare(sigset_t *oldmask)
 {
-    sigset_t stopsigs;
-    sigemptyset(&stopsigs);
-    sigaddset(&stopsigs, SIGINT);
-    sigaddset(&stopsigs, SIGTERM);
-    sigprocmask(SIG_BLOCK, &stopsigs, oldmask);
-    struct sigaction sa = {.sa_handler = record_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, oldmask);
 }
 
-/* The parent of N workers (pids[i] 0 for one that was never forked):
- * forwards SIGINT/SIGTERM and waits for them all. */
-static int supervise(pid_t *pids, long n)
+/* "killed by signal 9 (SIGKILL)", "exited with status 2". */
+static void describe(int st, char *buf, size_t cap)
 {
-    int status = 0;
-    long left = 0;
-    for (long i = 0; i < n; i++)
-        left += pids[i] > 0;
-    while (left) {
-        if (forward_sig) {
-            for (long i = 0; i < n; i++)
-                if (pids[i] > 0)
-                    kill(pids[i], forward_sig);
-            forward_sig = 0;
+    if (WIFEXITED(st)) {
+        snprintf(buf, cap, "exited with status %d", WEXITSTATUS(st));
+    } else if (WIFSIGNALED(st)) {
+        const char *name = sigabbrev_np(WTERMSIG(st));
+        snprintf(buf, cap, "killed by signal %d (SIG%s)%s", WTERMSIG(st), name ? name : "?",
+                 WCOREDUMP(st) ? ", core dumped" : "");
+    } else {
+        snprintf(buf, cap, "ended (wait status %#x)", (unsigned)st);
+    }
+}
+
+static void begin_stop(struct master *m, int sig)
+{
+    if (!m->stopping) {
+        m->stopping = 1;
+        m->kill_at = now() + m->w->grace + WORKERS_KILL_MARGIN;
+        if (m->w->stopping)
+            m->w->stopping(m->w->data);
+    }
+    for (long i = 0; i < m->w->n; i++)
+        if (m->slots[i].pid > 0)
+            kill(m->slots[i].pid, sig);
+}
+
+/* Forks worker i. Returns 0 in the master (a failed fork is retried after
+ * the back-off), WORKERS_CHILD or WORKERS_ORPHAN in the worker. */
+static int spawn(struct master *m, long i, int replacing)
+{
+    struct slot *s = &m->slots[i];
+    pid_t p = fork();
+    if (p < 0) {
+        s->fails++;
+        s->due = now() + WORKERS_BACKOFF_MAX;
+        log_msg(LOG_ERROR, "fork: %s: worker %ld not started, trying again in %gs",
+                strerror(errno), i, WORKERS_BACKOFF_MAX);
+        return 0;
+    }
+    if (p == 0) {
+        /* SIGTERM, not SIGKILL: the master's death gives the worker's
+         * connections their grace period. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != m->self)
+            return WORKERS_ORPHAN;
+        return WORKERS_CHILD;
+    }
+    s->pid = p;
+    s->started = now();
+    log_msg(replacing ? LOG_INFO : LOG_DEBUG, "worker %ld started (pid %d)", i, (int)p);
+    return 0;
+}
+
+static int all_failing(const struct master *m)
+{
+    for (long i = 0; i < m->w->n; i++)
+        if (m->slots[i].fails < WORKERS_GIVE_UP)
+            return 0;
+    return 1;
+}
+
+/* A worker ended with wait status st. */
+static void ended(struct master *m, long i, int st)
+{
+    struct slot *s = &m->slots[i];
+    pid_t pid = s->pid;
+    double lived = now() - s->started;
+    char why[80];
+    describe(st, why, sizeof why);
+    s->pid = 0;
+    int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (m->stopping) {
+        if (!clean) {
+            log_msg(LOG_ERROR, "worker %ld (pid %d) %s while stopping", i, (int)pid, why);
+            m->status = 1;
         }
-        int st;
-        pid_t p = waitpid(-1, &st, 0);
-        if (p < 0) {
-            if (errno == EINTR)
+        return;
+    }
+    if (clean) {
+        log_msg(LOG_INFO, "worker %ld (pid %d) stopped on its own (echokit.stop()): "
+                          "stopping the others", i, (int)pid);
+        begin_stop(m, SIGTERM);
+        return;
+    }
+    double delay = 0;
+    if (lived < WORKERS_STARTUP_SECONDS) {
+        s->fails++;
+        delay = fmin(WORKERS_BACKOFF_FIRST * ldexp(1, s->fails - 1), WORKERS_BACKOFF_MAX);
+    } else {
+        s->fails = 0;
+    }
+    if (all_failing(m)) {
+        log_msg(LOG_ERROR, "worker %ld (pid %d) %s at start-up", i, (int)pid, why);
+        log_msg(LOG_ERROR, "every worker died at start-up %d times in a row: giving up "
+                           "(the lines above say why)", WORKERS_GIVE_UP);
+        m->status = 1;
+        begin_stop(m, SIGTERM);
+        return;
+    }
+    s->due = now() + delay;
+    if (delay > 0)
+        log_msg(LOG_ERROR, "worker %ld (pid %d) %s at start-up (%d in a row): "
+                           "starting another in %gs", i, (int)pid, why, s->fails, delay);
+    else
+        log_msg(LOG_ERROR, "worker %ld (pid %d) %s: starting another", i, (int)pid, why);
+}
+
+static void reap(struct master *m)
+{
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+        for (long i = 0; i < m->w->n; i++)
+            if (m->slots[i].pid == p)
+                ended(m, i, st);
+}
+
+/* Returns the exit status in the master; WORKERS_CHILD (with *index) or
+ * WORKERS_ORPHAN in a worker. */
+static int supervise(struct master *m, long *index)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    for (int first = 1;; first = 0) {
+        reap(m);
+        double t = now(), wait = INFINITY;
+        for (long i = 0; i < m->w->n && !m->stopping; i++) {
+            struct slot *s = &m->slots[i];
+            if (s->pid)
                 continue;
-            break;
-        }
-        for (long i = 0; i < n; i++) {
-            if (pids[i] != p)
-                continue;
-            pids[i] = 0;
-            left--;
-            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-                log_msg(LOG_ERROR, "worker %d ended (%s %d)", (int)p,
-                        WIFEXITED(st) ? "exit status" : "signal",
-                        WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-                status = 1;
+            if (s->due <= t) {
+                int r = spawn(m, i, !first);
+                if (r < 0) {
+                    *index = i;
+                    return r;
+                }
             }
+            if (!s->pid)
+                wait = fmin(wait, s->due - t);
         }
+        long running = 0;
+        for (long i = 0; i < m->w->n; i++)
+            running += m->slots[i].pid > 0;
+        if (m->stopping && !running)
+            return m->status;
+        if (m->stopping) {
+            if (t >= m->kill_at) {
+                for (long i = 0; i < m->w->n; i++) {
+                    if (m->slots[i].pid <= 0)
+                        continue;
+                    log_msg(LOG_ERROR, "worker %ld (pid %d) still running %gs after the "
+                                       "grace period: killing it",
+                            i, (int)m->slots[i].pid, WORKERS_KILL_MARGIN);
+                    kill(m->slots[i].pid, SIGKILL);
+                }
+                m->status = 1;
+                m->kill_at = INFINITY;
+            }
+            wait = m->kill_at - t;
+        }
+        struct timespec ts, *tp = NULL;
+        if (isfinite(wait)) {
+            wait = fmax(wait, 0.001);
+            ts.tv_sec = (time_t)wait;
+            ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
+            tp = &ts;
+        }
+        int sig = sigtimedwait(&set, NULL, tp);
+        if (stop_signal(sig))
+            begin_stop(m, sig);
     }
-    return status;
 }
 
-int workers_run(long n, struct ev_loop *loop, const sigset_t *oldmask)
+int workers_run(const struct workers *w, long *index)
 {
-    pid_t *pids = calloc((size_t)n, sizeof *pids);
-    pid_t parent = getpid();
-    int failed = !pids;
-    for (long i = 0; i < n && pids; i++) {
-        pid_t p = fork();
-        if (p < 0) {
-            /* The ones forked serve on; the exit status tells. */
-            log_msg(LOG_ERROR, "fork: %s (%ld of %ld workers started)", strerror(errno), i, n);
-            failed = 1;
-            break;
-        }
-        if (p == 0) {
-            free(pids);
-            prctl(PR_SET_PDEATHSIG, SIGTERM);
-            if (getppid() != parent)
-                return -2;
-            ev_loop_fork(loop);
-            return -1;
-        }
-        pids[i] = p;
+    struct master m = {.w = w, .self = getpid()};
+    m.slots = calloc((size_t)w->n, sizeof *m.slots);
+    if (!m.slots) {
+        log_msg(LOG_ERROR, "out of memory");
+        return 1;
     }
-    sigprocmask(SIG_SETMASK, oldmask, NULL); /* pending ones are forwarded now */
-    int status = pids ? supervise(pids, n) : 1;
-    free(pids);
-    return failed ? 1 : status;
+    int r = supervise(&m, index);
+    free(m.slots);
+    return r;
 }

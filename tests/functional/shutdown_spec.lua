@@ -171,8 +171,10 @@ describe("shutdown", function()
       t.send_all(c, "hi\n")
       assert.equal("hi", t.recv_line(c))
       local workers = workers_of(srv)
-      local how, code = srv:stop("TERM", t.T(5))
+      local how, code, took = srv:stop("TERM", t.T(5))
       assert.same({ "exited", 0 }, { how, code })
+      -- the open connection holds its worker for the grace period, no longer
+      assert(took < t.T(1) + 1.5, "exit took " .. took .. " s with --grace 1")
       for _, w in ipairs(workers) do assert.truthy(t.pid_gone(w), "worker " .. w .. " left") end
       local _, err = t.recv_until_closed(c, 2)
       assert.equal("closed", err)
