@@ -235,9 +235,12 @@ describe("TLS proxy", function()
         local srv = proxy{ handler = "proxy", args = args }
         for i = 1, 2 do
           local r = curl(url(srv, "blob.bin"))
-          -- 52: empty reply (closed without an answer); not 28, a timeout
-          assert.equal(52, r.code, ("curl %d: exit %s, %d bytes: %s"):format(i, tostring(r.code),
-                       #r.out, r.err))
+          -- 52: empty reply (closed without an answer), or 56 when the
+          -- request reached the socket just after echokit closed it and the
+          -- kernel answered it with a reset; not 28, a timeout
+          assert.is_true(r.code == 52 or r.code == 56,
+                         ("curl %d: exit %s, %d bytes: %s"):format(i, tostring(r.code), #r.out,
+                                                                   r.err))
           assert.equal("", r.out)
           -- the upstream saw the handshake refused by echokit
           assert.matches("^failed: .*[Uu][Nn][Kk][Nn][Oo][Ww][Nn][ _][Cc][Aa]", (up:conn()))
