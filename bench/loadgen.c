@@ -469,35 +469,40 @@ struct target {
     void (*on)(struct conn *, uint32_t, uint64_t);
 };
 
+/* The paired windows' operations on the current target (cs). */
+static void (*paired_on)(struct conn *, uint32_t, uint64_t);
+
+static void paired_start(uint64_t now)
+{
+    in_window = 1;
+    start_work(cs, now);
+}
+
+static void paired_drain(uint64_t now)
+{
+    draining = 1;
+    for (int i = 0; i < opt.conns; i++)
+        if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
+}
+
+static int paired_busy(void) { return busy; }
+static void paired_poll(int ms) { poll_once(paired_on, ms); }
+
+static const struct window_ops paired_ops = {paired_start, paired_drain, paired_busy, paired_poll};
+
 /* One window on target t: start its work, run for `len` seconds, stop
- * starting new work and wait (up to 5 s) until what is in flight is back.
- * The server's CPU comes from the scheduler's per-task clock, in ns. */
+ * starting new work and wait (up to 5 s) until what is in flight is back. */
 static void paired_window(void *target, double len, struct window_result *r)
 {
     struct target *t = target;
     dst = t->dst;
     cs = t->cs;
-    uint64_t c0 = measure_pids_sched_ns(t->pids, t->npids), d0 = n_done, b0 = n_bytes;
-    uint64_t t0 = measure_now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
-    in_window = 1;
-    start_work(cs, t0);
-    for (;;) {
-        uint64_t now = measure_now_ns();
-        if (!draining && now >= end) {
-            draining = 1;
-            for (int i = 0; i < opt.conns; i++)
-                if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
-        }
-        if (draining && (busy == 0 || now >= limit)) break;
-        poll_once(t->on, draining ? 50 : (int)((end - now) / 1000000u) + 1);
-    }
-    uint64_t t1 = measure_now_ns();
-    r->cpu_us = (double)(measure_pids_sched_ns(t->pids, t->npids) - c0) / 1e3;
-    r->drained = busy == 0;
+    paired_on = t->on;
+    uint64_t d0 = n_done, b0 = n_bytes;
+    windows_timed(&paired_ops, t->pids, t->npids, len, r);
     r->done = n_done - d0;
     r->bytes = n_bytes - b0;
     r->tickets = 0;
-    r->secs = (double)(t1 - t0) / 1e9;
     draining = 0;
     in_window = 0;
 }

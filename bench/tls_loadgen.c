@@ -533,6 +533,25 @@ static void report_stalled(const struct target *t)
     }
 }
 
+/* A window's operations on the current target (cs). */
+static void window_start(uint64_t now)
+{
+    in_window = 1;
+    start_work(cs, now);
+}
+
+static void window_drain(uint64_t now)
+{
+    draining = 1;
+    if (opt.mode == BULK)  /* nothing more to send: idle once all is back */
+        for (int i = 0; i < opt.conns; i++)
+            if (!cs[i].dead && cs[i].st == READY) drive(&cs[i], 0, now);
+}
+
+static int window_busy(void) { return busy; }
+
+static const struct window_ops window_ops = {window_start, window_drain, window_busy, poll_once};
+
 /* One window on t: start its work, run `len` s, then start nothing new and
  * wait (up to 5 s) until all in flight is back. */
 static void window(void *target, double len, struct window_result *r)
@@ -540,28 +559,12 @@ static void window(void *target, double len, struct window_result *r)
     struct target *t = target;
     dst = t->dst;
     cs = t->cs;
-    uint64_t c0 = measure_pids_sched_ns(t->pids, t->npids), d0 = n_done, b0 = n_bytes, k0 = n_tickets;
-    uint64_t t0 = measure_now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
-    in_window = 1;
-    start_work(cs, t0);
-    for (;;) {
-        uint64_t now = measure_now_ns();
-        if (!draining && now >= end) {
-            draining = 1;
-            if (opt.mode == BULK)  /* nothing more to send: idle once all is back */
-                for (int i = 0; i < opt.conns; i++)
-                    if (!cs[i].dead && cs[i].st == READY) drive(&cs[i], 0, now);
-        }
-        if (draining && (busy == 0 || now >= limit)) break;
-        poll_once(draining ? 50 : (int)((end - now) / 1000000u) + 1);
-    }
-    r->cpu_us = (double)(measure_pids_sched_ns(t->pids, t->npids) - c0) / 1e3;
-    r->drained = busy == 0;
+    uint64_t d0 = n_done, b0 = n_bytes, k0 = n_tickets;
+    windows_timed(&window_ops, t->pids, t->npids, len, r);
     if (!r->drained) report_stalled(t);
     r->done = n_done - d0;
     r->bytes = n_bytes - b0;
     r->tickets = n_tickets - k0;
-    r->secs = (double)(measure_now_ns() - t0) / 1e9;
     draining = 0;
     in_window = 0;
 }

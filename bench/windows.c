@@ -59,6 +59,28 @@ double latency_max_us(const struct latency *l)
     return l->n ? l->v[l->n - 1] / 10.0 : 0;
 }
 
+void windows_timed(const struct window_ops *ops, const int *pids, int npids, double len,
+                   struct window_result *r)
+{
+    uint64_t c0 = measure_pids_sched_ns(pids, npids);
+    uint64_t t0 = measure_now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
+    int draining = 0;
+    ops->start(t0);
+    for (;;) {
+        uint64_t now = measure_now_ns();
+        if (!draining && now >= end) {
+            draining = 1;
+            ops->drain(now);
+        }
+        if (draining && (ops->busy() == 0 || now >= limit)) break;
+        ops->poll(draining ? 50 : (int)((end - now) / 1000000u) + 1);
+    }
+    uint64_t t1 = measure_now_ns();
+    r->cpu_us = (double)(measure_pids_sched_ns(pids, npids) - c0) / 1e3;
+    r->drained = ops->busy() == 0;
+    r->secs = (double)(t1 - t0) / 1e9;
+}
+
 void windows_paired_run(struct paired *p, pid_t backend, double (*tree_us)(pid_t))
 {
     struct window_result r;

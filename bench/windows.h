@@ -43,6 +43,21 @@ void latency_sort(struct latency *l);
 double latency_pct_us(const struct latency *l, double p);
 double latency_max_us(const struct latency *l);
 
+/* What a window needs from its load generator, for the current target. */
+struct window_ops {
+    void (*start)(uint64_t now);  /* start the work on the target's connections */
+    void (*drain)(uint64_t now);  /* from now on start nothing new */
+    int (*busy)(void);            /* how many connections have work in flight */
+    void (*poll)(int ms);         /* wait up to ms for events and handle them */
+};
+
+/* One window: start, handle events for len seconds, then drain once and
+ * handle events until nothing is in flight or 5 s more have passed. Fills
+ * r->cpu_us (the pids' scheduler clock over that time), r->secs and
+ * r->drained; the caller counts done, bytes and tickets. */
+void windows_timed(const struct window_ops *ops, const int *pids, int npids, double len,
+                   struct window_result *r);
+
 /* Paired windows: targets 0 (A) and 1 (B) get one warm-up window each, then
  * n windows each in the order A B B A A B B A ...; res[k][i] is the i-th
  * measured window of target k. `usage` covers the measured windows only. */
