@@ -36,191 +36,40 @@
 #define _GNU_SOURCE
 #endif
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "lgopts.h"
+#include "measure.h"
+#include "windows.h"
 
 #define PERIOD 65521u            /* pattern period: a prime, so offsets mix */
 #define RBUF (256u * 1024u)
 
 enum mode { PINGPONG, BULK, CONNRATE, IDLE };
+static const char *const mode_names[] = {"pingpong", "bulk", "connrate", "idle"};
 
-static struct {
-    enum mode mode;
-    const char *host;
-    int port;
-    int conns;
-    size_t size;
-    double duration, warmup, hold;
-    pid_t pid, bpid;
-    int sources;
-    int count;
-    size_t inflight;
-    const char *label;
-    int pair_port;          /* paired windows: the second server */
-    pid_t pair_pid;
-    const char *pair_label;
-    int pairs;
-    double window;
-} opt = {PINGPONG, "127.0.0.1", 7000, 50, 0, 3.0, 0.5, 1.0, 0, 0, 0, 10000, 1u << 20, "-",
-         0, 0, "b", 10, 0.5};
+static struct lg_opts opt = {PINGPONG, "127.0.0.1", 7000, 50, 0, 3.0, 0.5, 1.0, 0, 0, 0, 10000,
+                             1u << 20, "-", 0, 0, "b", 10, 0.5, mode_names, 4};
 
 static unsigned char *pat_pp;    /* no '\n' anywhere */
 static unsigned char *pat_bulk;  /* a '\n' every 256 bytes, for line servers */
 static unsigned char rbuf[RBUF];
 static int epfd;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static const char *mode_names[] = {"pingpong", "bulk", "connrate", "idle"};
-
 static void die(const char *what)
 {
-    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
-    printf("label=%s mode=%s error=\"%s: %s\"\n", opt.label, mode_names[opt.mode], what,
-           strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
-/* ---- the server's CPU and memory, summed over its process tree ------------ */
-
-struct pinfo { int pid, ppid; unsigned long long ticks; };
-
-static int read_file(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, cap - 1);
-    close(fd);
-    if (n < 0) return -1;
-    buf[n] = 0;
-    return (int)n;
-}
-
-/* The pids of --pid and all its descendants; returns how many. */
-static int tree(pid_t root, int **out, unsigned long long *ticks_sum)
-{
-    struct pinfo *v = NULL;
-    size_t n = 0, cap = 0;
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    char path[300], buf[1024];
-    while (d && (e = readdir(d))) {
-        if (!isdigit((unsigned char)e->d_name[0])) continue;
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        if (read_file(path, buf, sizeof buf) < 0) continue;
-        char *p = strrchr(buf, ')');
-        if (!p) continue;
-        char st;
-        int ppid;
-        unsigned long long f[14] = {0};
-        /* after ')': state ppid pgrp session tty tpgid flags minflt cminflt
-         * majflt cmajflt utime stime cutime cstime */
-        if (sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
-                   &st, &ppid, &f[0], &f[1], &f[2], &f[3]) != 6)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 1024;
-            v = realloc(v, cap * sizeof *v);
-        }
-        v[n].pid = atoi(e->d_name);
-        v[n].ppid = ppid;
-        v[n].ticks = f[0] + f[1] + f[2] + f[3];
-        n++;
-    }
-    if (d) closedir(d);
-    int *in = calloc(n + 1, sizeof *in);
-    char *mark = calloc(n + 1, 1);
-    int m = 0;
-    unsigned long long sum = 0;
-    for (size_t i = 0; i < n; i++)
-        if (v[i].pid == root) { mark[i] = 1; in[m++] = v[i].pid; sum += v[i].ticks; }
-    for (int changed = 1; changed;) {  /* fixed point: small trees, cheap */
-        changed = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (mark[i]) continue;
-            for (int k = 0; k < m; k++)
-                if (v[i].ppid == in[k]) {
-                    mark[i] = 1; in[m++] = v[i].pid; sum += v[i].ticks; changed = 1;
-                    break;
-                }
-        }
-    }
-    free(v);
-    free(mark);
-    if (ticks_sum) *ticks_sum = sum;
-    if (out) *out = in; else free(in);
-    return m;
-}
-
-static double self_cpu_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time every CPU of the host spent busy (not idle/iowait), in us. */
-static double host_busy_us(void)
-{
-    char buf[512];
-    unsigned long long v[8] = {0};
-    if (read_file("/proc/stat", buf, sizeof buf) < 0) return 0;
-    if (sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-               &v[4], &v[5], &v[6], &v[7]) != 8)
-        return 0;
-    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    return (double)busy * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double tree_cpu_us(pid_t root)
-{
-    if (!root) return 0;
-    unsigned long long t;
-    tree(root, NULL, &t);
-    return (double)t * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* RSS and PSS in bytes over the tree. */
-static void server_mem(long long *rss, long long *pss)
-{
-    *rss = *pss = 0;
-    if (!opt.pid) return;
-    int *pids;
-    int m = tree(opt.pid, &pids, NULL);
-    static char buf[8192];
-    char path[64];
-    for (int i = 0; i < m; i++) {
-        snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pids[i]);
-        if (read_file(path, buf, sizeof buf) < 0) continue;
-        char *p;
-        long long kb;
-        if ((p = strstr(buf, "\nRss:")) && sscanf(p + 5, "%lld", &kb) == 1) *rss += kb * 1024;
-        if ((p = strstr(buf, "\nPss:")) && sscanf(p + 5, "%lld", &kb) == 1) *pss += kb * 1024;
-    }
-    free(pids);
+    lg_die("loadgen", &opt, what, strerror(errno));
 }
 
 /* ---- sockets -------------------------------------------------------------- */
@@ -279,12 +128,12 @@ static int blocking_connect(int i)
 /* Waits (up to 10 s) until the server accepts a connection. */
 static void wait_ready(void)
 {
-    uint64_t end = now_ns() + 10000000000ull;
+    uint64_t end = measure_now_ns() + 10000000000ull;
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) { close(fd); break; }
         close(fd);
-        if (now_ns() > end) die("server not accepting");
+        if (measure_now_ns() > end) die("server not accepting");
         usleep(20000);
     }
     usleep(200000);  /* let a forking server's probe child finish */
@@ -308,8 +157,7 @@ struct conn {
 
 static struct conn *cs;
 static uint64_t n_done, n_bytes, n_errors, n_mismatch, n_conn_fail;
-static uint32_t *lat;     /* latencies in window, in units of 100 ns */
-static size_t nlat, caplat;
+static struct latency lat;  /* latencies in window */
 static int in_window;
 static int draining;      /* paired windows: finish what is in flight, start nothing */
 static int busy;          /* connections with work in flight */
@@ -324,13 +172,7 @@ static void set_events(struct conn *c, uint32_t ev)
 
 static void record_latency(uint64_t ns)
 {
-    if (!in_window) return;
-    if (nlat == caplat) {
-        caplat = caplat ? caplat * 2 : 1 << 16;
-        lat = realloc(lat, caplat * sizeof *lat);
-    }
-    uint64_t u = ns / 100;
-    lat[nlat++] = u > UINT32_MAX ? UINT32_MAX : (uint32_t)u;
+    if (in_window) latency_add(&lat, ns);
 }
 
 static void make_msg(struct conn *c)
@@ -516,24 +358,8 @@ static void start_work(struct conn *v, uint64_t now)
     }
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct_us(double p)
-{
-    if (!nlat) return 0;
-    size_t i = (size_t)(p * (double)(nlat - 1) + 0.5);
-    return lat[i] / 10.0;
-}
-
-/* Runs the loop for warm-up + duration; fills the window's figures. */
-#define server_cpu_us() tree_cpu_us(opt.pid)
-static double self_us;  /* the load generator's own CPU over the window */
-static double host_us;  /* the whole host's busy CPU over the window */
-static double backend_us;  /* --backend-pid's CPU over the window */
+#define server_cpu_us() measure_tree_ticks_us(opt.pid)
+static struct measure_usage win_usage;  /* loadgen's, the host's, the backend's CPU in it */
 
 /* Waits up to ms (at most 50) for events and hands each to `on`. */
 static void poll_once(void (*on)(struct conn *, uint32_t, uint64_t), int ms)
@@ -541,7 +367,7 @@ static void poll_once(void (*on)(struct conn *, uint32_t, uint64_t), int ms)
     struct epoll_event evs[512];
     int n = epoll_wait(epfd, evs, 512, ms > 50 ? 50 : ms);
     if (n < 0 && errno != EINTR) die("epoll_wait");
-    uint64_t now = now_ns();
+    uint64_t now = measure_now_ns();
     for (int i = 0; i < n; i++) {
         struct conn *c = evs[i].data.ptr;
         if (c->dead || c->fd < 0) continue;
@@ -549,24 +375,27 @@ static void poll_once(void (*on)(struct conn *, uint32_t, uint64_t), int ms)
     }
 }
 
+/* Runs the loop for warm-up + duration; fills the window's figures. */
 static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cpu_us,
                        uint64_t *done, uint64_t *bytes, double *secs)
 {
-    double s0 = 0, h0 = 0, k0 = 0;
-    uint64_t start = now_ns();
+    uint64_t start = measure_now_ns();
     uint64_t w0 = start + (uint64_t)(opt.warmup * 1e9);
     uint64_t w1 = w0 + (uint64_t)(opt.duration * 1e9);
     uint64_t d0 = 0, b0 = 0, t0 = 0;
     double c0 = 0;
-    if (opt.warmup <= 0) { in_window = 1; c0 = server_cpu_us(); s0 = self_cpu_us(); h0 = host_busy_us(); k0 = tree_cpu_us(opt.bpid); t0 = now_ns(); }
+    if (opt.warmup <= 0) {
+        in_window = 1;
+        c0 = server_cpu_us();
+        measure_usage_start(&win_usage, opt.bpid, measure_tree_ticks_us);
+        t0 = measure_now_ns();
+    }
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = measure_now_ns();
         if (!in_window && now >= w0) {
             c0 = server_cpu_us();
-            s0 = self_cpu_us();
-            h0 = host_busy_us();
-            k0 = tree_cpu_us(opt.bpid);
-            t0 = now_ns();
+            measure_usage_start(&win_usage, opt.bpid, measure_tree_ticks_us);
+            t0 = measure_now_ns();
             w1 = t0 + (uint64_t)(opt.duration * 1e9);
             d0 = n_done;
             b0 = n_bytes;
@@ -576,10 +405,8 @@ static void run_window(void (*on)(struct conn *, uint32_t, uint64_t), double *cp
         poll_once(on, (int)(((in_window ? w1 : w0) - now) / 1000000u) + 1);
     }
     *cpu_us = server_cpu_us() - c0;
-    self_us = self_cpu_us() - s0;
-    host_us = host_busy_us() - h0;
-    backend_us = tree_cpu_us(opt.bpid) - k0;
-    uint64_t t1 = now_ns();
+    measure_usage_stop(&win_usage);
+    uint64_t t1 = measure_now_ns();
     *done = n_done - d0;
     *bytes = n_bytes - b0;
     *secs = (double)(t1 - t0) / 1e9;
@@ -605,7 +432,7 @@ static int count_dead(void)
 static struct conn *open_conns(int start)
 {
     struct conn *v = calloc((size_t)opt.conns, sizeof *v);
-    uint64_t now = now_ns();
+    uint64_t now = measure_now_ns();
     for (int i = 0; i < opt.conns; i++) {
         struct conn *c = &v[i];
         c->idx = i;
@@ -639,158 +466,83 @@ struct target {
     pid_t pid;
     int *pids, npids;       /* the server's process tree, read once */
     struct conn *cs;
+    void (*on)(struct conn *, uint32_t, uint64_t);
 };
 
-/* CPU time of a process tree in ns, from the scheduler's per-task clock. */
-static uint64_t target_cpu_ns(const struct target *t)
+/* The paired windows' operations on the current target (cs). */
+static void (*paired_on)(struct conn *, uint32_t, uint64_t);
+
+static void paired_start(uint64_t now)
 {
-    uint64_t sum = 0;
-    char path[64], buf[128];
-    for (int i = 0; i < t->npids; i++) {
-        snprintf(path, sizeof path, "/proc/%d/task", t->pids[i]);
-        DIR *d = opendir(path);
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (!isdigit((unsigned char)e->d_name[0])) continue;
-            snprintf(path, sizeof path, "/proc/%d/task/%.16s/schedstat", t->pids[i], e->d_name);
-            unsigned long long ns;
-            if (read_file(path, buf, sizeof buf) > 0 && sscanf(buf, "%llu", &ns) == 1) sum += ns;
-        }
-        if (d) closedir(d);
-    }
-    return sum;
+    in_window = 1;
+    start_work(cs, now);
 }
 
-struct wres { double cpu_us, secs; uint64_t done, bytes; int drained; };
+static void paired_drain(uint64_t now)
+{
+    draining = 1;
+    for (int i = 0; i < opt.conns; i++)
+        if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
+}
+
+static int paired_busy(void) { return busy; }
+static void paired_poll(int ms) { poll_once(paired_on, ms); }
+
+static const struct window_ops paired_ops = {paired_start, paired_drain, paired_busy, paired_poll};
 
 /* One window on target t: start its work, run for `len` seconds, stop
  * starting new work and wait (up to 5 s) until what is in flight is back. */
-static void paired_window(struct target *t, double len,
-                          void (*on)(struct conn *, uint32_t, uint64_t), struct wres *r)
+static void paired_window(void *target, double len, struct window_result *r)
 {
+    struct target *t = target;
     dst = t->dst;
     cs = t->cs;
-    uint64_t c0 = target_cpu_ns(t), d0 = n_done, b0 = n_bytes;
-    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
-    in_window = 1;
-    start_work(cs, t0);
-    for (;;) {
-        uint64_t now = now_ns();
-        if (!draining && now >= end) {
-            draining = 1;
-            for (int i = 0; i < opt.conns; i++)
-                if (opt.mode == BULK && !cs[i].dead) bulk_arm(&cs[i]);
-        }
-        if (draining && (busy == 0 || now >= limit)) break;
-        poll_once(on, draining ? 50 : (int)((end - now) / 1000000u) + 1);
-    }
-    uint64_t t1 = now_ns();
-    r->cpu_us = (double)(target_cpu_ns(t) - c0) / 1e3;
-    r->drained = busy == 0;
+    paired_on = t->on;
+    uint64_t d0 = n_done, b0 = n_bytes;
+    windows_timed(&paired_ops, t->pids, t->npids, len, r);
     r->done = n_done - d0;
     r->bytes = n_bytes - b0;
-    r->secs = (double)(t1 - t0) / 1e9;
+    r->tickets = 0;
     draining = 0;
     in_window = 0;
-}
-
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double quantile(double *v, int n, double p)
-{
-    if (n <= 0) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
-    double x = p * (n - 1);
-    int i = (int)x;
-    return i + 1 < n ? v[i] + (x - i) * (v[i + 1] - v[i]) : v[n - 1];
-}
-
-/* The figure a window yields for metric m: 0 the rate (req/s, MB/s, conns/s),
- * 1 server CPU per unit (us per request, per MB, per connection). */
-static double metric(const struct wres *r, int m)
-{
-    double units = opt.mode == BULK ? (double)r->bytes / 1e6 : (double)r->done;
-    if (m == 0) return r->secs > 0 ? units / r->secs : 0;
-    return units > 0 ? r->cpu_us / units : 0;
 }
 
 static int run_paired(void (*on)(struct conn *, uint32_t, uint64_t))
 {
     struct target tg[2] = {
-        {opt.label, dst, opt.pid, NULL, 0, NULL},
-        {opt.pair_label, dst, opt.pair_pid, NULL, 0, NULL},
+        {opt.label, dst, opt.pid, NULL, 0, NULL, on},
+        {opt.pair_label, dst, opt.pair_pid, NULL, 0, NULL, on},
     };
     tg[1].dst.sin_port = htons((uint16_t)opt.pair_port);
     for (int k = 0; k < 2; k++) {
         dst = tg[k].dst;
         wait_ready();
-        tg[k].npids = tree(tg[k].pid, &tg[k].pids, NULL);
+        tg[k].npids = measure_tree(tg[k].pid, &tg[k].pids, NULL);
         tg[k].cs = open_conns(0);
     }
-    struct wres r;
-    for (int k = 0; k < 2; k++) paired_window(&tg[k], opt.warmup, on, &r);  /* warm-up */
-    double s0 = self_cpu_us(), h0 = host_busy_us(), k0 = tree_cpu_us(opt.bpid);
-    uint64_t w0 = now_ns();
-    int n = opt.pairs;
-    struct wres *res[2] = {calloc((size_t)n, sizeof(struct wres)), calloc((size_t)n, sizeof(struct wres))};
-    double cpu_all[2] = {0, 0}, secs_all[2] = {0, 0};
-    int undrained = 0;
-    for (int j = 0; j < 2 * n; j++) {
-        int k = (j % 4 == 0 || j % 4 == 3) ? 0 : 1;  /* A B B A */
-        struct wres *w = &res[k][j / 2];
-        paired_window(&tg[k], opt.window, on, w);
-        undrained += !w->drained;
-        cpu_all[k] += w->cpu_us;
-        secs_all[k] += w->secs;
-    }
-    double wall = (double)(now_ns() - w0) / 1e9;
-    double self = self_cpu_us() - s0, host = host_busy_us() - h0;
-    double backend = tree_cpu_us(opt.bpid) - k0;
-    static const char *names[3][2] = {{"rps", "cpu_us_per_req"},
-                                      {"mbps", "cpu_us_per_mb"},
-                                      {"cps", "cpu_us_per_conn"}};
+    struct paired p = {.target = {&tg[0], &tg[1]}, .label = {tg[0].label, tg[1].label},
+                       .window = paired_window, .n = opt.pairs, .warmup = opt.warmup,
+                       .len = opt.window};
+    windows_paired_run(&p, opt.bpid, measure_tree_ticks_us);
+    static const char *const names[3][2] = {{"rps", "cpu_us_per_req"},
+                                            {"mbps", "cpu_us_per_mb"},
+                                            {"cps", "cpu_us_per_conn"}};
     int mi = opt.mode == PINGPONG ? 0 : opt.mode == BULK ? 1 : 2;
-    printf(" paired=1 a=%s b=%s conns=%d size=%zu pairs=%d window_s=%.2f", tg[0].label,
-           tg[1].label, opt.conns, opt.size, n, opt.window);
-    double *v = malloc(sizeof(double) * (size_t)n);
-    for (int m = 0; m < 2; m++) {
-        const char *name = names[mi][m];
-        for (int k = 0; k < 2; k++) {
-            for (int i = 0; i < n; i++) v[i] = metric(&res[k][i], m);
-            printf(" %s_%s=%.3f", k ? "b" : "a", name, quantile(v, n, 0.5));
-        }
-        printf(" ratios_%s=", name);
-        for (int i = 0; i < n; i++) {  /* in time order, before quantile() sorts them */
-            double b = metric(&res[1][i], m);
-            v[i] = b > 0 ? metric(&res[0][i], m) / b : 0;
-            printf("%s%.4f", i ? "," : "", v[i]);
-        }
-        printf(" ratio_%s=%.4f ratio_%s_q1=%.4f ratio_%s_q3=%.4f", name, quantile(v, n, 0.5),
-               name, quantile(v, n, 0.25), name, quantile(v, n, 0.75));
-    }
-    double other = (host - cpu_all[0] - cpu_all[1] - self - backend) / wall / 1e6;
-    printf(" a_server_util=%.2f b_server_util=%.2f loadgen_util=%.2f backend_util=%.2f"
-           " other_util=%.2f",
-           cpu_all[0] / secs_all[0] / 1e6, cpu_all[1] / secs_all[1] / 1e6, self / wall / 1e6,
-           backend / wall / 1e6, other < 0 ? 0 : other);
+    windows_print_paired(&p, opt.conns, opt.size, names[mi], opt.mode == BULK);
+    printf(" other_util=%.2f", windows_print_util(&p));
     int dead = 0;
     for (int k = 0; k < 2 && opt.mode != CONNRATE; k++) {
         cs = tg[k].cs;
         dead += count_dead();
     }
-    printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", undrained, dead,
+    printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", p.undrained, dead,
            (unsigned long long)n_errors, (unsigned long long)n_mismatch);
     for (int k = 0; k < 2; k++) {
         free_conns(tg[k].cs);
         free(tg[k].pids);
-        free(res[k]);
     }
-    free(v);
-    return (n_mismatch || dead || undrained) ? 1 : 0;
+    windows_paired_free(&p);
+    return (n_mismatch || dead || p.undrained) ? 1 : 0;
 }
 
 static void usage(void)
@@ -807,54 +559,16 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"mode", 1, 0, 'm'},     {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},
-        {"conns", 1, 0, 'c'},    {"size", 1, 0, 's'},    {"duration", 1, 0, 'd'},
-        {"warmup", 1, 0, 'w'},   {"pid", 1, 0, 'P'},     {"sources", 1, 0, 'S'},
-        {"count", 1, 0, 'n'},    {"hold", 1, 0, 'H'},    {"inflight", 1, 0, 'i'},
-        {"label", 1, 0, 'L'},    {"backend-pid", 1, 0, 'B'}, {"pair-port", 1, 0, 'q'},
-        {"pair-pid", 1, 0, 'Q'}, {"pair-label", 1, 0, 'l'}, {"pairs", 1, 0, 'N'},
-        {"window", 1, 0, 'W'},   {0, 0, 0, 0}};
+    static const struct option lo[] = {LG_LONGOPTS, {0, 0, 0, 0}};
     int ch;
-    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (ch) {
-        case 'm':
-            if (!strcmp(optarg, "pingpong")) opt.mode = PINGPONG;
-            else if (!strcmp(optarg, "bulk")) opt.mode = BULK;
-            else if (!strcmp(optarg, "connrate")) opt.mode = CONNRATE;
-            else if (!strcmp(optarg, "idle")) opt.mode = IDLE;
-            else usage();
-            break;
-        case 'h': opt.host = optarg; break;
-        case 'p': opt.port = atoi(optarg); break;
-        case 'c': opt.conns = atoi(optarg); break;
-        case 's': opt.size = strtoul(optarg, NULL, 10); break;
-        case 'd': opt.duration = atof(optarg); break;
-        case 'w': opt.warmup = atof(optarg); break;
-        case 'P': opt.pid = atoi(optarg); break;
-        case 'S': opt.sources = atoi(optarg); break;
-        case 'n': opt.count = atoi(optarg); break;
-        case 'H': opt.hold = atof(optarg); break;
-        case 'i': opt.inflight = strtoul(optarg, NULL, 10); break;
-        case 'L': opt.label = optarg; break;
-        case 'B': opt.bpid = atoi(optarg); break;
-        case 'q': opt.pair_port = atoi(optarg); break;
-        case 'Q': opt.pair_pid = atoi(optarg); break;
-        case 'l': opt.pair_label = optarg; break;
-        case 'N': opt.pairs = atoi(optarg); break;
-        case 'W': opt.window = atof(optarg); break;
-        default: usage();
-        }
-    }
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1)
+        if (lg_opt(&opt, ch, optarg) <= 0) usage();
     if (!opt.size) opt.size = opt.mode == BULK ? 65536 : opt.mode == IDLE ? 16 : 64;
     if (opt.conns < 1 || opt.size < 1 || opt.size > (64u << 20) || opt.duration > 600 ||
         opt.warmup > 60 || opt.count < 1 || opt.count > 1000000 || opt.sources < 0 ||
         opt.sources > 250 || opt.pairs < 1 || opt.pairs > 10000 || opt.window <= 0 ||
         opt.window > 60 || (opt.pair_port && (opt.mode == IDLE || !opt.pid || !opt.pair_pid)))
         usage();
-    signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
 
     size_t plen = PERIOD + (opt.size > RBUF ? opt.size : RBUF);
     pat_pp = malloc(plen);
@@ -864,10 +578,7 @@ int main(int argc, char **argv)
         pat_pp[i] = (unsigned char)(' ' + (k * 7u + k / 89u) % 90u);  /* printable */
         pat_bulk[i] = (k % 256u == 255u) ? '\n' : pat_pp[i];
     }
-    memset(&dst, 0, sizeof dst);
-    dst.sin_family = AF_INET;
-    dst.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &dst.sin_addr) != 1) usage();
+    if (lg_start(&opt, &dst) < 0) usage();
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (!opt.pair_port) wait_ready();
 
@@ -877,9 +588,9 @@ int main(int argc, char **argv)
 
     if (opt.mode == IDLE) {
         long long rss0, pss0, rss1, pss1;
-        server_mem(&rss0, &pss0);
+        measure_tree_mem(opt.pid, &rss0, &pss0);
         double c0 = server_cpu_us();
-        uint64_t t0 = now_ns();
+        uint64_t t0 = measure_now_ns();
         int *fds = malloc(sizeof(int) * (size_t)opt.count);
         char msg[64], back[64];
         int ok = 0, fails = 0, opened = 0;
@@ -888,7 +599,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < opt.count; i++) fds[i] = -1;
         /* Bounded: stop after 3 connections in a row fail (e.g. the server is
          * out of descriptors and no longer accepts) or after 60 s. */
-        for (int i = 0; i < opt.count && fails < 3 && now_ns() < deadline; i++) {
+        for (int i = 0; i < opt.count && fails < 3 && measure_now_ns() < deadline; i++) {
             int before = ok;
             opened = i + 1;
             fds[i] = blocking_connect(i);
@@ -910,10 +621,10 @@ int main(int argc, char **argv)
             if (ok > before) fails = 0;
         }
         (void)opened;
-        double setup = (double)(now_ns() - t0) / 1e9;
+        double setup = (double)(measure_now_ns() - t0) / 1e9;
         double cpu_setup = server_cpu_us() - c0;
         usleep((useconds_t)(opt.hold * 1e6));
-        server_mem(&rss1, &pss1);
+        measure_tree_mem(opt.pid, &rss1, &pss1);
         /* still open? a poll of each, non-blocking */
         int closed = 0;
         for (int i = 0; i < opt.count; i++) {
@@ -940,23 +651,23 @@ int main(int argc, char **argv)
         opt.mode == PINGPONG ? on_pingpong : opt.mode == BULK ? on_bulk : on_connrate;
     if (opt.pair_port) {
         int rc = run_paired(on);
-        free(lat);
+        free(lat.v);
         free(pat_pp);
         free(pat_bulk);
         return rc;
     }
     cs = open_conns(1);
     run_window(on, &cpu, &done, &bytes, &secs);
-    uint64_t now = now_ns();
+    uint64_t now = measure_now_ns();
     int stalled = opt.mode == CONNRATE ? 0 : count_stalled(now);
     int dead = opt.mode == CONNRATE ? 0 : count_dead();
-    if (nlat) qsort(lat, nlat, sizeof *lat, cmp_u32);
+    latency_sort(&lat);
 
     if (opt.mode == PINGPONG)
         printf(" conns=%d size=%zu secs=%.3f requests=%llu rps=%.1f p50_us=%.1f p99_us=%.1f"
                " max_us=%.1f cpu_us=%.0f cpu_us_per_req=%.3f",
                opt.conns, opt.size, secs, (unsigned long long)done, (double)done / secs,
-               pct_us(0.5), pct_us(0.99), nlat ? lat[nlat - 1] / 10.0 : 0, cpu,
+               latency_pct_us(&lat, 0.5), latency_pct_us(&lat, 0.99), latency_max_us(&lat), cpu,
                done ? cpu / (double)done : 0);
     else if (opt.mode == BULK)
         printf(" conns=%d size=%zu secs=%.3f bytes=%llu mbps=%.1f cpu_us=%.0f cpu_us_per_mb=%.2f",
@@ -966,18 +677,17 @@ int main(int argc, char **argv)
         printf(" conns=%d size=%zu secs=%.3f connections=%llu cps=%.1f p50_us=%.1f p99_us=%.1f"
                " max_us=%.1f cpu_us=%.0f cpu_us_per_conn=%.2f conn_fail=%llu",
                opt.conns, opt.size, secs, (unsigned long long)done, (double)done / secs,
-               pct_us(0.5), pct_us(0.99), nlat ? lat[nlat - 1] / 10.0 : 0, cpu,
+               latency_pct_us(&lat, 0.5), latency_pct_us(&lat, 0.99), latency_max_us(&lat), cpu,
                done ? cpu / (double)done : 0, (unsigned long long)n_conn_fail);
     /* other_util: busy CPU of everything else on the host (a proxy's backend
      * included), in CPUs; high values mean the run was disturbed */
-    double other = (host_us - cpu - self_us - backend_us) / secs / 1e6;
     printf(" server_util=%.2f loadgen_util=%.2f backend_util=%.2f other_util=%.2f",
-           cpu / secs / 1e6, self_us / secs / 1e6, backend_us / secs / 1e6,
-           other < 0 ? 0 : other);
+           cpu / secs / 1e6, win_usage.self_us / secs / 1e6, win_usage.backend_us / secs / 1e6,
+           measure_other_util(&win_usage, &cpu, 1, secs));
     printf(" stalled=%d dead=%d errors=%llu mismatches=%llu\n", stalled, dead,
            (unsigned long long)n_errors, (unsigned long long)n_mismatch);
     free_conns(cs);
-    free(lat);
+    free(lat.v);
     free(pat_pp);
     free(pat_bulk);
     return (n_mismatch || dead || stalled) ? 1 : 0;

@@ -48,11 +48,7 @@
 #define _GNU_SOURCE
 #endif
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -65,51 +61,31 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "lgopts.h"
+#include "measure.h"
+#include "windows.h"
 
 #define PERIOD 65521u            /* pattern period: a prime, so offsets mix */
 #define RBUF (64u * 1024u)
 #define IDLE_SLOTS 32
 
 enum mode { BULK, HANDSHAKE, PINGPONG, IDLE };
-static const char *mode_names[] = {"bulk", "handshake", "pingpong", "idle"};
+static const char *const mode_names[] = {"bulk", "handshake", "pingpong", "idle"};
 
+static struct lg_opts opt = {BULK, "127.0.0.1", 7000, 4, 0, 3.0, 0.5, 1.0, 0, 0, 16, 10000,
+                             256u << 10, "-", 0, 0, "b", 10, 0.5, mode_names, 4};
 static struct {
-    enum mode mode;
-    const char *host;
-    int port;
-    int conns;
-    size_t size;
-    double duration, warmup, hold;
-    pid_t pid, bpid;
-    int sources;
-    int count;
-    size_t inflight;
-    const char *label;
-    int pair_port;
-    pid_t pair_pid;
-    const char *pair_label;
-    int pairs;
-    double window;
     const char *ca, *ciphers, *sni;
-} opt = {BULK, "127.0.0.1", 7000, 4, 0, 3.0, 0.5, 1.0, 0, 0, 16, 10000, 256u << 10, "-",
-         0, 0, "b", 10, 0.5, NULL, "TLS_AES_128_GCM_SHA256", NULL};
+} tls_opt = {NULL, "TLS_AES_128_GCM_SHA256", NULL};
 
 static unsigned char *pat;
 static unsigned char rbuf[RBUF];
 static int epfd;
 static SSL_CTX *ctx;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void die(const char *what)
 {
@@ -117,135 +93,7 @@ static void die(const char *what)
     unsigned long e = ERR_get_error();
     if (e) ERR_error_string_n(e, ssl, sizeof ssl);
     const char *why = e ? ssl : strerror(errno);
-    fprintf(stderr, "tls_loadgen: %s: %s\n", what, why);
-    printf("label=%s mode=%s error=\"%s: %s\"\n", opt.label, mode_names[opt.mode], what, why);
-    fflush(stdout);
-    exit(1);
-}
-
-/* ---- the server's CPU and memory, over its process tree ------------------- */
-
-static int read_file(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, cap - 1);
-    close(fd);
-    if (n < 0) return -1;
-    buf[n] = 0;
-    return (int)n;
-}
-
-/* root and its descendants (HAProxy's and nginx's workers); returns how many,
- * the pids in a malloc'd *out. */
-static int tree(pid_t root, int **out)
-{
-    struct pi { int pid, ppid; } *v = NULL;
-    size_t n = 0, cap = 0;
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    char path[300], buf[1024];
-    while (d && (e = readdir(d))) {
-        if (!isdigit((unsigned char)e->d_name[0])) continue;
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        if (read_file(path, buf, sizeof buf) < 0) continue;
-        char *p = strrchr(buf, ')'), st;
-        int ppid;
-        if (!p || sscanf(p + 2, "%c %d", &st, &ppid) != 2) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 1024;
-            v = realloc(v, cap * sizeof *v);
-        }
-        v[n].pid = atoi(e->d_name);
-        v[n].ppid = ppid;
-        n++;
-    }
-    if (d) closedir(d);
-    int *in = calloc(n + 1, sizeof *in), m = 0;
-    char *mark = calloc(n + 1, 1);
-    for (size_t i = 0; i < n; i++)
-        if (v[i].pid == root) { mark[i] = 1; in[m++] = v[i].pid; }
-    for (int changed = 1; changed;) {
-        changed = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (mark[i]) continue;
-            for (int k = 0; k < m; k++)
-                if (v[i].ppid == in[k]) { mark[i] = 1; in[m++] = v[i].pid; changed = 1; break; }
-        }
-    }
-    free(v);
-    free(mark);
-    *out = in;
-    return m;
-}
-
-/* CPU time of a set of processes (all their threads) in ns, from the
- * scheduler's per-task clock. */
-static uint64_t pids_cpu_ns(const int *pids, int n)
-{
-    uint64_t sum = 0;
-    char path[96], buf[128];
-    for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "/proc/%d/task", pids[i]);
-        DIR *d = opendir(path);
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (!isdigit((unsigned char)e->d_name[0])) continue;
-            snprintf(path, sizeof path, "/proc/%d/task/%.16s/schedstat", pids[i], e->d_name);
-            unsigned long long ns;
-            if (read_file(path, buf, sizeof buf) > 0 && sscanf(buf, "%llu", &ns) == 1) sum += ns;
-        }
-        if (d) closedir(d);
-    }
-    return sum;
-}
-
-static double tree_cpu_us(pid_t root)
-{
-    if (!root) return 0;
-    int *p, n = tree(root, &p);
-    double us = (double)pids_cpu_ns(p, n) / 1e3;
-    free(p);
-    return us;
-}
-
-static double self_cpu_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* CPU time every CPU of the host spent busy, in us. */
-static double host_busy_us(void)
-{
-    char buf[512];
-    unsigned long long v[8] = {0};
-    if (read_file("/proc/stat", buf, sizeof buf) < 0) return 0;
-    if (sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-               &v[4], &v[5], &v[6], &v[7]) != 8)
-        return 0;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1e6 /
-           (double)sysconf(_SC_CLK_TCK);
-}
-
-static void server_mem(long long *rss, long long *pss)
-{
-    *rss = *pss = 0;
-    if (!opt.pid) return;
-    int *pids, m = tree(opt.pid, &pids);
-    static char buf[8192];
-    char path[64];
-    for (int i = 0; i < m; i++) {
-        snprintf(path, sizeof path, "/proc/%d/smaps_rollup", pids[i]);
-        if (read_file(path, buf, sizeof buf) < 0) continue;
-        char *p;
-        long long kb;
-        if ((p = strstr(buf, "\nRss:")) && sscanf(p + 5, "%lld", &kb) == 1) *rss += kb * 1024;
-        if ((p = strstr(buf, "\nPss:")) && sscanf(p + 5, "%lld", &kb) == 1) *pss += kb * 1024;
-    }
-    free(pids);
+    lg_die("tls_loadgen", &opt, what, why);
 }
 
 /* ---- connections ---------------------------------------------------------- */
@@ -273,8 +121,7 @@ struct conn {
 static struct sockaddr_in dst;
 static struct conn *cs;
 static uint64_t n_done, n_bytes, n_errors, n_mismatch, n_conn_fail, n_tickets;
-static uint32_t *lat;
-static size_t nlat, caplat;
+static struct latency lat;
 static int in_window, draining, busy;
 static uint64_t connect_seq;
 static char neg_cipher[64] = "-", neg_group[32] = "-";
@@ -297,13 +144,7 @@ static void set_active(struct conn *c, int on)
 
 static void record_latency(uint64_t ns)
 {
-    if (!in_window) return;
-    if (nlat == caplat) {
-        caplat = caplat ? caplat * 2 : 1 << 16;
-        lat = realloc(lat, caplat * sizeof *lat);
-    }
-    uint64_t u = ns / 100;
-    lat[nlat++] = u > UINT32_MAX ? UINT32_MAX : (uint32_t)u;
+    if (in_window) latency_add(&lat, ns);
 }
 
 /* Closes the connection; with `clean`, after a close_notify (one try: a
@@ -361,7 +202,7 @@ static int start_conn(struct conn *c)
     if (!c->ssl) { close(fd); return -1; }
     SSL_set_fd(c->ssl, fd);
     SSL_set_connect_state(c->ssl);
-    if (opt.sni) SSL_set_tlsext_host_name(c->ssl, opt.sni);
+    if (tls_opt.sni) SSL_set_tlsext_host_name(c->ssl, tls_opt.sni);
     c->fd = fd;
     c->events = 0;
     c->st = r == 0 ? HANDSHAKING : CONNECTING;
@@ -566,7 +407,7 @@ static void poll_once(int ms)
     struct epoll_event evs[512];
     int n = epoll_wait(epfd, evs, 512, ms > 50 ? 50 : ms < 0 ? 0 : ms);
     if (n < 0 && errno != EINTR) die("epoll_wait");
-    uint64_t now = now_ns();
+    uint64_t now = measure_now_ns();
     for (int i = 0; i < n; i++) {
         struct conn *c = evs[i].data.ptr;
         if (c->dead || c->fd < 0) continue;
@@ -579,7 +420,7 @@ static void poll_once(int ms)
  * it as a failed one. */
 static void wait_ready(void)
 {
-    uint64_t end = now_ns() + 10000000000ull;
+    uint64_t end = measure_now_ns() + 10000000000ull;
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok = 0;
         struct timeval tv = {2, 0};
@@ -588,7 +429,7 @@ static void wait_ready(void)
         if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) {
             SSL *s = SSL_new(ctx);
             SSL_set_fd(s, fd);
-            if (opt.sni) SSL_set_tlsext_host_name(s, opt.sni);
+            if (tls_opt.sni) SSL_set_tlsext_host_name(s, tls_opt.sni);
             if (SSL_connect(s) == 1) {
                 ok = 1;
                 SSL_shutdown(s);
@@ -598,7 +439,7 @@ static void wait_ready(void)
         close(fd);
         ERR_clear_error();
         if (ok) break;
-        if (now_ns() > end) die("server not completing a TLS handshake");
+        if (measure_now_ns() > end) die("server not completing a TLS handshake");
         usleep(20000);
     }
     n_tickets = 0;
@@ -609,7 +450,7 @@ static void wait_ready(void)
 static struct conn *open_conns(void)
 {
     struct conn *v = calloc((size_t)opt.conns, sizeof *v);
-    uint64_t now = now_ns();
+    uint64_t now = measure_now_ns();
     for (int i = 0; i < opt.conns; i++) {
         v[i].idx = i;
         v[i].fd = -1;
@@ -629,7 +470,7 @@ static struct conn *open_conns(void)
             ready += v[i].st == READY;
         }
         if (ready == opt.conns) break;
-        if (now_ns() > end) { errno = ETIMEDOUT; die("TLS handshakes"); }
+        if (measure_now_ns() > end) { errno = ETIMEDOUT; die("TLS handshakes"); }
         poll_once(50);
     }
     return v;
@@ -672,8 +513,6 @@ struct target {
     struct conn *cs;
 };
 
-struct wres { double cpu_us, secs; uint64_t done, bytes, tickets; int drained; };
-
 static const char *state_names[] = {"free", "connecting", "handshaking", "ready", "held"};
 
 /* On stderr: the connections a window could not drain, and where they stand
@@ -694,74 +533,43 @@ static void report_stalled(const struct target *t)
     }
 }
 
+/* A window's operations on the current target (cs). */
+static void window_start(uint64_t now)
+{
+    in_window = 1;
+    start_work(cs, now);
+}
+
+static void window_drain(uint64_t now)
+{
+    draining = 1;
+    if (opt.mode == BULK)  /* nothing more to send: idle once all is back */
+        for (int i = 0; i < opt.conns; i++)
+            if (!cs[i].dead && cs[i].st == READY) drive(&cs[i], 0, now);
+}
+
+static int window_busy(void) { return busy; }
+
+static const struct window_ops window_ops = {window_start, window_drain, window_busy, poll_once};
+
 /* One window on t: start its work, run `len` s, then start nothing new and
  * wait (up to 5 s) until all in flight is back. */
-static void window(struct target *t, double len, struct wres *r)
+static void window(void *target, double len, struct window_result *r)
 {
+    struct target *t = target;
     dst = t->dst;
     cs = t->cs;
-    uint64_t c0 = pids_cpu_ns(t->pids, t->npids), d0 = n_done, b0 = n_bytes, k0 = n_tickets;
-    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(len * 1e9), limit = end + 5000000000ull;
-    in_window = 1;
-    start_work(cs, t0);
-    for (;;) {
-        uint64_t now = now_ns();
-        if (!draining && now >= end) {
-            draining = 1;
-            if (opt.mode == BULK)  /* nothing more to send: idle once all is back */
-                for (int i = 0; i < opt.conns; i++)
-                    if (!cs[i].dead && cs[i].st == READY) drive(&cs[i], 0, now);
-        }
-        if (draining && (busy == 0 || now >= limit)) break;
-        poll_once(draining ? 50 : (int)((end - now) / 1000000u) + 1);
-    }
-    r->cpu_us = (double)(pids_cpu_ns(t->pids, t->npids) - c0) / 1e3;
-    r->drained = busy == 0;
+    uint64_t d0 = n_done, b0 = n_bytes, k0 = n_tickets;
+    windows_timed(&window_ops, t->pids, t->npids, len, r);
     if (!r->drained) report_stalled(t);
     r->done = n_done - d0;
     r->bytes = n_bytes - b0;
     r->tickets = n_tickets - k0;
-    r->secs = (double)(now_ns() - t0) / 1e9;
     draining = 0;
     in_window = 0;
 }
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double quantile(double *v, int n, double p)
-{
-    if (n <= 0) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
-    double x = p * (n - 1);
-    int i = (int)x;
-    return i + 1 < n ? v[i] + (x - i) * (v[i + 1] - v[i]) : v[n - 1];
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct_us(double p)
-{
-    if (!nlat) return 0;
-    return lat[(size_t)(p * (double)(nlat - 1) + 0.5)] / 10.0;
-}
-
-/* m = 0: the rate (MB/s, handshakes/s, req/s); 1: server CPU us per unit. */
-static double metric(const struct wres *r, int m)
-{
-    double units = opt.mode == BULK ? (double)r->bytes / 1e6 : (double)r->done;
-    if (m == 0) return r->secs > 0 ? units / r->secs : 0;
-    return units > 0 ? r->cpu_us / units : 0;
-}
-
-static const char *names[3][2] = {{"mbps", "cpu_us_per_mb"},
+static const char *const names[3][2] = {{"mbps", "cpu_us_per_mb"},
                                   {"hps", "cpu_us_per_hs"},
                                   {"rps", "cpu_us_per_req"}};
 
@@ -780,7 +588,7 @@ static void setup_target(struct target *t, const char *label, int port, pid_t pi
     t->pid = pid;
     dst = t->dst;
     wait_ready();
-    t->npids = pid ? tree(pid, &t->pids) : 0;
+    t->npids = pid ? measure_tree(pid, &t->pids, NULL) : 0;
     t->cs = open_conns();
 }
 
@@ -804,89 +612,56 @@ static int run_paired(void)
     struct target tg[2];
     setup_target(&tg[0], opt.label, opt.port, opt.pid);
     setup_target(&tg[1], opt.pair_label, opt.pair_port, opt.pair_pid);
-    struct wres r;
-    for (int k = 0; k < 2; k++) window(&tg[k], opt.warmup, &r);
-    double s0 = self_cpu_us(), h0 = host_busy_us(), k0 = tree_cpu_us(opt.bpid);
-    uint64_t w0 = now_ns();
-    int n = opt.pairs, undrained = 0;
-    struct wres *res[2] = {calloc((size_t)n, sizeof(struct wres)),
-                           calloc((size_t)n, sizeof(struct wres))};
-    double cpu_all[2] = {0, 0}, secs_all[2] = {0, 0};
-    uint64_t tickets[2] = {0, 0}, units[2] = {0, 0};
-    for (int j = 0; j < 2 * n; j++) {
-        int k = (j % 4 == 0 || j % 4 == 3) ? 0 : 1;  /* A B B A */
-        struct wres *w = &res[k][j / 2];
-        window(&tg[k], opt.window, w);
-        undrained += !w->drained;
-        cpu_all[k] += w->cpu_us;
-        secs_all[k] += w->secs;
-        tickets[k] += w->tickets;
-        units[k] += w->done;
-    }
-    double wall = (double)(now_ns() - w0) / 1e9;
-    double self = self_cpu_us() - s0, host = host_busy_us() - h0;
-    double backend = tree_cpu_us(opt.bpid) - k0;
-    int mi = opt.mode;
-    printf(" paired=1 a=%s b=%s conns=%d size=%zu pairs=%d window_s=%.2f", tg[0].label,
-           tg[1].label, opt.conns, opt.size, n, opt.window);
-    double *v = malloc(sizeof(double) * (size_t)n);
-    for (int m = 0; m < 2; m++) {
-        const char *name = names[mi][m];
-        for (int k = 0; k < 2; k++) {
-            for (int i = 0; i < n; i++) v[i] = metric(&res[k][i], m);
-            printf(" %s_%s=%.3f", k ? "b" : "a", name, quantile(v, n, 0.5));
-        }
-        printf(" ratios_%s=", name);
-        for (int i = 0; i < n; i++) {
-            double b = metric(&res[1][i], m);
-            v[i] = b > 0 ? metric(&res[0][i], m) / b : 0;
-            printf("%s%.4f", i ? "," : "", v[i]);
-        }
-        printf(" ratio_%s=%.4f ratio_%s_q1=%.4f ratio_%s_q3=%.4f", name, quantile(v, n, 0.5),
-               name, quantile(v, n, 0.25), name, quantile(v, n, 0.75));
-    }
+    struct paired p = {.target = {&tg[0], &tg[1]}, .label = {tg[0].label, tg[1].label},
+                       .window = window, .n = opt.pairs, .warmup = opt.warmup,
+                       .len = opt.window};
+    windows_paired_run(&p, opt.bpid, measure_tree_sched_us);
+    windows_print_paired(&p, opt.conns, opt.size, names[opt.mode], opt.mode == BULK);
     if (opt.mode != BULK)
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < 2; k++) {
+            uint64_t tickets = 0, units = 0;
+            for (int i = 0; i < p.n; i++) {
+                tickets += p.res[k][i].tickets;
+                units += p.res[k][i].done;
+            }
             printf(" %s_tickets_per_conn=%.2f", k ? "b" : "a",
-                   opt.mode == HANDSHAKE && units[k] ? (double)tickets[k] / (double)units[k] : 0);
-    double other = (host - cpu_all[0] - cpu_all[1] - self - backend) / wall / 1e6;
-    printf(" a_server_util=%.2f b_server_util=%.2f loadgen_util=%.2f backend_util=%.2f",
-           cpu_all[0] / secs_all[0] / 1e6, cpu_all[1] / secs_all[1] / 1e6, self / wall / 1e6,
-           backend / wall / 1e6);
+                   opt.mode == HANDSHAKE && units ? (double)tickets / (double)units : 0);
+        }
+    double other = windows_print_util(&p);
     int dead = count_dead(tg[0].cs) + count_dead(tg[1].cs);
-    print_tail(other, undrained, dead);
+    print_tail(other, p.undrained, dead);
     for (int k = 0; k < 2; k++) {
         free_conns(tg[k].cs, opt.conns);
         free(tg[k].pids);
-        free(res[k]);
     }
-    free(v);
-    return (n_mismatch || dead || undrained || n_errors) ? 1 : 0;
+    windows_paired_free(&p);
+    return (n_mismatch || dead || p.undrained || n_errors) ? 1 : 0;
 }
 
 static int run_single(void)
 {
     struct target t;
-    struct wres r;
+    struct window_result r;
+    struct measure_usage u;
     setup_target(&t, opt.label, opt.port, opt.pid);
     window(&t, opt.warmup, &r);
-    nlat = 0;
-    double s0 = self_cpu_us(), h0 = host_busy_us(), k0 = tree_cpu_us(opt.bpid);
+    lat.n = 0;
+    measure_usage_start(&u, opt.bpid, measure_tree_sched_us);
     window(&t, opt.duration, &r);
-    double self = self_cpu_us() - s0, host = host_busy_us() - h0;
-    double backend = tree_cpu_us(opt.bpid) - k0;
-    if (nlat) qsort(lat, nlat, sizeof *lat, cmp_u32);
+    measure_usage_stop(&u);
+    latency_sort(&lat);
     int mi = opt.mode;
     printf(" conns=%d size=%zu secs=%.3f units=%llu bytes=%llu %s=%.1f %s=%.3f p50_us=%.1f"
            " p99_us=%.1f server_util=%.2f loadgen_util=%.2f backend_util=%.2f",
            opt.conns, opt.size, r.secs, (unsigned long long)r.done,
-           (unsigned long long)r.bytes, names[mi][0], metric(&r, 0), names[mi][1],
-           metric(&r, 1), pct_us(0.5), pct_us(0.99), r.cpu_us / r.secs / 1e6,
-           self / r.secs / 1e6, backend / r.secs / 1e6);
+           (unsigned long long)r.bytes, names[mi][0], windows_metric(&r, 0, opt.mode == BULK),
+           names[mi][1], windows_metric(&r, 1, opt.mode == BULK), latency_pct_us(&lat, 0.5),
+           latency_pct_us(&lat, 0.99), r.cpu_us / r.secs / 1e6, u.self_us / r.secs / 1e6,
+           u.backend_us / r.secs / 1e6);
     if (opt.mode == HANDSHAKE)
         printf(" tickets_per_conn=%.2f", r.done ? (double)r.tickets / (double)r.done : 0);
     int dead = count_dead(t.cs);
-    print_tail((host - r.cpu_us - self - backend) / r.secs / 1e6, !r.drained, dead);
+    print_tail(measure_other_util(&u, &r.cpu_us, 1, r.secs), !r.drained, dead);
     free_conns(t.cs, opt.conns);
     free(t.pids);
     return (n_mismatch || dead || !r.drained || n_errors || !(r.done || r.bytes)) ? 1 : 0;
@@ -898,9 +673,9 @@ static int run_idle(void)
 {
     wait_ready();
     long long rss0, pss0, rss1, pss1;
-    server_mem(&rss0, &pss0);
-    double c0 = tree_cpu_us(opt.pid);
-    uint64_t t0 = now_ns(), deadline = t0 + 120000000000ull;
+    measure_tree_mem(opt.pid, &rss0, &pss0);
+    double c0 = measure_tree_sched_us(opt.pid);
+    uint64_t t0 = measure_now_ns(), deadline = t0 + 120000000000ull;
     opt.conns = opt.count;
     cs = calloc((size_t)opt.count, sizeof *cs);
     for (int i = 0; i < opt.count; i++) {
@@ -912,12 +687,12 @@ static int run_idle(void)
     int next = 0, fails = 0;
     uint64_t last_ok = 0;
     /* Bounded: stop when 3 in a row fail (the server refuses more) or at 120 s. */
-    while (now_ns() < deadline && fails < 3) {
+    while (measure_now_ns() < deadline && fails < 3) {
         while (next < opt.count && busy < IDLE_SLOTS) {
             struct conn *c = &cs[next++];
             if (start_conn(c) < 0) { n_conn_fail++; fails++; c->dead = 1; continue; }
             set_active(c, 1);
-            c->t0 = now_ns();
+            c->t0 = measure_now_ns();
             if (c->st == HANDSHAKING) drive(c, EPOLLOUT, c->t0);
         }
         if (busy == 0 && next >= opt.count) break;
@@ -926,10 +701,10 @@ static int run_idle(void)
         if (n_done > last_ok) { last_ok = n_done; fails = 0; }
         fails += (int)(n_errors + n_conn_fail - e0);
     }
-    double setup = (double)(now_ns() - t0) / 1e9;
-    double cpu_setup = tree_cpu_us(opt.pid) - c0;
+    double setup = (double)(measure_now_ns() - t0) / 1e9;
+    double cpu_setup = measure_tree_sched_us(opt.pid) - c0;
     usleep((useconds_t)(opt.hold * 1e6));
-    server_mem(&rss1, &pss1);
+    measure_tree_mem(opt.pid, &rss1, &pss1);
     int closed = 0;
     for (int i = 0; i < opt.count; i++) {
         if (cs[i].st != HELD) continue;
@@ -963,46 +738,17 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"mode", 1, 0, 'm'},     {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},
-        {"conns", 1, 0, 'c'},    {"size", 1, 0, 's'},    {"duration", 1, 0, 'd'},
-        {"warmup", 1, 0, 'w'},   {"pid", 1, 0, 'P'},     {"sources", 1, 0, 'S'},
-        {"count", 1, 0, 'n'},    {"hold", 1, 0, 'H'},    {"inflight", 1, 0, 'i'},
-        {"label", 1, 0, 'L'},    {"backend-pid", 1, 0, 'B'}, {"pair-port", 1, 0, 'q'},
-        {"pair-pid", 1, 0, 'Q'}, {"pair-label", 1, 0, 'l'}, {"pairs", 1, 0, 'N'},
-        {"window", 1, 0, 'W'},   {"ca", 1, 0, 'a'},      {"ciphers", 1, 0, 'C'},
-        {"sni", 1, 0, 'I'},      {0, 0, 0, 0}};
+    static const struct option lo[] = {LG_LONGOPTS, {"ca", 1, 0, 'a'}, {"ciphers", 1, 0, 'C'},
+                                       {"sni", 1, 0, 'I'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        int r = lg_opt(&opt, ch, optarg);
+        if (r > 0) continue;
+        if (r < 0) usage();
         switch (ch) {
-        case 'm':
-            if (!strcmp(optarg, "bulk")) opt.mode = BULK;
-            else if (!strcmp(optarg, "handshake")) opt.mode = HANDSHAKE;
-            else if (!strcmp(optarg, "pingpong")) opt.mode = PINGPONG;
-            else if (!strcmp(optarg, "idle")) opt.mode = IDLE;
-            else usage();
-            break;
-        case 'h': opt.host = optarg; break;
-        case 'p': opt.port = atoi(optarg); break;
-        case 'c': opt.conns = atoi(optarg); break;
-        case 's': opt.size = strtoul(optarg, NULL, 10); break;
-        case 'd': opt.duration = atof(optarg); break;
-        case 'w': opt.warmup = atof(optarg); break;
-        case 'P': opt.pid = atoi(optarg); break;
-        case 'S': opt.sources = atoi(optarg); break;
-        case 'n': opt.count = atoi(optarg); break;
-        case 'H': opt.hold = atof(optarg); break;
-        case 'i': opt.inflight = strtoul(optarg, NULL, 10); break;
-        case 'L': opt.label = optarg; break;
-        case 'B': opt.bpid = atoi(optarg); break;
-        case 'q': opt.pair_port = atoi(optarg); break;
-        case 'Q': opt.pair_pid = atoi(optarg); break;
-        case 'l': opt.pair_label = optarg; break;
-        case 'N': opt.pairs = atoi(optarg); break;
-        case 'W': opt.window = atof(optarg); break;
-        case 'a': opt.ca = optarg; break;
-        case 'C': opt.ciphers = optarg; break;
-        case 'I': opt.sni = optarg; break;
+        case 'a': tls_opt.ca = optarg; break;
+        case 'C': tls_opt.ciphers = optarg; break;
+        case 'I': tls_opt.sni = optarg; break;
         default: usage();
         }
     }
@@ -1015,20 +761,17 @@ int main(int argc, char **argv)
         (opt.pair_port && (opt.mode == IDLE || !opt.pid || !opt.pair_pid)))
         usage();
     if (opt.mode == BULK || opt.mode == PINGPONG) opt.sources = 0;
-    signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
 
     ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) die("SSL_CTX_new");
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
-    if (!SSL_CTX_set_ciphersuites(ctx, opt.ciphers)) die("--ciphers");
+    if (!SSL_CTX_set_ciphersuites(ctx, tls_opt.ciphers)) die("--ciphers");
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     /* tickets are counted, never stored or offered */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, new_ticket);
-    if (opt.ca) {
-        if (!SSL_CTX_load_verify_locations(ctx, opt.ca, NULL)) die("--ca");
+    if (tls_opt.ca) {
+        if (!SSL_CTX_load_verify_locations(ctx, tls_opt.ca, NULL)) die("--ca");
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     }
 
@@ -1039,15 +782,12 @@ int main(int argc, char **argv)
         /* printable, no '\n' but one every 256 bytes (for line servers) */
         pat[i] = k % 256u == 255u ? '\n' : (unsigned char)(' ' + (k * 7u + k / 89u) % 90u);
     }
-    memset(&dst, 0, sizeof dst);
-    dst.sin_family = AF_INET;
-    dst.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &dst.sin_addr) != 1) usage();
+    if (lg_start(&opt, &dst) < 0) usage();
     epfd = epoll_create1(EPOLL_CLOEXEC);
 
     printf("label=%s mode=%s", opt.label, mode_names[opt.mode]);
     int rc = opt.mode == IDLE ? run_idle() : opt.pair_port ? run_paired() : run_single();
-    free(lat);
+    free(lat.v);
     free(pat);
     SSL_CTX_free(ctx);
     return rc;
