@@ -9,7 +9,13 @@
  * opens the listeners (a socket per worker for TCP, SO_REUSEPORT; unix ones
  * shared) and forks. Each worker then loads the handler into a state of its
  * own and runs the loop; the master runs no callback, holds no Lua state and
- * only waits for signals and for its workers' deaths. */
+ * only waits for signals and for its workers' deaths.
+ *
+ * SIGHUP to the master reloads: it checks the handler again as at start-up
+ * (a Lua state of its own, closed again), and if it loads, forks new workers
+ * that take the old ones' sockets over while the old ones finish their
+ * connections (workers.c). --workers 1 is one process with no master unless
+ * --master is given; that process cannot reload, and says so on SIGHUP. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,9 +45,10 @@ struct app {
     struct server srv;
     struct script *S;
     struct tls_server *tls; /* the --tls-* certificates */
+    const struct options *o;
     double grace;
     int stopping;
-    ev_signal sigint, sigterm;
+    ev_signal sigint, sigterm, sighup;
     ev_timer grace_timer;
     ev_timer trim_timer;
 };
@@ -94,6 +101,14 @@ static void begin_shutdown(struct app *a)
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     begin_shutdown(w->data);
+}
+
+/* SIGHUP without a master: a single process has nobody to start its
+ * successor and hold the listeners meanwhile. */
+static void sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    log_msg(LOG_WARN, "reload: SIGHUP ignored: reloading needs the master "
+                      "(start with --master, or --workers 2 or more)");
 }
 
 static void script_stop(struct script *S)
@@ -230,7 +245,9 @@ static int load_handler(struct app *a, const struct options *o, char *err, size_
     a->S->data = a;
     a->S->on_stop = script_stop;
     a->S->tls = a->tls;
-    a->S->reuseport = o->workers > 1; /* echokit.listen: each worker its own socket */
+    /* echokit.listen: each worker its own socket (and a reload's new
+     * worker its own beside the old one's) */
+    a->S->reuseport = o->master;
     return script_load(a->S, o->handler, o->hargv, o->hargc, err, cap) < 0 ? 2 : 0;
 }
 
@@ -242,13 +259,32 @@ static void master_stopping(void *data)
     server_stop(&a->srv);
 }
 
+/* SIGHUP in the master: the handler (and its modules) loaded afresh in a
+ * Lua state that is closed again, as --check does. Returns 0 if it loads. */
+static int master_check(void *data)
+{
+    struct app *a = data;
+    char err[1024];
+    int status = load_handler(a, a->o, err, sizeof err);
+    script_free(a->S);
+    a->S = NULL;
+    if (status) {
+        log_msg(LOG_ERROR, "reload: %s; keeping the running workers", err);
+        return -1;
+    }
+    log_msg(LOG_INFO, "reload: handler %s loaded; starting %ld new worker%s", a->o->handler,
+            a->o->workers, a->o->workers == 1 ? "" : "s");
+    return 0;
+}
+
 /* --workers N: runs the master, which returns in each worker. Returns -1 in
  * a worker that is to serve, with its listeners chosen and its handler
  * loaded; otherwise the exit status. */
 static int run_workers(struct app *a, const struct options *o, const sigset_t *oldmask)
 {
     struct workers w = {
-        .n = o->workers, .grace = o->grace, .stopping = master_stopping, .data = a,
+        .n = o->workers, .grace = o->grace, .stopping = master_stopping,
+        .check = master_check, .data = a,
     };
     long index = 0;
     int r = workers_run(&w, &index);
@@ -269,9 +305,11 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
     }
     /* The loop takes SIGINT/SIGTERM over. libev installs its handlers but
      * leaves the signal mask alone: they are unblocked here, after the
-     * handlers are in place (one that came meanwhile is taken now). */
+     * handlers are in place (one that came meanwhile is taken now). SIGHUP
+     * is the master's: a worker ignores one sent to the process group. */
     ev_signal_start(a->loop, &a->sigint);
     ev_signal_start(a->loop, &a->sigterm);
+    signal(SIGHUP, SIG_IGN);
     sigprocmask(SIG_SETMASK, oldmask, NULL);
     return -1;
 }
@@ -293,6 +331,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "echokit: cannot start the event loop (bad $LIBEV_FLAGS?)\n");
         return 1;
     }
+    a.o = &o;
     a.grace = o.grace;
     char *rbuf = malloc(READ_BUFFER);
     if (!rbuf) {
@@ -321,7 +360,7 @@ int main(int argc, char **argv)
         printf("%s: ok\n", o.handler);
         return early_exit(&a, rbuf, 0);
     }
-    if (o.workers > 1) {
+    if (o.master) {
         /* Checked; each worker loads its own. */
         script_free(a.S);
         a.S = NULL;
@@ -332,7 +371,7 @@ int main(int argc, char **argv)
     a.srv.on_accept = on_accept;
     a.srv.max_conns = o.max_conns;
     a.srv.max_conns_per_ip = o.max_conns_per_ip;
-    a.srv.reuseport = o.workers > 1;
+    a.srv.reuseport = o.master;
     /* A malformed address is a usage error (2); one that cannot be bound is
      * not (1). */
     for (int i = 0; i < o.nlisten; i++) {
@@ -362,13 +401,15 @@ int main(int argc, char **argv)
     sigemptyset(&oldmask);
     ev_signal_init(&a.sigint, signal_cb, SIGINT);
     ev_signal_init(&a.sigterm, signal_cb, SIGTERM);
+    ev_signal_init(&a.sighup, sighup_cb, SIGHUP);
     a.sigint.data = a.sigterm.data = &a;
     ev_init(&a.grace_timer, grace_cb);
-    if (o.workers > 1) {
+    if (o.master) {
         workers_prepare(&oldmask);
     } else {
         ev_signal_start(a.loop, &a.sigint);
         ev_signal_start(a.loop, &a.sigterm);
+        ev_signal_start(a.loop, &a.sighup);
     }
 
     if (o.admin) {
@@ -402,7 +443,7 @@ int main(int argc, char **argv)
     }
     fflush(stdout);
 
-    if (o.workers > 1) {
+    if (o.master) {
         status = run_workers(&a, &o, &oldmask);
         if (status >= 0)
             return early_exit(&a, rbuf, status);
@@ -414,7 +455,7 @@ int main(int argc, char **argv)
     ev_unref(a.loop); /* the trim timer alone does not keep the loop running */
     ev_run(a.loop, 0);
 
-    int worker = o.workers > 1;
+    int worker = o.master;
     server_stop(&a.srv);
     if (!worker)
         server_unlink_unix(&a.srv);
@@ -428,11 +469,14 @@ int main(int argc, char **argv)
     sigemptyset(&stopsigs);
     sigaddset(&stopsigs, SIGINT);
     sigaddset(&stopsigs, SIGTERM);
+    sigaddset(&stopsigs, SIGHUP);
     sigprocmask(SIG_BLOCK, &stopsigs, NULL);
     ev_signal_stop(a.loop, &a.sigint);
     ev_signal_stop(a.loop, &a.sigterm);
+    ev_signal_stop(a.loop, &a.sighup);
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     conn_ctx_release(&a.ctx);
     script_free(a.S);
     tls_server_free(a.tls);

@@ -60,6 +60,8 @@ static void usage(FILE *f)
 "                          has its own Lua state, limits (--max-conns, CPU\n"
 "                          budget, --lua-memory: per worker) and TCP sockets\n"
 "                          (SO_REUSEPORT). Default 1 (no master)\n"
+"      --master            run the master even with --workers 1, so that SIGHUP\n"
+"                          can reload (implied by --workers 2 or more)\n"
 "      --check             load the handler, report errors, exit (0 = ok)\n"
 "      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
 "                          and toxics created and changed at run time) on ADDR;\n"
@@ -74,8 +76,9 @@ static void usage(FILE *f)
 "                              \"timeout\". Default none (0)\n"
 "      --connect-timeout SECONDS  give up an outbound connect (echokit.connect)\n"
 "                          after this long, reason \"timeout\". 0 = none. Default 10\n"
-"      --grace SECONDS     on SIGINT/SIGTERM, time open connections get to finish\n"
-"                          before they are closed. Default 5\n"
+"      --grace SECONDS     on SIGINT/SIGTERM (and for a reload's old workers), time\n"
+"                          open connections get to finish before they are\n"
+"                          closed. Default 5\n"
 "      --high-water BYTES  conn:write returns false once this much output is\n"
 "                          queued; on_drain fires at a quarter of it. Default 256k\n"
 "      --max-buffer BYTES  hard cap on one connection's queued output (and unread\n"
@@ -122,6 +125,15 @@ static void usage(FILE *f)
 "Environment: ECHOKIT_LUA_POOL=0 turns off the reuse of freed small Lua blocks, so\n"
 "a memory checker (valgrind) sees every free.\n"
 "\n"
+"Reload (needs the master: --workers 2 or more, or --master): SIGHUP to the\n"
+"master loads the handler file and its modules again in a throwaway Lua state;\n"
+"if that fails, the error (file:line) is logged and the running workers stay.\n"
+"Otherwise new workers start with it and take the listening sockets over (no\n"
+"connection refused or lost), and the old ones stop accepting, finish their\n"
+"connections within --grace and exit. Nothing in Lua memory carries over (the\n"
+"redis mock's data, a chat room). SIGHUPs during a reload make one more reload\n"
+"once it is done. Without a master, SIGHUP is logged and ignored.\n"
+"\n"
 "Exit status: 0 after a clean shutdown, 1 if a listener cannot be opened (or,\n"
 "with --workers, if every worker keeps dying at start-up), 2 for a usage or\n"
 "handler-load error.\n",
@@ -140,6 +152,7 @@ enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
     OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_PERIP,
     OPT_TLSCERT, OPT_TLSKEY, OPT_TLSSELF, OPT_TLSALPN, OPT_TLSCLIENTCA, OPT_HSTO, OPT_MAKECA,
+    OPT_MASTER,
 };
 
 /* A count >= 0 for --name, or a usage error. */
@@ -181,6 +194,7 @@ void options_parse(int argc, char **argv, struct options *o)
         {"handler", required_argument, NULL, 'H'},
         {"workers", required_argument, NULL, 'w'},
         {"check", no_argument, NULL, OPT_CHECK},
+        {"master", no_argument, NULL, OPT_MASTER},
         {"admin", required_argument, NULL, OPT_ADMIN},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
@@ -244,6 +258,7 @@ void options_parse(int argc, char **argv, struct options *o)
             }
             break;
         case OPT_CHECK: o->check = 1; break;
+        case OPT_MASTER: o->master = 1; break;
         case OPT_ADMIN: o->admin = optarg; break;
         case OPT_NOSPLICE: o->no_splice = 1; break;
         case 'v': o->level = LOG_DEBUG; break;
@@ -308,8 +323,11 @@ void options_parse(int argc, char **argv, struct options *o)
         die_usage("--max-buffer must be at least --high-water%s", "");
     /* Each worker would hold its own proxies: the API could not answer for
      * them all. */
-    if (o->admin && o->workers > 1)
-        die_usage("--admin needs --workers 1 (the control API lives in one process)%s", "");
+    if (o->workers > 1)
+        o->master = 1;
+    if (o->admin && o->master)
+        die_usage("--admin needs --workers 1 and no --master (the control API lives in one "
+                  "process)%s", "");
     /* With --admin alone echokit is a fault-injection server like
      * toxiproxy-server: only the control API listens. */
     if (!o->nlisten && !o->admin)

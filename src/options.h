@@ -13,6 +13,7 @@ struct options {
     const char *handler;
     const char *admin; /* control API address, NULL = none */
     long workers;
+    int master; /* a master process: --master, or --workers 2 or more */
     int check;
     int no_splice;
     enum log_level level;

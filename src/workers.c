@@ -1,6 +1,6 @@
-/* --workers: the master that forks the workers, keeps them alive and stops
- * them. It waits for signals with sigtimedwait (SIGINT, SIGTERM and SIGCHLD
- * stay blocked in the master): no handler runs, so nothing here needs to be
+/* --workers: the master that forks the workers, keeps them alive, reloads
+ * and stops them. It waits for signals with sigtimedwait (SIGINT, SIGTERM,
+ * SIGHUP and SIGCHLD stay blocked in the master): no handler runs, so nothing here needs to be
  * async-signal-safe, and the back-off and kill deadlines are the wait's
  * timeout. */
 #include "workers.h"
@@ -27,6 +27,12 @@ struct slot {
 struct master {
     const struct workers *w;
     struct slot *slots;
+    /* A reload's old workers, by index (pid 0: gone): one generation at a
+     * time, since a SIGHUP while they run is only remembered (pending). */
+    pid_t *old;
+    long nold;          /* old workers still running */
+    double old_kill_at; /* when those left are killed */
+    int reload_pending;
     pid_t self;
     int stopping;
     double kill_at; /* stopping: workers left then are killed */
@@ -45,13 +51,19 @@ static int stop_signal(int sig)
     return sig == SIGINT || sig == SIGTERM;
 }
 
+static void master_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGCHLD);
+}
+
 void workers_prepare(sigset_t *oldmask)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGCHLD);
+    master_signals(&set);
     sigprocmask(SIG_BLOCK, &set, oldmask);
 }
 
@@ -77,9 +89,12 @@ static void begin_stop(struct master *m, int sig)
         if (m->w->stopping)
             m->w->stopping(m->w->data);
     }
-    for (long i = 0; i < m->w->n; i++)
+    for (long i = 0; i < m->w->n; i++) {
         if (m->slots[i].pid > 0)
             kill(m->slots[i].pid, sig);
+        if (m->old[i] > 0)
+            kill(m->old[i], sig);
+    }
 }
 
 /* Forks worker i. Returns 0 in the master (a failed fork is retried after
@@ -163,14 +178,68 @@ static void ended(struct master *m, long i, int st)
         log_msg(LOG_ERROR, "worker %ld (pid %d) %s: starting another", i, (int)pid, why);
 }
 
+/* An old worker (of a reload) ended: that was expected, it is not replaced. */
+static void old_ended(struct master *m, long i, int st)
+{
+    pid_t pid = m->old[i];
+    m->old[i] = 0;
+    m->nold--;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+        log_msg(LOG_INFO, "reload: old worker %ld (pid %d) finished", i, (int)pid);
+    } else {
+        char why[80];
+        describe(st, why, sizeof why);
+        log_msg(LOG_ERROR, "reload: old worker %ld (pid %d) %s", i, (int)pid, why);
+    }
+}
+
 static void reap(struct master *m)
 {
     int st;
     pid_t p;
     while ((p = waitpid(-1, &st, WNOHANG)) > 0)
-        for (long i = 0; i < m->w->n; i++)
+        for (long i = 0; i < m->w->n; i++) {
             if (m->slots[i].pid == p)
                 ended(m, i, st);
+            else if (m->old[i] == p)
+                old_ended(m, i, st);
+        }
+}
+
+/* SIGHUP. Returns 0 in the master, WORKERS_CHILD (with *index) in a new
+ * worker. The new workers are forked before the old ones are told to stop:
+ * both hold the same sockets (the master's copies), so a connection queued
+ * meanwhile is taken by one or the other. */
+static int reload(struct master *m, long *index)
+{
+    if (m->stopping)
+        return 0;
+    if (m->nold) {
+        if (!m->reload_pending)
+            log_msg(LOG_INFO, "reload: the previous one's old workers are still finishing; "
+                              "reloading again once they have");
+        m->reload_pending = 1;
+        return 0;
+    }
+    m->reload_pending = 0;
+    if (m->w->check && m->w->check(m->w->data) < 0)
+        return 0;
+    for (long i = 0; i < m->w->n; i++) {
+        struct slot *s = &m->slots[i];
+        m->old[i] = s->pid;
+        m->nold += s->pid > 0;
+        *s = (struct slot){0};
+        int r = spawn(m, i, 1);
+        if (r < 0) {
+            *index = i;
+            return r;
+        }
+    }
+    m->old_kill_at = now() + m->w->grace + WORKERS_KILL_MARGIN;
+    for (long i = 0; i < m->w->n; i++)
+        if (m->old[i] > 0)
+            kill(m->old[i], SIGTERM);
+    return 0;
 }
 
 /* Returns the exit status in the master; WORKERS_CHILD (with *index) or
@@ -178,12 +247,14 @@ static void reap(struct master *m)
 static int supervise(struct master *m, long *index)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGCHLD);
+    master_signals(&set);
     for (int first = 1;; first = 0) {
         reap(m);
+        if (m->reload_pending && !m->nold) {
+            int r = reload(m, index);
+            if (r < 0)
+                return r;
+        }
         double t = now(), wait = INFINITY;
         for (long i = 0; i < m->w->n && !m->stopping; i++) {
             struct slot *s = &m->slots[i];
@@ -199,7 +270,21 @@ static int supervise(struct master *m, long *index)
             if (!s->pid)
                 wait = fmin(wait, s->due - t);
         }
-        long running = 0;
+        if (m->nold) {
+            if (t >= m->old_kill_at) {
+                for (long i = 0; i < m->w->n; i++) {
+                    if (m->old[i] <= 0)
+                        continue;
+                    log_msg(LOG_ERROR, "reload: old worker %ld (pid %d) still running %gs "
+                                       "after the grace period: killing it",
+                            i, (int)m->old[i], WORKERS_KILL_MARGIN);
+                    kill(m->old[i], SIGKILL);
+                }
+                m->old_kill_at = INFINITY;
+            }
+            wait = fmin(wait, m->old_kill_at - t);
+        }
+        long running = m->nold;
         for (long i = 0; i < m->w->n; i++)
             running += m->slots[i].pid > 0;
         if (m->stopping && !running)
@@ -217,7 +302,7 @@ static int supervise(struct master *m, long *index)
                 m->status = 1;
                 m->kill_at = INFINITY;
             }
-            wait = m->kill_at - t;
+            wait = fmin(wait, m->kill_at - t);
         }
         struct timespec ts, *tp = NULL;
         if (isfinite(wait)) {
@@ -229,6 +314,11 @@ static int supervise(struct master *m, long *index)
         int sig = sigtimedwait(&set, NULL, tp);
         if (stop_signal(sig))
             begin_stop(m, sig);
+        if (sig == SIGHUP) {
+            int r = reload(m, index);
+            if (r < 0)
+                return r;
+        }
     }
 }
 
@@ -236,11 +326,15 @@ int workers_run(const struct workers *w, long *index)
 {
     struct master m = {.w = w, .self = getpid()};
     m.slots = calloc((size_t)w->n, sizeof *m.slots);
-    if (!m.slots) {
+    m.old = calloc((size_t)w->n, sizeof *m.old);
+    if (!m.slots || !m.old) {
+        free(m.slots);
+        free(m.old);
         log_msg(LOG_ERROR, "out of memory");
         return 1;
     }
     int r = supervise(&m, index);
     free(m.slots);
+    free(m.old);
     return r;
 }

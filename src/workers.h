@@ -1,7 +1,8 @@
 #ifndef ECHOKIT_WORKERS_H
 #define ECHOKIT_WORKERS_H
-/* --workers N: the master. It forks N workers, replaces one that dies
- * abnormally, and stops them all on SIGINT/SIGTERM. It knows nothing of
+/* --workers N (or --master): the master. It forks N workers, replaces one
+ * that dies abnormally, reloads them on SIGHUP and stops them all on
+ * SIGINT/SIGTERM. It knows nothing of
  * Lua, sockets or the event loop: the caller does a worker's work when
  * workers_run returns in a child. */
 #include <signal.h>
@@ -25,16 +26,20 @@
 #define WORKERS_ORPHAN (-2)
 
 struct workers {
-    long n;       /* workers, 2 or more */
+    long n;       /* workers, 1 or more */
     double grace; /* --grace: a stopping worker is killed after grace + margin */
     /* Called in the master when the shutdown begins (e.g. to close its
      * copies of the listeners); may be NULL. */
     void (*stopping)(void *data);
+    /* SIGHUP: called in the master to check the handler before a reload;
+     * returns 0 if it loads (the reload goes on), -1 if not (the running
+     * workers stay). It logs either outcome, and keeps no state. */
+    int (*check)(void *data);
     void *data;
 };
 
 /* Call before the listeners open, while nothing else handles signals:
- * blocks SIGINT, SIGTERM and SIGCHLD (the previous mask goes to *oldmask).
+ * blocks SIGINT, SIGTERM, SIGHUP and SIGCHLD (the previous mask goes to *oldmask).
  * A signal that arrives before the workers exist stays pending, and is
  * acted on once they do. */
 void workers_prepare(sigset_t *oldmask);
@@ -44,8 +49,9 @@ void workers_prepare(sigset_t *oldmask);
  * In a worker it returns WORKERS_CHILD with its index (0 .. n-1; a
  * replacement gets the index of the one it replaces) in *index, with
  * PR_SET_PDEATHSIG set (the master's death sends it SIGTERM); SIGINT,
- * SIGTERM and SIGCHLD are still blocked: the caller installs its handlers,
- * then restores the mask workers_prepare saved. WORKERS_ORPHAN: see above.
+ * SIGTERM, SIGHUP and SIGCHLD are still blocked: the caller installs its
+ * handlers (and ignores SIGHUP: it is the master's), then restores the mask
+ * workers_prepare saved. WORKERS_ORPHAN: see above.
  *
  * In the master it returns the exit status once every worker has ended:
  *  - a worker that dies abnormally (a signal, an exit status other than 0)
@@ -56,7 +62,14 @@ void workers_prepare(sigset_t *oldmask);
  *    WORKERS_KILL_MARGIN after the grace period is killed; 0 if every worker
  *    then exited 0, else 1;
  *  - a worker that exits 0 on its own (echokit.stop()) stops them all, as a
- *    SIGTERM would. */
+ *    SIGTERM would;
+ *  - SIGHUP: if w->check passes, a new worker i is forked for every index
+ *    (it takes over the same sockets, as a replacement does) and the old
+ *    ones get SIGTERM: they close their listeners, finish their connections
+ *    within the grace period and exit; their exit is logged, not replaced,
+ *    and one still running WORKERS_KILL_MARGIN after the grace period is
+ *    killed. While old workers are still finishing, further SIGHUPs are
+ *    coalesced into one reload that starts once they are gone. */
 int workers_run(const struct workers *w, long *index);
 
 #endif
