@@ -30,6 +30,9 @@ struct workers {
     /* Called in the master when the shutdown begins (e.g. to close its
      * copies of the listeners); may be NULL. */
     void (*stopping)(void *data);
+    /* Called in the master when worker i died and is to be replaced; may be
+     * NULL. */
+    void (*replacing)(void *data, long i);
     void *data;
 };
 
