@@ -472,7 +472,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         s->nclients++;
         ev_io_init(&c->io, client_cb, fd, EV_READ);
         ev_io_start(loop, &c->io);
-        ev_timer_init(&c->timer, timeout_cb, METRICS_TIMEOUT, 0);
+        ev_timer_init(&c->timer, timeout_cb, METRICS_CLIENT_TIMEOUT, 0);
         ev_timer_start(loop, &c->timer);
     }
 }

@@ -90,10 +90,10 @@ enum metrics_reason metrics_reason_of(const char *reason);
 char *metrics_render(const struct metrics_page *p, size_t *len);
 
 /* The HTTP responder: one GET /metrics per connection, 404 for any other
- * path, requests of at most METRICS_MAX_REQUEST bytes, METRICS_TIMEOUT to
+ * path, requests of at most METRICS_MAX_REQUEST bytes, METRICS_CLIENT_TIMEOUT to
  * send one, the connection closed after the answer. */
 #define METRICS_MAX_REQUEST 4096
-#define METRICS_TIMEOUT 5.0
+#define METRICS_CLIENT_TIMEOUT 5.0
 #define METRICS_MAX_CLIENTS 16
 
 struct metrics_server;
