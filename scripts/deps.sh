@@ -18,6 +18,9 @@ test="lua5.4 lua-busted openssl lua-socket bsdextrautils netcat-openbsd socat pr
 # python3-websockets: the real WebSocket client the websocket handler is tested with
 # the debugging proxy's pcap files are read back by tshark
 test="$test tshark"
+# prometheus (brings promtool): metrics_spec checks a scrape with `promtool check
+# metrics` and has a real Prometheus scrape echokit and answer a query
+test="$test prometheus"
 # node + npm: the control API's spec drives it with toxiproxy's Node client
 # (installed by scripts/npm-deps.sh). Checked by command, not package name: a
 # Node.js from another source already brings npm, and Debian's npm would

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "ptrmap.h"
 #include "script.h"
 #include "tls.h"
@@ -44,6 +45,7 @@ struct lconn {
     struct handler own;   /* callbacks this connection holds references to:
                              echokit.connect's, or an echokit.listen listener's */
     int outbound;
+    int listener;         /* accepted on --listen listener this (for the metrics), or -1 */
     int awaiting_tls;     /* accepted on a TLS listener: Lua hears of it after the handshake */
     const void *handle;   /* the handle table's address: its key in handles */
 };
@@ -462,6 +464,25 @@ static void handshake_failed(struct conn *c, const char *reason)
     log_msg(LOG_WARN, "%s tls handshake failed: %s", conn_label(c, label, sizeof label), r);
 }
 
+/* The metrics of a connection's end: per connection, not per chunk, so its
+ * bytes count once it closes. */
+static void count_close(struct lconn *lc, const char *reason)
+{
+    struct conn *c = &lc->c;
+    struct metrics_slot *m = metrics_me;
+    if (lc->outbound) {
+        if ((c->flags & CONN_CONNECTING) || (c->ssl && !(c->flags & CONN_TLS_DONE)))
+            metrics_add(&m->connect_failures, 1);
+        return;
+    }
+    metrics_add(&m->closed[metrics_reason_of(reason)], 1);
+    metrics_gauge_add(&m->open, -1);
+    if (lc->listener >= 0) {
+        metrics_add(&m->bytes_in[lc->listener], c->bytes_in);
+        metrics_add(&m->bytes_out[lc->listener], c->bytes_out);
+    }
+}
+
 static void op_close(struct conn *c, const char *reason)
 {
     struct lconn *lc = lconn_of(c);
@@ -493,6 +514,7 @@ static void op_close(struct conn *c, const char *reason)
     }
     if (lc->awaiting_tls)
         handshake_failed(c, reason);
+    count_close(lc, reason);
     /* A connection whose handle could not be made never reached Lua, nor
      * one whose TLS handshake failed. */
     if (lc->h->cb[CB_CLOSE] != LUA_NOREF && lc->ud_ref != LUA_NOREF && !lc->awaiting_tls)
@@ -617,7 +639,7 @@ static int accept_body(lua_State *L)
 }
 
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const struct handler *h,
-                  struct tls_server *tls)
+                  struct tls_server *tls, int listener)
 {
     struct conn *c = conn_new(S->ctx, fd, sizeof(struct lconn), &lconn_ops, peer, 0);
     if (!c) {
@@ -627,6 +649,9 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const s
     }
     struct lconn *lc = lconn_of(c);
     lconn_prepare(lc, S, h ? &lc->own : &S->handler);
+    lc->listener = listener;
+    metrics_add(&metrics_me->accepted, 1);
+    metrics_gauge_add(&metrics_me->open, 1);
     struct accepting a = {lc, h};
     if (script_invoke(S, accept_body, &a, "accept", c) < 0)
         return; /* torn down with the error */
@@ -703,6 +728,7 @@ int lconn_connect(lua_State *L)
     struct lconn *lc = lconn_of(c);
     lconn_prepare(lc, S, &lc->own);
     lc->outbound = 1;
+    metrics_add(&metrics_me->connects, 1);
     if (tc) {
         SSL *ssl = tls_client_ssl(tc);
         if (!ssl) {

@@ -40,7 +40,7 @@ static void ll_accept(struct server *srv, struct listener *l, int fd, const stru
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
     /* stack: ..., listener */
-    lconn_accept(ll->S, fd, peer, &ll->h, l->data);
+    lconn_accept(ll->S, fd, peer, &ll->h, l->data, -1);
     lua_settop(L, top);
 }
 

@@ -23,9 +23,11 @@
 #include <malloc.h>
 #endif
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "options.h"
 #include "script.h"
 #include "server.h"
@@ -51,6 +53,10 @@ struct app {
     ev_signal sigint, sigterm, sighup;
     ev_timer grace_timer;
     ev_timer trim_timer;
+    struct metrics_page *mpage; /* --metrics: the shared counters */
+    int mfd;                    /* its listening socket until served; -1 */
+    struct metrics_server *msrv;
+    ev_timer heap_timer;        /* the Lua heap gauge */
 };
 
 /* ---- shutdown ----------------------------------------------------------- */
@@ -119,7 +125,7 @@ static void script_stop(struct script *S)
 static void on_accept(struct server *srv, struct listener *l, int fd, const struct net_addr *peer)
 {
     struct app *a = srv->data;
-    lconn_accept(a->S, fd, peer, NULL, l->data);
+    lconn_accept(a->S, fd, peer, NULL, l->data, (int)(l - srv->ls));
 }
 
 /* Every chunk a handler sees is a fresh Lua string of up to 256 KiB; the
@@ -154,6 +160,69 @@ static void trim_cb(struct ev_loop *loop, ev_timer *w, int revents)
 #endif
 }
 
+/* The Lua heap gauge: a store a second, nothing per allocation. */
+#define HEAP_INTERVAL 1.0
+
+static void heap_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct app *a = container_of(w, struct app, heap_timer);
+    if (a->S)
+        metrics_gauge(&metrics_me->lua_heap, (int64_t)a->S->mem_used);
+}
+
+/* --metrics in the process that serves it (the single process, or worker
+ * 0): the responder on the loop. Other workers close their copy of the
+ * socket. */
+static void metrics_begin(struct app *a, int serve)
+{
+    if (!a->mpage)
+        return;
+    heap_cb(a->loop, &a->heap_timer, 0);
+    ev_timer_init(&a->heap_timer, heap_cb, HEAP_INTERVAL, HEAP_INTERVAL);
+    ev_timer_start(a->loop, &a->heap_timer);
+    ev_unref(a->loop);
+    if (serve) {
+        a->msrv = metrics_server_start(a->loop, a->mfd, a->mpage);
+        if (!a->msrv)
+            log_msg(LOG_ERROR, "--metrics: out of memory, not serving");
+    }
+    if (!a->msrv && a->mfd >= 0)
+        close(a->mfd);
+    a->mfd = -1;
+}
+
+static void metrics_end(struct app *a)
+{
+    if (!a->mpage)
+        return;
+    if (ev_is_active(&a->heap_timer)) {
+        ev_ref(a->loop);
+        ev_timer_stop(a->loop, &a->heap_timer);
+    }
+    metrics_server_free(a->msrv);
+    a->msrv = NULL;
+    if (a->mfd >= 0)
+        close(a->mfd);
+    a->mfd = -1;
+    /* A worker that finished (after a reload, say) leaves no gauge behind;
+     * its counters stay in the sums. */
+    metrics_gauge(&metrics_me->open, 0);
+    metrics_gauge(&metrics_me->lua_heap, 0);
+    metrics_page_free(a->mpage);
+    a->mpage = NULL;
+}
+
+/* The master: worker i died and is replaced. Its counters stay in its slot
+ * for the replacement to add to; its gauges go. */
+static void master_replacing(void *data, long i)
+{
+    struct app *a = data;
+    if (!a->mpage)
+        return;
+    metrics_worker_gone(a->mpage, (int)i);
+    metrics_add(&a->mpage->restarts, 1);
+}
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -167,6 +236,7 @@ static void raise_fd_limit(void)
  * that memcheck (make test-valgrind) sees no leak in an error exit. */
 static int early_exit(struct app *a, char *rbuf, int status)
 {
+    metrics_end(a);
     script_free(a->S);
     a->S = NULL;
     tls_server_free(a->tls);
@@ -274,6 +344,8 @@ static int master_check(void *data)
     }
     log_msg(LOG_INFO, "reload: handler %s loaded; starting %ld new worker%s", a->o->handler,
             a->o->workers, a->o->workers == 1 ? "" : "s");
+    if (a->mpage) /* before the new workers fork: they take the other bank */
+        metrics_add(&a->mpage->reloads, 1);
     return 0;
 }
 
@@ -284,7 +356,7 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
 {
     struct workers w = {
         .n = o->workers, .grace = o->grace, .stopping = master_stopping,
-        .check = master_check, .data = a,
+        .check = master_check, .replacing = master_replacing, .data = a,
     };
     long index = 0;
     int r = workers_run(&w, &index);
@@ -295,6 +367,8 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
         return r >= 0 ? r : 0;
     }
     server_keep_copy(&a->srv, (int)index);
+    if (a->mpage)
+        metrics_use_slot(a->mpage, (int)index);
     ev_loop_fork(a->loop);
     char err[1024];
     int status = load_handler(a, o, err, sizeof err);
@@ -311,6 +385,7 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
     ev_signal_start(a->loop, &a->sigterm);
     signal(SIGHUP, SIG_IGN);
     sigprocmask(SIG_SETMASK, oldmask, NULL);
+    metrics_begin(a, index == 0); /* worker 0 serves --metrics, in C */
     return -1;
 }
 
@@ -333,6 +408,7 @@ int main(int argc, char **argv)
     }
     a.o = &o;
     a.grace = o.grace;
+    a.mfd = -1;
     char *rbuf = malloc(READ_BUFFER);
     if (!rbuf) {
         fprintf(stderr, "echokit: out of memory\n");
@@ -384,6 +460,14 @@ int main(int argc, char **argv)
             return early_exit(&a, rbuf, 2);
         }
     }
+    if (o.metrics) {
+        struct net_addr probe;
+        char perr[ECHOKIT_ERR_LEN];
+        if (net_parse_addr(o.metrics, 1, &probe, perr) < 0) {
+            fprintf(stderr, "echokit: --metrics %s (see echokit --help)\n", perr);
+            return early_exit(&a, rbuf, 2);
+        }
+    }
     if (o.admin) {
         struct net_addr probe;
         char perr[ECHOKIT_ERR_LEN];
@@ -420,6 +504,28 @@ int main(int argc, char **argv)
         }
         printf("admin listening on %s\n", name);
     }
+    if (o.metrics) {
+        /* Mapped and bound before the fork: every worker shares the page,
+         * and the socket outlives a restart of the worker serving it. */
+        /* two banks of worker slots: a reload's new workers count in the
+         * other bank while the old ones finish (metrics_use_slot) */
+        a.mpage = metrics_page_new(2 * (o.workers > 1 ? (int)o.workers : 1));
+        if (!a.mpage) {
+            fprintf(stderr, "echokit: --metrics: cannot map the counters\n");
+            return early_exit(&a, rbuf, 1);
+        }
+        snprintf(a.mpage->version, sizeof a.mpage->version, "%s", ECHOKIT_VERSION);
+        snprintf(a.mpage->lua, sizeof a.mpage->lua, "%s", script_lua_release());
+        snprintf(a.mpage->openssl, sizeof a.mpage->openssl, "%s", tls_library_version());
+        metrics_use_slot(a.mpage, 0);
+        char name[200], merr[1024];
+        a.mfd = metrics_listen(o.metrics, name, sizeof name, merr, sizeof merr);
+        if (a.mfd < 0) {
+            fprintf(stderr, "echokit: --metrics: cannot listen on %s\n", merr);
+            return early_exit(&a, rbuf, 1);
+        }
+        printf("metrics listening on %s\n", name);
+    }
     for (int i = 0; i < o.nlisten; i++) {
         char lerr[ECHOKIT_ERR_LEN];
         const char *spec = o.listen[i];
@@ -430,6 +536,10 @@ int main(int argc, char **argv)
             return early_exit(&a, rbuf, 1);
         }
         a.srv.ls[i].data = tls ? a.tls : NULL;
+        if (a.mpage) {
+            server_listener_name(&a.srv, i, a.mpage->listener[i], sizeof a.mpage->listener[i]);
+            a.mpage->nlisteners = i + 1;
+        }
     }
     if (server_copy_listeners(&a.srv, (int)o.workers, err) < 0) {
         fprintf(stderr, "echokit: cannot listen: %s\n", err);
@@ -449,6 +559,8 @@ int main(int argc, char **argv)
             return early_exit(&a, rbuf, status);
     }
 
+    if (o.workers <= 1)
+        metrics_begin(&a, 1);
     server_start(&a.srv);
     ev_timer_init(&a.trim_timer, trim_cb, TRIM_INTERVAL, TRIM_INTERVAL);
     ev_timer_start(a.loop, &a.trim_timer);
@@ -478,6 +590,7 @@ int main(int argc, char **argv)
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     conn_ctx_release(&a.ctx);
+    metrics_end(&a);
     script_free(a.S);
     tls_server_free(a.tls);
     tls_cleanup();

@@ -67,6 +67,9 @@ static void usage(FILE *f)
 "                          and toxics created and changed at run time) on ADDR;\n"
 "                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1.\n"
 "                          Without --listen, only the control API listens\n"
+"      --metrics ADDR      serve GET /metrics (Prometheus text format) on ADDR,\n"
+"                          from C: the counters of every worker, summed; a\n"
+"                          scrape runs no Lua. A bare PORT means 127.0.0.1:PORT\n"
 "  -v, --verbose           log debug lines too (connection open/close)\n"
 "  -q, --quiet             log warnings and errors only\n"
 "      --log-format FMT    text or json (one object a line). Default text\n"
@@ -150,7 +153,7 @@ static void die_usage(const char *fmt, const char *arg)
 
 enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
-    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_PERIP,
+    OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_METRICS, OPT_PERIP,
     OPT_TLSCERT, OPT_TLSKEY, OPT_TLSSELF, OPT_TLSALPN, OPT_TLSCLIENTCA, OPT_HSTO, OPT_MAKECA,
     OPT_MASTER,
 };
@@ -196,6 +199,7 @@ void options_parse(int argc, char **argv, struct options *o)
         {"check", no_argument, NULL, OPT_CHECK},
         {"master", no_argument, NULL, OPT_MASTER},
         {"admin", required_argument, NULL, OPT_ADMIN},
+        {"metrics", required_argument, NULL, OPT_METRICS},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"log-format", required_argument, NULL, OPT_LOGFMT},
@@ -260,6 +264,7 @@ void options_parse(int argc, char **argv, struct options *o)
         case OPT_CHECK: o->check = 1; break;
         case OPT_MASTER: o->master = 1; break;
         case OPT_ADMIN: o->admin = optarg; break;
+        case OPT_METRICS: o->metrics = optarg; break;
         case OPT_NOSPLICE: o->no_splice = 1; break;
         case 'v': o->level = LOG_DEBUG; break;
         case 'q': o->level = LOG_WARN; break;

@@ -12,6 +12,7 @@ struct options {
     int nlisten;
     const char *handler;
     const char *admin; /* control API address, NULL = none */
+    const char *metrics; /* --metrics address, NULL = none */
     long workers;
     int master; /* a master process: --master, or --workers 2 or more */
     int check;

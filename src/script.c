@@ -13,6 +13,7 @@
 
 #include "embed.h"
 #include "log.h"
+#include "metrics.h"
 
 /* The CPU budget is watched from outside the Lua VM: a profiling timer
  * (SIGPROF, counting CPU time only, so an idle server gets none) looks at
@@ -235,6 +236,7 @@ static void budget_end(struct script *S, lua_State *prev)
     if (--S->depth == 0 && S->overrun) {
         S->overrun = 0; /* hooks still set remove themselves when next hit */
         S->call_seq++;
+        metrics_add(&metrics_me->budget_trips, 1);
     }
 }
 
@@ -310,6 +312,9 @@ void script_fail(struct script *S, const char *what, struct conn *c, const char 
     if (c)
         conn_label(c, label, sizeof label);
     log_msg(LOG_ERROR, "%s%s%s: %s", label, c ? " " : "", what, msg);
+    metrics_add(&metrics_me->callback_errors, 1);
+    if (strstr(msg, "not enough memory"))
+        metrics_add(&metrics_me->memory_trips, 1);
     if (!c)
         return;
     /* The reason carries the message's first line, not the traceback. */
@@ -855,4 +860,9 @@ int script_load(struct script *S, const char *spec, char **argv, int argc, char 
     }
     lua_settop(L, top);
     return rc == LUA_OK ? 0 : -1;
+}
+
+const char *script_lua_release(void)
+{
+    return LUA_RELEASE + 4; /* past "Lua " */
 }

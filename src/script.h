@@ -167,7 +167,7 @@ int lwriter_new(lua_State *L);   /* echokit.writer (lwriter.c) */
  * handler if h is NULL; with h the connection takes references of its own to
  * h's callbacks, so it outlives h (lconn.c). Owns fd. */
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer,
-                  const struct handler *h, struct tls_server *tls);
+                  const struct handler *h, struct tls_server *tls, int listener);
 /* With tls (a TLS listener's), the handshake comes first: on_connect (and
  * serve) wait for it, and a client that fails it never reaches Lua (one
  * log line says why). */
@@ -201,5 +201,8 @@ void llisten_close_all(struct script *S);
  * with the bound address in name, or -1 with a one-line message in err. */
 int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
                   size_t errcap);
+
+/* "5.4.4", for the build information. */
+const char *script_lua_release(void);
 
 #endif

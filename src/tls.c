@@ -653,3 +653,8 @@ void tls_cleanup(void)
         keylog = NULL;
     }
 }
+
+const char *tls_library_version(void)
+{
+    return OpenSSL_version(OPENSSL_VERSION_STRING);
+}

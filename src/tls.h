@@ -83,4 +83,7 @@ int tls_keylog_open(const char *path, char *err);
 /* Frees every upstream configuration and the key log (at exit). */
 void tls_cleanup(void);
 
+/* The OpenSSL library's version, "3.0.11". */
+const char *tls_library_version(void);
+
 #endif

@@ -171,6 +171,8 @@ static void ended(struct master *m, long i, int st)
         return;
     }
     s->due = now() + delay;
+    if (m->w->replacing)
+        m->w->replacing(m->w->data, i);
     if (delay > 0)
         log_msg(LOG_ERROR, "worker %ld (pid %d) %s at start-up (%d in a row): "
                            "starting another in %gs", i, (int)pid, why, s->fails, delay);

@@ -35,6 +35,9 @@ struct workers {
      * returns 0 if it loads (the reload goes on), -1 if not (the running
      * workers stay). It logs either outcome, and keeps no state. */
     int (*check)(void *data);
+    /* Called in the master when worker i died and is to be replaced; may be
+     * NULL. */
+    void (*replacing)(void *data, long i);
     void *data;
 };
 
