@@ -163,6 +163,26 @@ describe("--metrics", function()
     await_metric(srv, "echokit_connections_accepted_total", n + 4)
   end)
 
+  it("keeps counting across a reload: the new workers add to the sums", function()
+    local srv = t.start { handler = "echo",
+                          opts = { "--workers", "2", "--metrics", "127.0.0.1:0" } }
+    echo_n(srv, 5)
+    await_metric(srv, "echokit_connections_accepted_total", 5)
+    -- an open connection keeps an old worker finishing while new ones serve
+    local held = srv:connect()
+    assert.equal("held", t.ask(held, "held"))
+    os.execute("kill -HUP " .. srv:pid())
+    srv:await_log("reload: handler echo loaded")
+    await_metric(srv, "echokit_reloads_total", 1)
+    echo_n(srv, 4)
+    assert.equal("still", t.ask(held, "still"))         -- the old worker still counts
+    held:close()
+    await_metric(srv, "echokit_connections_accepted_total", 10)
+    srv:await_log("reload: old worker %d+ %(pid %d+%) finished")
+    await_metric(srv, "echokit_connections_open", 0)    -- no gauge left behind
+    assert.equal(10, scrape(srv).echokit_connections_accepted_total)
+  end)
+
   it("is scraped by a real Prometheus", function()
     local srv = t.start { opts = { "--metrics", "127.0.0.1:0" } }
     local h, p = metrics_addr(srv)
