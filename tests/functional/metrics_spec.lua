@@ -91,7 +91,10 @@ describe("--metrics", function()
 
   it("counts closes by reason", function()
     local srv = t.start { handler = "tests/handlers/boom.lua",
-                          opts = { "--metrics", "127.0.0.1:0", "--idle-timeout", "0.3",
+                          -- the idle timeout scales too: under valgrind a round trip
+                          -- of echo_n takes longer than 0.3 s
+                          opts = { "--metrics", "127.0.0.1:0",
+                                   "--idle-timeout", tostring(0.3 * t.slow),
                                    "--cpu-budget", tostring(0.2 * t.slow) } }
     srv:expect_errors("BOOM", "boom", "CPU budget", "on_data")
     echo_n(srv, 2)
