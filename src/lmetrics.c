@@ -2,25 +2,44 @@
  *
  * The handle is a full userdata holding a slot index (metrics.c maps it to
  * this process's struct metrics_proxy), never an address: a copy of the
- * handle or a call after free reaches nothing. Without --metrics, or when
- * every proxy slot is taken, the index is -1 and every method returns at
+ * handle or a call after free reaches nothing. The slot is claimed at the
+ * first call once the page is there: a single process loads its handler
+ * (whose chaos proxy takes a handle) before it maps the page. Without
+ * --metrics, or when every proxy slot is taken, every method returns at
  * once. Counting is per connection event (accept, close) and per toxic-set
  * change, never per chunk. */
 #include <lauxlib.h>
+#include <stdio.h>
 
 #include "metrics.h"
 #include "script.h"
 
 #define LMETRICS_MT "echokit.metrics_proxy"
 
+#define PENDING (-2)
+
 struct lmetrics {
-    int k; /* slot index, or -1: counts into nothing */
+    int k;          /* slot index; -1: counts into nothing; PENDING: not claimed yet */
+    int64_t toxics; /* the gauge's value, for a claim that comes later */
+    char name[METRICS_NAME_LEN + 4]; /* metrics_proxy_claim cuts it */
 };
+
+/* The handle's counters, claimed now if the page is there; NULL when none. */
+static struct metrics_proxy *slot_of(struct lmetrics *h)
+{
+    if (h->k == PENDING) {
+        if (!metrics_enabled())
+            return NULL;
+        h->k = metrics_proxy_claim(h->name);
+        if (h->k >= 0)
+            metrics_gauge(&metrics_me->proxy[h->k].toxics, h->toxics);
+    }
+    return h->k < 0 ? NULL : &metrics_me->proxy[h->k];
+}
 
 static struct metrics_proxy *slot(lua_State *L)
 {
-    struct lmetrics *h = luaL_checkudata(L, 1, LMETRICS_MT);
-    return h->k < 0 ? NULL : &metrics_me->proxy[h->k];
+    return slot_of(luaL_checkudata(L, 1, LMETRICS_MT));
 }
 
 static uint64_t count_arg(lua_State *L, int i)
@@ -37,9 +56,11 @@ int lmetrics_proxy(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     luaL_argcheck(L, name[0] != '\0', 1, "proxy name must not be empty");
     struct lmetrics *h = lua_newuserdatauv(L, sizeof *h, 0);
-    h->k = -1;
+    h->k = PENDING;
+    h->toxics = 0;
+    snprintf(h->name, sizeof h->name, "%s", name);
     luaL_setmetatable(L, LMETRICS_MT);
-    h->k = metrics_proxy_claim(name);
+    slot_of(h);
     return 1;
 }
 
@@ -67,10 +88,11 @@ static int m_bytes(lua_State *L)
 /* h:toxics(n): the number of toxics the proxy has now. */
 static int m_toxics(lua_State *L)
 {
-    struct metrics_proxy *x = slot(L);
-    lua_Integer n = luaL_checkinteger(L, 2);
+    struct lmetrics *h = luaL_checkudata(L, 1, LMETRICS_MT);
+    h->toxics = (int64_t)luaL_checkinteger(L, 2);
+    struct metrics_proxy *x = slot_of(h);
     if (x)
-        metrics_gauge(&x->toxics, (int64_t)n);
+        metrics_gauge(&x->toxics, h->toxics);
     return 0;
 }
 
@@ -89,7 +111,8 @@ static int m_free(lua_State *L)
 static int m_tostring(lua_State *L)
 {
     struct lmetrics *h = luaL_checkudata(L, 1, LMETRICS_MT);
-    lua_pushfstring(L, "metrics_proxy (%s)", h->k < 0 ? "not counted" : "counted");
+    lua_pushfstring(L, "metrics_proxy (%s)",
+                    h->k >= 0 ? "counted" : h->k == PENDING ? "pending" : "not counted");
     return 1;
 }
 
