@@ -286,7 +286,10 @@ static void proxies(struct buf *b, const struct metrics_page *p)
             all[j].conns += ld(&x->conns);
             all[j].bytes_up += ld(&x->bytes_up);
             all[j].bytes_down += ld(&x->bytes_down);
-            all[j].toxics += ldg(&x->toxics);
+            /* every worker runs the same set: the largest, not the sum */
+            int64_t tx = ldg(&x->toxics);
+            if (tx > all[j].toxics)
+                all[j].toxics = tx;
         }
     }
     char e[2 * METRICS_NAME_LEN + 4];
