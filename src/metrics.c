@@ -70,6 +70,72 @@ void metrics_worker_gone(struct metrics_page *p, int i)
         metrics_gauge(&s->proxy[k].toxics, 0);
 }
 
+int metrics_enabled(void)
+{
+    return metrics_me != &private_slot;
+}
+
+/* Claims per slot by this process's Lua proxies (the shared slot has one
+ * writer, this process, so a plain array is enough). */
+static unsigned proxy_claims[METRICS_MAX_PROXIES];
+
+int metrics_proxy_claim(const char *name)
+{
+    static int warned;
+    if (!metrics_enabled())
+        return -1;
+    struct metrics_proxy *x = metrics_me->proxy;
+    char n[METRICS_NAME_LEN];
+    size_t len = strlen(name);
+    if (len >= sizeof n) {
+        /* cut at a character boundary: a label value must stay UTF-8 */
+        len = sizeof n - 1;
+        size_t i = len - 1;
+        while (i > 0 && ((unsigned char)name[i] & 0xC0) == 0x80)
+            i--;
+        unsigned char lead = (unsigned char)name[i];
+        size_t clen = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+        if (i + clen > len)
+            len = i;
+    }
+    memcpy(n, name, len);
+    memset(n + len, 0, sizeof n - len);
+    int free_k = -1;
+    for (int k = 0; k < METRICS_MAX_PROXIES; k++) {
+        if (!x[k].name[0]) {
+            if (free_k < 0)
+                free_k = k;
+        } else if (!strncmp(x[k].name, n, sizeof n)) {
+            proxy_claims[k]++;
+            return k;
+        }
+    }
+    if (free_k < 0) {
+        if (!warned++)
+            log_msg(LOG_WARN, "--metrics: more than %d proxies; proxy '%s' and later ones "
+                    "are not counted", METRICS_MAX_PROXIES, n);
+        return -1;
+    }
+    /* The counters of a free slot are zero (see release); the name goes in
+     * last, so a scrape never sums a half-claimed slot's old values. */
+    memcpy(x[free_k].name + 1, n + 1, sizeof n - 1);
+    __atomic_store_n(&x[free_k].name[0], n[0], __ATOMIC_RELEASE);
+    proxy_claims[free_k] = 1;
+    return free_k;
+}
+
+void metrics_proxy_release(int k)
+{
+    if (k < 0 || k >= METRICS_MAX_PROXIES || !proxy_claims[k] || --proxy_claims[k])
+        return;
+    struct metrics_proxy *x = &metrics_me->proxy[k];
+    __atomic_store_n(&x->name[0], 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&x->conns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->bytes_up, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->bytes_down, 0, __ATOMIC_RELAXED);
+    metrics_gauge(&x->toxics, 0);
+}
+
 enum metrics_reason metrics_reason_of(const char *r)
 {
     if (!r)
@@ -220,7 +286,10 @@ static void proxies(struct buf *b, const struct metrics_page *p)
             all[j].conns += ld(&x->conns);
             all[j].bytes_up += ld(&x->bytes_up);
             all[j].bytes_down += ld(&x->bytes_down);
-            all[j].toxics += ldg(&x->toxics);
+            /* every worker runs the same set: the largest, not the sum */
+            int64_t tx = ldg(&x->toxics);
+            if (tx > all[j].toxics)
+                all[j].toxics = tx;
         }
     }
     char e[2 * METRICS_NAME_LEN + 4];

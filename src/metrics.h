@@ -85,6 +85,21 @@ void metrics_use_slot(struct metrics_page *p, int i);
  * connections are gone); its counters stay for its replacement to add to. */
 void metrics_worker_gone(struct metrics_page *p, int i);
 
+/* Whether --metrics is on in this process (metrics_me is in the page). */
+int metrics_enabled(void);
+
+/* The slot of this process's proxy counters named name (truncated to
+ * METRICS_NAME_LEN-1 bytes): the one already holding that name (a replaced
+ * worker's counters go on from where they were), else a free one. Each
+ * claim is counted per process; returns the index, or -1 when --metrics is
+ * off or all METRICS_MAX_PROXIES are taken (logged once). */
+int metrics_proxy_claim(const char *name);
+
+/* Drops one claim of slot k; the last one frees the slot (name and counters
+ * cleared) for another name. For a deleted proxy only: a process that
+ * merely exits leaves its names, so that counters stay monotonic. */
+void metrics_proxy_release(int k);
+
 /* The label a teardown reason counts under (NULL = clean). */
 enum metrics_reason metrics_reason_of(const char *reason);
 

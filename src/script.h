@@ -162,6 +162,8 @@ void lpcap_open_lib(lua_State *L);
 int lpcap_open(lua_State *L);    /* echokit.pcap */
 void lwriter_open(lua_State *L);
 int lwriter_new(lua_State *L);   /* echokit.writer (lwriter.c) */
+void lmetrics_open(lua_State *L);
+int lmetrics_proxy(lua_State *L); /* echokit.metrics_proxy (lmetrics.c) */
 
 /* Accepted socket -> connection running handler h, or the script's own
  * handler if h is NULL; with h the connection takes references of its own to

@@ -293,6 +293,7 @@ function Dir:emit(stub, data)
   if nxt then return nxt:_in(data) end
   local dst = self:dst()
   if not dst then return end
+  self.bytes = self.bytes + #data
   if dst:write(data) == false then self:hold("dst", true) end
 end
 
@@ -419,11 +420,13 @@ function Pair:teardown()
   self.set.pairs[self] = nil
   self.up:stop()
   self.down:stop()
+  -- The bytes each way, once per connection (--metrics).
+  if self.metrics then self.metrics:bytes(self.up.bytes, self.down.bytes) end
 end
 
 local function new_dir(pair, name, src_key, dst_key)
   return setmetatable({ pair = pair, name = name, src_key = src_key, dst_key = dst_key,
-                        stubs = {}, holds = {}, queued = 0 }, Dir)
+                        stubs = {}, holds = {}, queued = 0, bytes = 0 }, Dir)
 end
 
 ---------------------------------------------------------------------------
@@ -435,6 +438,23 @@ Set.__index = Set
 -- toxics.set(): an empty set.
 function M.set()
   return setmetatable({ chain = { upstream = {}, downstream = {} }, pairs = {} }, Set)
+end
+
+-- The toxics gauge of the set's --metrics handle, if it has one.
+local function count_toxics(set)
+  local m = set.metrics
+  if m then m:toxics(#set.chain.upstream + #set.chain.downstream) end
+end
+
+-- set:set_metrics(handle or nil): the set's proxy counters
+-- (echokit.metrics_proxy): the toxics gauge follows the set, and connections
+-- through it and their bytes (relayed, counted at each connection's end) add
+-- to the handle. Returns the previous handle.
+function Set:set_metrics(m)
+  local old = self.metrics
+  self.metrics = m
+  count_toxics(self)
+  return old
 end
 
 function Set:find(name)
@@ -481,6 +501,7 @@ function Set:add(o)
   local toxic = { name = name, type = o.type, stream = stream, toxicity = toxicity,
                   attributes = attrs, generation = 1 }
   table.insert(self.chain[stream], toxic)
+  count_toxics(self)
   changed(self, stream)
   return toxic
 end
@@ -514,6 +535,7 @@ function Set:remove(name)
   local toxic, stream, i = self:find(name)
   if not toxic then return nil, "toxic not found", "missing" end
   table.remove(self.chain[stream], i)
+  count_toxics(self)
   changed(self, stream)
   return true
 end
@@ -521,6 +543,7 @@ end
 -- set:clear(): removes every toxic.
 function Set:clear()
   self.chain = { upstream = {}, downstream = {} }
+  count_toxics(self)
   changed(self, "upstream")
   changed(self, "downstream")
 end
@@ -569,8 +592,10 @@ function M.handler(o)
   local h = {}
 
   function h.on_connect(client)
+    local m = set.metrics
+    if m then m:connection() end
     if o.down and o.down() then return client:reset() end
-    local pair = setmetatable({ client = client, set = set }, Pair)
+    local pair = setmetatable({ client = client, set = set, metrics = m }, Pair)
     pair.up = new_dir(pair, "upstream", "client", "server")
     pair.down = new_dir(pair, "downstream", "server", "client")
     client.toxic_pair = pair

@@ -134,6 +134,13 @@ local function attach(proxy, l)
               proxy.upstream)
 end
 
+-- A proxy's --metrics counters (echokit.metrics_proxy), taken when it is
+-- inserted and freed when it is removed, so a deleted proxy's slot serves
+-- another name.
+local function metrics_for(name)
+  return echokit.metrics_proxy and echokit.metrics_proxy(name)
+end
+
 local function new_proxy(name, listen, upstream, tls)
   local proxy = { name = name, listen = listen, upstream = upstream, enabled = false,
                   set = toxics.set(), tls = tls }
@@ -153,6 +160,11 @@ end
 function M.adopt(name, upstream, set)
   local proxy = { name = name, listen = "(--listen)", upstream = upstream, enabled = true,
                   set = set, adopted = true }
+  local old = proxies[name]
+  local oldm = old and old.set.metrics
+  if old and old.set ~= set then old.set:set_metrics(nil) end
+  set:set_metrics(metrics_for(name)) -- claimed before the old one is freed: same slot
+  if oldm then oldm:free() end
   if not proxies[name] then nproxies = nproxies + 1 end
   proxies[name] = proxy
   return proxy
@@ -415,6 +427,7 @@ function H.proxy_index()
 end
 
 local function insert_proxy(proxy)
+  proxy.set:set_metrics(metrics_for(proxy.name))
   proxies[proxy.name] = proxy
   nproxies = nproxies + 1
 end
@@ -423,6 +436,8 @@ local function remove_proxy(proxy)
   close_listener(proxy)
   proxy.set:close_all("close")
   proxy.set:clear()
+  local m = proxy.set:set_metrics(nil)
+  if m then m:free() end
   proxies[proxy.name] = nil
   nproxies = nproxies - 1
 end

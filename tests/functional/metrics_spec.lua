@@ -4,6 +4,7 @@
 local t = require "echokit_test"
 local socket = require "socket"
 local proc = require "proc"
+local cjson = require "cjson"
 
 -- The address printed on the "metrics listening on" line.
 local function metrics_addr(srv)
@@ -59,6 +60,58 @@ local function free_port()
   local _, port = s:getsockname()
   s:close()
   return port
+end
+
+-- promtool check metrics on an exposition text: asserts it passes.
+local function promtool_ok(body)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w")); f:write(body); f:close()
+  local p = io.popen("promtool check metrics < " .. path .. " 2>&1; echo rc=$?")
+  local out = p:read("a"); p:close()
+  os.remove(path)
+  assert.truthy(out:match("rc=0"), "promtool check metrics:\n" .. out)
+end
+
+-- The control API (--admin): one JSON request; returns status, decoded body.
+local function admin_addr(srv)
+  for _, l in ipairs(srv.stdout_lines) do
+    local h, p = l:match("^admin listening on ([^:]+):(%d+)$")
+    if h then return h, tonumber(p) end
+  end
+  error("no 'admin listening on' line in: " .. table.concat(srv.stdout_lines, " | "))
+end
+
+local function api(srv, method, path, body)
+  local h, p = admin_addr(srv)
+  local c = assert(socket.connect(h, p))
+  c:settimeout(t.T(5))
+  body = body and cjson.encode(body)
+  local head = method .. " " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+  if body then
+    head = head .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n"
+  end
+  t.send_all(c, head .. "\r\n" .. (body or ""))
+  local resp = t.recv_until_closed(c, 5)
+  c:close()
+  local status = tonumber(resp:match("^HTTP/1%.1 (%d%d%d)"))
+  assert(status, "no HTTP answer: " .. resp)
+  local raw = resp:match("\r\n\r\n(.*)$") or ""
+  local ok, json = pcall(cjson.decode, raw)
+  return status, ok and json or raw
+end
+
+-- An echo upstream and echokit with --admin and --metrics.
+local function admin_setup()
+  local up = t.start { handler = "echo" }
+  local srv = t.start { opts = { "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0" } }
+  return srv, up
+end
+
+local function add_proxy(srv, name, up)
+  local st, p = api(srv, "POST", "/proxies",
+                    { name = name, upstream = "127.0.0.1:" .. up:port(), listen = "127.0.0.1:0" })
+  assert.equal(201, st, cjson.encode(p))
+  return p
 end
 
 describe("--metrics", function()
@@ -185,6 +238,100 @@ describe("--metrics", function()
     await_metric(srv, "echokit_connections_open", 0)    -- no gauge left behind
     assert.equal(10, scrape(srv).echokit_connections_accepted_total)
   end)
+
+  it("counts control-API proxies: connections, bytes each way, toxics", function()
+    local srv, up = admin_setup()
+    local p = add_proxy(srv, "p1", up)
+    local st = api(srv, "POST", "/proxies/p1/toxics",
+                   { name = "lag", type = "latency", attributes = { latency = 20 } })
+    assert.equal(200, st)
+    local host, port = p.listen:match("^(.+):(%d+)$")
+    local n, msg = 4, "hello, proxy\n"
+    for _ = 1, n do
+      local c = assert(socket.connect(host, tonumber(port)))
+      c:settimeout(t.T(5))
+      t.send_all(c, msg)
+      assert.equal(msg:sub(1, -2), c:receive("*l"))
+      c:close()
+    end
+    local lbl = '{proxy="p1"}'
+    await_metric(srv, "echokit_proxy_connections_total" .. lbl, n)
+    await_metric(srv, "echokit_proxy_upstream_bytes_total" .. lbl, n * #msg)
+    await_metric(srv, "echokit_proxy_downstream_bytes_total" .. lbl, n * #msg)
+    local m, body = scrape(srv)
+    assert.equal(1, m["echokit_proxy_toxics" .. lbl])
+    promtool_ok(body)
+    -- the gauge follows the set
+    assert.equal(204, (api(srv, "DELETE", "/proxies/p1/toxics/lag")))
+    await_metric(srv, "echokit_proxy_toxics" .. lbl, 0)
+    -- a deleted proxy's series go; its slot serves the next name
+    assert.equal(204, (api(srv, "DELETE", "/proxies/p1")))
+    add_proxy(srv, "p2", up)
+    t.eventually(function()
+      local mm = scrape(srv)
+      return mm["echokit_proxy_connections_total" .. lbl] == nil and
+             mm['echokit_proxy_connections_total{proxy="p2"}'] == 0, "p1 gone, p2 at 0"
+    end, 5, "p1 gone and p2 counted from 0")
+  end)
+
+  it("escapes proxy names in labels; promtool accepts them", function()
+    local srv, up = admin_setup()
+    local name = 'we"ird\\na\nme'
+    local p = add_proxy(srv, name, up)
+    local host, port = p.listen:match("^(.+):(%d+)$")
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(t.T(5))
+    t.send_all(c, "x\n")
+    assert.equal("x", c:receive("*l"))
+    c:close()
+    local lbl = '{proxy="we\\"ird\\\\na\\nme"}'
+    await_metric(srv, "echokit_proxy_connections_total" .. lbl, 1)
+    await_metric(srv, "echokit_proxy_upstream_bytes_total" .. lbl, 2)
+    local _, body = scrape(srv)
+    promtool_ok(body)
+  end)
+
+  it("counts at most 32 proxies and says so once", function()
+    local srv, up = admin_setup()
+    local list = {}
+    for i = 1, 40 do
+      list[i] = { name = "q" .. i, upstream = "127.0.0.1:" .. up:port(), enabled = false }
+    end
+    local st = api(srv, "POST", "/populate", list)
+    assert.equal(201, st)
+    srv:await_log("more than 32 proxies")
+    local _, body = scrape(srv)
+    local rows = 0
+    for _ in body:gmatch("\necho" .. "kit_proxy_connections_total{") do rows = rows + 1 end
+    assert.equal(32, rows)
+    local warned = 0
+    for l in srv:stderr():gmatch("[^\n]+") do
+      if l:find("more than 32 proxies", 1, true) then warned = warned + 1 end
+    end
+    assert.equal(1, warned)
+    promtool_ok(body)
+  end)
+
+  for _, workers in ipairs { "1", "2" } do
+    it("counts the chaos handler's own proxy (--workers " .. workers .. ")", function()
+      local up = t.start { handler = "echo" }
+      local srv = t.start { handler = "chaos",
+                            args = { upstream = "127.0.0.1:" .. up:port(), latency = "0.01" },
+                            opts = { "--metrics", "127.0.0.1:0", "--workers", workers } }
+      for i = 1, 4 do
+        local c = srv:connect()
+        assert.equal("m" .. i, t.ask(c, "m" .. i))
+        c:close()
+      end
+      local lbl = '{proxy="chaos"}'
+      await_metric(srv, "echokit_proxy_connections_total" .. lbl, 4)
+      await_metric(srv, "echokit_proxy_upstream_bytes_total" .. lbl, 12)
+      await_metric(srv, "echokit_proxy_downstream_bytes_total" .. lbl, 12)
+      local m, body = scrape(srv)
+      assert.equal(1, m["echokit_proxy_toxics" .. lbl]) -- each worker's set, not their sum
+      promtool_ok(body)
+    end)
+  end
 
   it("is scraped by a real Prometheus", function()
     local srv = t.start { opts = { "--metrics", "127.0.0.1:0" } }
