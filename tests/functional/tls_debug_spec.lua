@@ -7,13 +7,12 @@ local t = require "echokit_test"
 local socket = require "socket"
 local cjson = require "cjson"
 local peers = require "peers"
-local pkilib = require "pki"
 
 local BODY = "hello over TLS\n"
 local pki = {} -- the certificates and the served directory, made once
 
 setup(function()
-  local p = pkilib.new("echokit-tlsdebug")
+  local p = require("pki").new("echokit-tlsdebug")
   pki.pki, pki.dir = p, p.dir
   -- the proxy's CA, which the clients of tls=mitm trust
   peers.assert_ok(peers.run({ t.bin, "--make-ca", p:path("ek") }, 30), "echokit --make-ca")

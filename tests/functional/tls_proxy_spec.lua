@@ -9,7 +9,6 @@ local t = require "echokit_test"
 local socket = require "socket"
 local cjson = require "cjson"
 local peers = require "peers"
-local pkilib = require "pki"
 
 local PYTHON = "/usr/bin/python3"
 local PEER = t.src .. "/tests/support/tls_peer.py"
@@ -23,7 +22,7 @@ local run, assert_ok, spawn = peers.run, peers.assert_ok, peers.spawn
 local pki   -- { dir=, ca=, cert=, key=, wrong=, pki= }
 
 local function make_pki()
-  local p = pkilib.new("echokit-tls")
+  local p = require("pki").new("echokit-tls")
   local ca = p:ca("ca", { key = "ca.key", subj = "/CN=echokit test CA",
                           addext = { "basicConstraints=critical,CA:TRUE",
                                      "keyUsage=critical,keyCertSign,cRLSign" } })
