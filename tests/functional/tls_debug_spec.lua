@@ -1,6 +1,6 @@
 -- The debugging proxy and TLS (-H debug tls=mitm|passthrough), with real
 -- peers: curl, through the proxy, to Python's http.server behind TLS with a
--- certificate from a test CA (openssl CLI); the proxy's CA from
+-- certificate from a test CA (tests/support/pki.lua); the proxy's CA from
 -- `echokit --make-ca`. tshark reads the proxy's plaintext pcap and, with its
 -- key log, a dumpcap capture of the encrypted side.
 local t = require "echokit_test"
@@ -11,46 +11,25 @@ local peers = require "peers"
 local BODY = "hello over TLS\n"
 local pki = {} -- the certificates and the served directory, made once
 
-local function shell(argv, what)
-  return peers.assert_ok(peers.run(argv, 30), what)
-end
-
 setup(function()
-  local p = io.popen("mktemp -d " .. (os.getenv("TMPDIR") or "/tmp") .. "/echokit-tlsdebug-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  assert(dir and dir ~= "", "mktemp -d failed")
-  pki.dir = dir
+  local p = require("pki").new("echokit-tlsdebug")
+  pki.pki, pki.dir = p, p.dir
   -- the proxy's CA, which the clients of tls=mitm trust
-  shell({ t.bin, "--make-ca", dir .. "/ek" }, "echokit --make-ca")
-  pki.ca, pki.ca_key = dir .. "/ek/echokit-ca.pem", dir .. "/ek/echokit-ca-key.pem"
+  peers.assert_ok(peers.run({ t.bin, "--make-ca", p:path("ek") }, 30), "echokit --make-ca")
+  pki.ca, pki.ca_key = p:path("ek/echokit-ca.pem"), p:path("ek/echokit-ca-key.pem")
   -- a separate CA for the upstream's certificate (localhost, 127.0.0.1)
-  pki.test_ca = dir .. "/test-ca.pem"
-  local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes" }
-  local function openssl(args, what)
-    local argv = { "openssl" }
-    for _, a in ipairs(args) do argv[#argv + 1] = a end
-    shell(argv, what)
-  end
-  openssl({ "req", "-x509", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/test-ca.key",
-            "-out", pki.test_ca, "-days", "2", "-subj", "/CN=echokit test upstream CA" },
-          "openssl: the test CA")
-  openssl({ "req", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/upstream.key",
-            "-out", dir .. "/upstream.csr", "-subj", "/CN=localhost" }, "openssl: a request")
-  peers.write_file(dir .. "/ext.cnf", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-  openssl({ "x509", "-req", "-in", dir .. "/upstream.csr", "-CA", pki.test_ca,
-            "-CAkey", dir .. "/test-ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", dir .. "/ext.cnf", "-out", dir .. "/upstream.pem" },
-          "openssl: the upstream's certificate")
-  pki.cert, pki.key = dir .. "/upstream.pem", dir .. "/upstream.key"
-  pki.www = dir .. "/www"
+  local ca = p:ca("test-ca", { key = "test-ca.key", subj = "/CN=echokit test upstream CA" })
+  local up = p:leaf("upstream", { ca = ca, key = "upstream.key", subj = "/CN=localhost",
+                                  san = "DNS:localhost,IP:127.0.0.1" })
+  pki.test_ca, pki.cert, pki.key = ca.cert, up.cert, up.key
+  pki.www = p:path("www")
   assert(os.execute("mkdir " .. peers.shq(pki.www)))
   peers.write_file(pki.www .. "/index.html", BODY)
   peers.cleanup() -- the helpers above have exited; their files go
 end)
 
 teardown(function()
-  if pki.dir then os.execute("rm -rf " .. peers.shq(pki.dir)) end
+  if pki.pki then pki.pki:remove() end
 end)
 
 local function start_https()

@@ -2,9 +2,9 @@
 -- redis-cli and redis-server (both with and without TLS), Python's ssl
 -- module (tests/support/tls_peer.py: an HTTPS file server, a TLS echo server
 -- that answers after the client's EOF, a half-closing TLS client) and the
--- control API driven with curl. Certificates are made with the openssl CLI:
--- a CA, a leaf for localhost and 127.0.0.1 signed by it, and a second CA that
--- signed nothing of ours. Every wait is bounded.
+-- control API driven with curl. Certificates are made with the openssl CLI
+-- (tests/support/pki.lua): a CA, a leaf for localhost and 127.0.0.1 signed by
+-- it, and a second CA that signed nothing of ours. Every wait is bounded.
 local t = require "echokit_test"
 local socket = require "socket"
 local cjson = require "cjson"
@@ -14,49 +14,31 @@ local PYTHON = "/usr/bin/python3"
 local PEER = t.src .. "/tests/support/tls_peer.py"
 local MiB = 1024 * 1024
 
-local run, assert_ok, spawn, shq = peers.run, peers.assert_ok, peers.spawn, peers.shq
+local run, assert_ok, spawn = peers.run, peers.assert_ok, peers.spawn
 
 ---------------------------------------------------------------------------
 -- Certificates (made once for the file)
 ---------------------------------------------------------------------------
-local pki   -- { dir=, ca=, cert=, key=, wrong= }
-
-local function openssl(...)
-  assert_ok(run({ "openssl", ... }, 30), "openssl " .. (select(1, ...)))
-end
+local pki   -- { dir=, ca=, cert=, key=, wrong=, pki= }
 
 local function make_pki()
-  local p = io.popen("mktemp -d " .. (os.getenv("TMPDIR") or "/tmp") .. "/echokit-tls-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  assert(dir and dir ~= "", "mktemp -d failed")
-  local k = { dir = dir, ca = dir .. "/ca.pem", cert = dir .. "/server.pem",
-              key = dir .. "/server.key", wrong = dir .. "/wrong-ca.pem" }
-  local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes" }
-  local function req(...)
-    local argv = { "req" }
-    for _, a in ipairs(ec) do argv[#argv + 1] = a end
-    for _, a in ipairs({ ... }) do argv[#argv + 1] = a end
-    openssl(table.unpack(argv))
-  end
-  req("-x509", "-days", "2", "-keyout", dir .. "/ca.key", "-out", k.ca,
-      "-subj", "/CN=echokit test CA",
-      "-addext", "basicConstraints=critical,CA:TRUE",
-      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-  req("-keyout", k.key, "-out", dir .. "/server.csr", "-subj", "/CN=localhost")
-  peers.write_file(dir .. "/ext.cnf", "subjectAltName=DNS:localhost,IP:127.0.0.1\n" ..
-    "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-  openssl("x509", "-req", "-days", "2", "-in", dir .. "/server.csr", "-CA", k.ca,
-          "-CAkey", dir .. "/ca.key", "-CAcreateserial", "-out", k.cert,
-          "-extfile", dir .. "/ext.cnf")
-  req("-x509", "-days", "2", "-keyout", dir .. "/wrong-ca.key", "-out", k.wrong,
-      "-subj", "/CN=echokit wrong CA", "-addext", "basicConstraints=critical,CA:TRUE")
+  local p = require("pki").new("echokit-tls")
+  local ca = p:ca("ca", { key = "ca.key", subj = "/CN=echokit test CA",
+                          addext = { "basicConstraints=critical,CA:TRUE",
+                                     "keyUsage=critical,keyCertSign,cRLSign" } })
+  local leaf = p:leaf("server", { ca = ca, key = "server.key", subj = "/CN=localhost",
+                                  san = "DNS:localhost,IP:127.0.0.1",
+                                  ext = { "basicConstraints=CA:FALSE" }, eku = "serverAuth" })
+  local wrong = p:ca("wrong-ca", { key = "wrong-ca.key", subj = "/CN=echokit wrong CA",
+                                   addext = { "basicConstraints=critical,CA:TRUE" } })
   -- the chain is what the tests think it is
-  assert_ok(run({ "openssl", "verify", "-CAfile", k.ca, k.cert }, 10), "verify with the CA")
-  local r = run({ "openssl", "verify", "-CAfile", k.wrong, k.cert }, 10)
-  assert(r.code ~= 0, "the leaf verifies against the wrong CA:\n" .. r.out .. r.err)
+  local ok, said = p:verify(ca, leaf)
+  assert(ok, "verify with the CA:\n" .. said)
+  ok, said = p:verify(wrong, leaf)
+  assert(not ok, "the leaf verifies against the wrong CA:\n" .. said)
   peers.cleanup()
-  return k
+  return { pki = p, dir = p.dir, ca = ca.cert, cert = leaf.cert, key = leaf.key,
+           wrong = wrong.cert }
 end
 
 ---------------------------------------------------------------------------
@@ -175,7 +157,7 @@ end
 
 describe("TLS proxy", function()
   setup(function() pki = make_pki() end)
-  teardown(function() if pki then os.execute("rm -rf " .. shq(pki.dir)) end end)
+  teardown(function() if pki then pki.pki:remove() end end)
   after_each(peers.teardown)
 
   it("terminates TLS for curl in front of a plain HTTP server, byte-exact", function()

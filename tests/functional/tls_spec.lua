@@ -1,9 +1,10 @@
 -- TLS against real clients: openssl s_client and Python's ssl module
 -- (tests/support/tls_client.py). Certificates are made with the openssl CLI
--- once for the file. Every wait is bounded (harness timeouts, scaled by
--- ECHOKIT_SLOW / valgrind).
+-- (tests/support/pki.lua) once for the file. Every wait is bounded (harness
+-- timeouts, scaled by ECHOKIT_SLOW / valgrind).
 local t = require "echokit_test"
 local peers = require "peers"
+local pki = require "pki"
 
 local PY = "/usr/bin/python3"
 local CLIENT = "tests/support/tls_client.py"
@@ -25,34 +26,20 @@ local function sh(cmd, what)
 end
 
 local function make_certs()
-  local p = io.popen("mktemp -d " .. (os.getenv("TMPDIR") or "/tmp") .. "/echokit-tls-XXXXXX")
-  local d = p:read("l")
-  p:close()
-  assert(d and d ~= "", "mktemp -d failed")
-  local ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
-  local function leaf(name, subj, ext, days)
-    return string.format(
-      "openssl req %s -keyout %s-key.pem -out %s.csr -subj %s\n" ..
-      "printf '%%s\\n' %s > %s.ext\n" ..
-      "openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial " ..
-      "-days %d -extfile %s.ext -out %s.pem\n",
-      ec, name, name, shq(subj), shq(ext), name, name, days, name, name)
-  end
-  sh("cd " .. shq(d) .. "\n" ..
-     "openssl req -x509 " .. ec .. " -keyout ca-key.pem -out ca.pem -days 2 " ..
-     "-subj '/CN=echokit test CA'\n" ..
-     leaf("a", "/CN=a.test", "subjectAltName=DNS:a.test", 2) ..
-     leaf("b", "/CN=b.test", "subjectAltName=DNS:b.test", 2) ..
-     leaf("client", "/CN=test client/O=echokit tests", "extendedKeyUsage=clientAuth", 2) ..
-     leaf("expired", "/CN=localhost", "subjectAltName=DNS:localhost", -1) ..
-     "openssl req -x509 " .. ec .. " -keyout stranger-key.pem -out stranger.pem -days 2 " ..
-     "-subj '/CN=stranger'\n", "making test certificates")
-  local function f(n) return d .. "/" .. n end
-  return { dir = d, ca = f("ca.pem"), ca_key = f("ca-key.pem"),
-           a = f("a.pem"), a_key = f("a-key.pem"), b = f("b.pem"), b_key = f("b-key.pem"),
-           client = f("client.pem"), client_key = f("client-key.pem"),
-           stranger = f("stranger.pem"), stranger_key = f("stranger-key.pem"),
-           expired = f("expired.pem"), expired_key = f("expired-key.pem") }
+  local p = pki.new("echokit-tls")
+  local ca = p:ca("ca", { subj = "/CN=echokit test CA" })
+  local a = p:leaf("a", { ca = ca, subj = "/CN=a.test", san = "DNS:a.test" })
+  local b = p:leaf("b", { ca = ca, subj = "/CN=b.test", san = "DNS:b.test" })
+  local client = p:leaf("client", { ca = ca, subj = "/CN=test client/O=echokit tests",
+                                    eku = "clientAuth" })
+  local expired = p:leaf("expired", { ca = ca, subj = "/CN=localhost", san = "DNS:localhost",
+                                      days = -1 })
+  local stranger = p:self_signed("stranger", { subj = "/CN=stranger" })
+  return { pki = p, dir = p.dir, ca = ca.cert, ca_key = ca.key,
+           a = a.cert, a_key = a.key, b = b.cert, b_key = b.key,
+           client = client.cert, client_key = client.key,
+           stranger = stranger.cert, stranger_key = stranger.key,
+           expired = expired.cert, expired_key = expired.key }
 end
 
 ---------------------------------------------------------------------------
@@ -104,7 +91,7 @@ end
 
 describe("tls", function()
   setup(function() certs = make_certs() end)
-  teardown(function() if certs then os.execute("rm -rf " .. shq(certs.dir)) end end)
+  teardown(function() if certs then certs.pki:remove() end end)
   after_each(peers.teardown)
 
   describe("--tls-self-signed echo", function()

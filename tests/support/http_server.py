@@ -37,6 +37,17 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 64
 
 
+def serve(srv):
+    """Prints srv's port as one line on stdout, then serves until killed."""
+    sys.stdout.write("%d\n" % srv.server_address[1])
+    sys.stdout.flush()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main():
     if len(sys.argv) not in (2, 4):
         sys.stderr.write("usage: http_server.py DIR [CERT KEY]\n")
@@ -48,13 +59,7 @@ def main():
         ctx.load_cert_chain(sys.argv[2], sys.argv[3])
         ctx.set_alpn_protocols(["http/1.1"])
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    sys.stdout.write("%d\n" % srv.server_address[1])
-    sys.stdout.flush()
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(srv)
 
 
 if __name__ == "__main__":

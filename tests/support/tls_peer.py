@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from http_server import serve  # tests/support, this script's directory
+
 T = float(os.environ.get("TLS_PEER_TIMEOUT", "60"))
 lock = threading.Lock()
 seq = [0]
@@ -122,16 +124,6 @@ class EchoServer(socketserver.ThreadingTCPServer):
     def __init__(self, ctx, *a, **kw):
         self.ctx = ctx
         super().__init__(*a, **kw)
-
-
-def serve(srv):
-    sys.stdout.write("%d\n" % srv.server_address[1])
-    sys.stdout.flush()
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 def fail(msg):
