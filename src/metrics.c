@@ -314,6 +314,17 @@ static void proxies(struct buf *b, const struct metrics_page *p)
                 (long long)all[j].toxics);
 }
 
+/* A counter per listener: the array at offset off of every slot, summed. */
+static void per_listener(struct buf *b, const struct metrics_page *p, const char *name,
+                         const char *help, size_t off)
+{
+    char el[260];
+    head(b, name, "counter", help);
+    for (int i = 0; i < p->nlisteners; i++)
+        bprintf(b, "%s{listener=\"%s\"} %llu\n", name, esc(p->listener[i], el, sizeof el),
+                (unsigned long long)sum(p, off + (size_t)i * sizeof(uint64_t)));
+}
+
 char *metrics_render(const struct metrics_page *p, size_t *len)
 {
     struct buf b = {.cap = 8192};
@@ -336,21 +347,12 @@ char *metrics_render(const struct metrics_page *p, size_t *len)
         bprintf(&b, "echokit_connections_closed_total{reason=\"%s\"} %llu\n", reason_names[r],
                 (unsigned long long)sum(p, offsetof(struct metrics_slot, closed) +
                                                (size_t)r * sizeof(uint64_t)));
-    char el[260];
-    head(&b, "echokit_received_bytes_total", "counter",
-         "Bytes received from clients of a listener (added as each connection closes).");
-    for (int i = 0; i < p->nlisteners; i++)
-        bprintf(&b, "echokit_received_bytes_total{listener=\"%s\"} %llu\n",
-                esc(p->listener[i], el, sizeof el),
-                (unsigned long long)sum(p, offsetof(struct metrics_slot, bytes_in) +
-                                               (size_t)i * sizeof(uint64_t)));
-    head(&b, "echokit_sent_bytes_total", "counter",
-         "Bytes sent to clients of a listener (added as each connection closes).");
-    for (int i = 0; i < p->nlisteners; i++)
-        bprintf(&b, "echokit_sent_bytes_total{listener=\"%s\"} %llu\n",
-                esc(p->listener[i], el, sizeof el),
-                (unsigned long long)sum(p, offsetof(struct metrics_slot, bytes_out) +
-                                               (size_t)i * sizeof(uint64_t)));
+    per_listener(&b, p, "echokit_received_bytes_total",
+                 "Bytes received from clients of a listener (added as each connection closes).",
+                 offsetof(struct metrics_slot, bytes_in));
+    per_listener(&b, p, "echokit_sent_bytes_total",
+                 "Bytes sent to clients of a listener (added as each connection closes).",
+                 offsetof(struct metrics_slot, bytes_out));
     counter(&b, "echokit_callback_errors_total", "Lua callbacks that raised an error.",
             SUM(p, callback_errors));
     counter(&b, "echokit_cpu_budget_exceeded_total",
