@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "adminsync.h"
 #include "log.h"
 #include "script.h"
 #include "tls.h"
@@ -23,6 +24,7 @@ struct llisten {
     struct handler h;
     int self_ref;
     int open;
+    int adopted;    /* the socket is another process's too: never unlink it */
     char name[200]; /* as bound: "127.0.0.1:8474", "unix:/path" */
     struct llisten *next, **pprev; /* S->listeners while open */
 };
@@ -61,7 +63,8 @@ static void ll_close(lua_State *L, struct llisten *ll)
         return;
     ll->open = 0;
     server_stop(&ll->srv);
-    server_unlink_unix(&ll->srv);
+    if (!ll->adopted)
+        server_unlink_unix(&ll->srv);
     if (ll->pprev) {
         *ll->pprev = ll->next;
         if (ll->next)
@@ -72,6 +75,8 @@ static void ll_close(lua_State *L, struct llisten *ll)
     ll_unref(L, ll);
 }
 
+static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls);
+
 /* echokit.listen(addr, handler) -> listener | nil, err.
  * The address must be numeric (or "localhost", taken as 127.0.0.1): this runs
  * on the event loop, where a name lookup would block every connection. A
@@ -80,7 +85,6 @@ static void ll_close(lua_State *L, struct llisten *ll)
  * reason. [-2, +1|2, e] */
 int llisten_listen(lua_State *L)
 {
-    struct script *S = script_of(L);
     const char *spec = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3))
@@ -107,7 +111,15 @@ int llisten_listen(lua_State *L)
         spec = mapped;
     }
     script_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
+    return ll_new(L, spec, -1, tls);
+}
 
+/* The listener userdata for the handler at index 2, listening on spec, or
+ * on fd (already listening) when fd >= 0. Returns its Lua results. */
+static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls)
+{
+    struct script *S = script_of(L);
+    char err[ECHOKIT_ERR_LEN];
     struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);
     memset(ll, 0, sizeof *ll);
     ll->S = S;
@@ -115,7 +127,7 @@ int llisten_listen(lua_State *L)
     for (int i = 0; i < CB_COUNT; i++)
         ll->h.cb[i] = LUA_NOREF;
     luaL_setmetatable(L, LISTEN_MT);
-    /* stack: addr, handler, listener */
+    /* stack: addr, handler, ..., listener */
     server_init(&ll->srv, S->ctx);
     ll->srv.on_accept = ll_accept;
     ll->srv.reuseport = S->reuseport; /* with --workers, each worker its own socket */
@@ -124,12 +136,13 @@ int llisten_listen(lua_State *L)
     script_take_handler(L, 2, &ll->h);
     lua_pushvalue(L, -1);
     ll->self_ref = script_ref(L);
-    if (server_listen(&ll->srv, spec, err) < 0) {
+    if ((fd >= 0 ? server_adopt(&ll->srv, fd, err) : server_listen(&ll->srv, spec, err)) < 0) {
         ll_unref(L, ll);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
+    ll->adopted = fd >= 0;
     ll->srv.ls[0].data = tls;
     server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
     ll->open = 1;
@@ -207,23 +220,81 @@ void llisten_close_all(struct script *S)
         ll_close(S->L, S->listeners);
 }
 
+/* The control API's listener on a socket the master bound (upvalue 1: the
+ * fd, taken once). (addr, handler) -> listener | nil, err. [-2, +1|2, e] */
+static int l_adopt(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    int fd = (int)lua_tointeger(L, lua_upvalueindex(1));
+    if (fd < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the control API's socket is taken already");
+        return 2;
+    }
+    script_check_handler(L, 2, "echokit.listen");
+    int n = ll_new(L, NULL, fd, NULL);
+    if (n == 1) {
+        lua_pushinteger(L, -1);
+        lua_replace(L, lua_upvalueindex(1));
+    }
+    return n;
+}
+
+/* toxiproxy.publish(json) with --workers (upvalue 1: the shared region)
+ * -> true | nil, err. [-1, +1|2, -] */
+static int l_publish(lua_State *L)
+{
+    struct adminsync *sync = lua_touserdata(L, lua_upvalueindex(1));
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    if (adminsync_publish(sync, text, len) < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "the configuration (%d bytes as JSON) is larger than the %d bytes "
+                        "shared with the other workers: applied in this worker only",
+                        (int)len, (int)ADMINSYNC_CAP);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Pushes require("echokit.toxiproxy") in protected mode; msgh at index
+ * top + 1. Returns 0, or -1 with the error on the stack. [-0, +1, -] */
+static int require_toxiproxy(lua_State *L, int top)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "echokit.toxiproxy");
+    return lua_pcall(L, 1, 1, top + 1) == LUA_OK ? 0 : -1;
+}
+
 /* Runs require("echokit.toxiproxy").serve(addr) in protected mode; the stack
- * is left as found. [-0, +0, -] */
-int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
-                  size_t errcap)
+ * is left as found. With fd >= 0 the API takes that listening socket; with
+ * sync, it publishes every change there. [-0, +0, -] */
+int llisten_admin(struct script *S, const char *addr, int fd, struct adminsync *sync,
+                  char *name, size_t namecap, char *err, size_t errcap)
 {
     lua_State *L = S->L;
     int top = lua_gettop(L);
     lua_pushcfunction(L, script_msgh_bare);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "echokit.toxiproxy");
-    /* stack: msgh, require, "echokit.toxiproxy" */
-    if (lua_pcall(L, 1, 1, top + 1) != LUA_OK)
+    /* stack: msgh */
+    if (require_toxiproxy(L, top) < 0)
         goto fail;
+    if (sync) {
+        lua_pushlightuserdata(L, sync);
+        lua_pushcclosure(L, l_publish, 1);
+        lua_setfield(L, -2, "publish");
+    }
     lua_getfield(L, -1, "serve");
     lua_pushstring(L, addr);
-    /* stack: msgh, module, serve, addr */
-    if (lua_pcall(L, 1, 2, top + 1) != LUA_OK)
+    if (fd >= 0) {
+        lua_pushinteger(L, fd);
+        lua_pushcclosure(L, l_adopt, 1);
+    } else {
+        lua_pushnil(L);
+    }
+    /* stack: msgh, module, serve, addr, listen */
+    if (lua_pcall(L, 2, 2, top + 1) != LUA_OK)
         goto fail;
     if (lua_isnil(L, -2)) {
         snprintf(err, errcap, "%s", luaL_optstring(L, -1, "cannot listen"));
@@ -231,6 +302,34 @@ int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap
         return -1;
     }
     snprintf(name, namecap, "%s", lua_tostring(L, -2));
+    lua_settop(L, top);
+    return 0;
+fail:
+    snprintf(err, errcap, "%s", lua_tostring(L, -1));
+    lua_settop(L, top);
+    return -1;
+}
+
+/* Runs require("echokit.toxiproxy").apply(text) in protected mode; the
+ * stack is left as found. Returns 0, or -1 with the reason in err. */
+int llisten_admin_apply(struct script *S, const char *text, size_t len, char *err,
+                        size_t errcap)
+{
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, script_msgh_bare);
+    if (require_toxiproxy(L, top) < 0)
+        goto fail;
+    lua_getfield(L, -1, "apply");
+    lua_pushlstring(L, text, len);
+    /* stack: msgh, module, apply, text */
+    if (lua_pcall(L, 1, 2, top + 1) != LUA_OK)
+        goto fail;
+    if (!lua_toboolean(L, -2)) {
+        snprintf(err, errcap, "%s", luaL_optstring(L, -1, "not applied"));
+        lua_settop(L, top);
+        return -1;
+    }
     lua_settop(L, top);
     return 0;
 fail:

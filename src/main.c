@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "adminsync.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -57,6 +58,13 @@ struct app {
     int mfd;                    /* its listening socket until served; -1 */
     struct metrics_server *msrv;
     ev_timer heap_timer;        /* the Lua heap gauge */
+    /* --admin with --workers: the shared configuration, the API's socket
+     * (bound by the master; -1 once worker 0 took it or another closed it),
+     * and the other workers' poll of the configuration's counter. */
+    struct adminsync *sync;
+    int afd;
+    ev_timer sync_timer;
+    uint64_t sync_seq; /* the configuration applied here */
 };
 
 /* ---- shutdown ----------------------------------------------------------- */
@@ -92,6 +100,10 @@ static void begin_shutdown(struct app *a)
     a->stopping = 1;
     server_drain_backlog(&a->srv);
     server_stop(&a->srv);
+    if (ev_is_active(&a->sync_timer)) { /* no proxy opens any more */
+        ev_ref(a->loop);
+        ev_timer_stop(a->loop, &a->sync_timer);
+    }
     llisten_close_all(a->S);
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
@@ -223,6 +235,61 @@ static void master_replacing(void *data, long i)
     metrics_add(&a->mpage->restarts, 1);
 }
 
+/* ---- --admin with --workers ---------------------------------------------- */
+
+/* Applies the published configuration if it changed since the last one
+ * applied here. */
+static void sync_apply(struct app *a)
+{
+    if (adminsync_seq(a->sync) == a->sync_seq)
+        return;
+    size_t len;
+    uint64_t seq;
+    char *text = adminsync_read(a->sync, &len, &seq);
+    if (!text)
+        return; /* nothing yet, or being written: the next poll */
+    a->sync_seq = seq;
+    char err[1024];
+    if (llisten_admin_apply(a->S, text, len, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "control API: applying the configuration: %s", err);
+    free(text);
+}
+
+static void sync_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sync_apply(container_of(w, struct app, sync_timer));
+}
+
+/* In worker index, once its handler is loaded: every worker applies the
+ * configuration published so far (a replacement, worker 0's too, starts
+ * where its predecessor was); worker 0 then serves the API on the master's
+ * socket and publishes each change, the others poll for changes. Returns 0,
+ * or 1 if the API cannot be served. */
+static int admin_begin(struct app *a, long index)
+{
+    if (!a->sync)
+        return 0;
+    sync_apply(a);
+    if (index == 0) {
+        char name[200], err[1024];
+        int fd = a->afd;
+        a->afd = -1;
+        if (llisten_admin(a->S, a->o->admin, fd, a->sync, name, sizeof name, err,
+                          sizeof err) < 0) {
+            log_msg(LOG_ERROR, "worker 0: --admin: %s", err);
+            close(fd);
+            return 1;
+        }
+        return 0;
+    }
+    close(a->afd);
+    a->afd = -1;
+    ev_timer_init(&a->sync_timer, sync_cb, ADMINSYNC_POLL, ADMINSYNC_POLL);
+    ev_timer_start(a->loop, &a->sync_timer);
+    ev_unref(a->loop); /* the poll alone does not keep the loop running */
+    return 0;
+}
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -237,6 +304,11 @@ static void raise_fd_limit(void)
 static int early_exit(struct app *a, char *rbuf, int status)
 {
     metrics_end(a);
+    if (a->afd >= 0)
+        close(a->afd);
+    a->afd = -1;
+    adminsync_free(a->sync);
+    a->sync = NULL;
     script_free(a->S);
     a->S = NULL;
     tls_server_free(a->tls);
@@ -327,6 +399,9 @@ static void master_stopping(void *data)
 {
     struct app *a = data;
     server_stop(&a->srv);
+    if (a->afd >= 0)
+        close(a->afd);
+    a->afd = -1;
 }
 
 /* SIGHUP in the master: the handler (and its modules) loaded afresh in a
@@ -377,6 +452,10 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
         server_stop(&a->srv);
         return status;
     }
+    if (admin_begin(a, index)) {
+        server_stop(&a->srv);
+        return 1;
+    }
     /* The loop takes SIGINT/SIGTERM over. libev installs its handlers but
      * leaves the signal mask alone: they are unblocked here, after the
      * handlers are in place (one that came meanwhile is taken now). SIGHUP
@@ -409,6 +488,8 @@ int main(int argc, char **argv)
     a.o = &o;
     a.grace = o.grace;
     a.mfd = -1;
+    a.afd = -1;
+    ev_init(&a.sync_timer, sync_cb);
     char *rbuf = malloc(READ_BUFFER);
     if (!rbuf) {
         fprintf(stderr, "echokit: out of memory\n");
@@ -496,10 +577,26 @@ int main(int argc, char **argv)
         ev_signal_start(a.loop, &a.sighup);
     }
 
-    if (o.admin) {
+    if (o.admin && !o.master) {
         char name[200], aerr[1024];
-        if (llisten_admin(a.S, o.admin, name, sizeof name, aerr, sizeof aerr) < 0) {
+        if (llisten_admin(a.S, o.admin, -1, NULL, name, sizeof name, aerr, sizeof aerr) < 0) {
             fprintf(stderr, "echokit: --admin: %s\n", aerr);
+            return early_exit(&a, rbuf, 1);
+        }
+        printf("admin listening on %s\n", name);
+    } else if (o.admin) {
+        /* Bound here and kept by the master, as --metrics: a restarted
+         * worker 0 serves the same socket. The configuration is shared
+         * through a region mapped before the fork (adminsync.h). */
+        char name[200], aerr[1024];
+        a.sync = adminsync_new();
+        if (!a.sync) {
+            fprintf(stderr, "echokit: --admin: cannot map the shared configuration\n");
+            return early_exit(&a, rbuf, 1);
+        }
+        a.afd = metrics_listen(o.admin, name, sizeof name, aerr, sizeof aerr);
+        if (a.afd < 0) {
+            fprintf(stderr, "echokit: --admin: cannot listen on %s\n", aerr);
             return early_exit(&a, rbuf, 1);
         }
         printf("admin listening on %s\n", name);
@@ -591,6 +688,7 @@ int main(int argc, char **argv)
     signal(SIGHUP, SIG_IGN);
     conn_ctx_release(&a.ctx);
     metrics_end(&a);
+    adminsync_free(a.sync);
     script_free(a.S);
     tls_server_free(a.tls);
     tls_cleanup();

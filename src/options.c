@@ -65,7 +65,10 @@ static void usage(FILE *f)
 "      --check             load the handler, report errors, exit (0 = ok)\n"
 "      --admin ADDR        serve the control API (toxiproxy's HTTP API: proxies\n"
 "                          and toxics created and changed at run time) on ADDR;\n"
-"                          a bare PORT means 127.0.0.1:PORT. Needs --workers 1.\n"
+"                          a bare PORT means 127.0.0.1:PORT. With workers,\n"
+"                          worker 0 answers it and the others apply each change\n"
+"                          within ~0.1 s (their own SO_REUSEPORT listener per\n"
+"                          proxy; toxics reach their open connections too).\n"
 "                          Without --listen, only the control API listens\n"
 "      --metrics ADDR      serve GET /metrics (Prometheus text format) on ADDR,\n"
 "                          from C: the counters of every worker, summed; a\n"
@@ -326,13 +329,8 @@ void options_parse(int argc, char **argv, struct options *o)
         die_usage("--tls-self-signed replaces --tls-cert: give one or the other%s", "");
     if (o->max_buffer < o->high_water)
         die_usage("--max-buffer must be at least --high-water%s", "");
-    /* Each worker would hold its own proxies: the API could not answer for
-     * them all. */
     if (o->workers > 1)
         o->master = 1;
-    if (o->admin && o->master)
-        die_usage("--admin needs --workers 1 and no --master (the control API lives in one "
-                  "process)%s", "");
     /* With --admin alone echokit is a fault-injection server like
      * toxiproxy-server: only the control API listens. */
     if (!o->nlisten && !o->admin)

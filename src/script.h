@@ -199,10 +199,18 @@ int llisten_listen(lua_State *L);
 /* Closes every open echokit.listen listener (shutdown: stop accepting). */
 void llisten_close_all(struct script *S);
 
-/* Starts the control API (require "echokit.toxiproxy".serve(addr)). Returns 0
- * with the bound address in name, or -1 with a one-line message in err. */
-int llisten_admin(struct script *S, const char *addr, char *name, size_t namecap, char *err,
-                  size_t errcap);
+/* Starts the control API (require "echokit.toxiproxy".serve(addr)), on the
+ * listening socket fd if fd >= 0 (bound by the master), publishing every
+ * change to sync if not NULL (--workers). Returns 0 with the bound address
+ * in name, or -1 with a one-line message in err. */
+struct adminsync;
+int llisten_admin(struct script *S, const char *addr, int fd, struct adminsync *sync,
+                  char *name, size_t namecap, char *err, size_t errcap);
+
+/* Applies a published configuration (require "echokit.toxiproxy".apply):
+ * 0, or -1 with the reason in err. */
+int llisten_admin_apply(struct script *S, const char *text, size_t len, char *err,
+                        size_t errcap);
 
 /* "5.4.4", for the build information. */
 const char *script_lua_release(void);

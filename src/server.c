@@ -306,6 +306,25 @@ int server_listen(struct server *srv, const char *spec, char *err)
     return 0;
 }
 
+int server_adopt(struct server *srv, int fd, char *err)
+{
+    if (srv->nls == SERVER_MAX_LISTENERS) {
+        snprintf(err, ECHOKIT_ERR_LEN, "at most %d listeners", SERVER_MAX_LISTENERS);
+        return -1;
+    }
+    struct listener *l = &srv->ls[srv->nls];
+    memset(l, 0, sizeof *l);
+    if (net_local_addr(fd, &l->addr) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "getsockname: %s", strerror(errno));
+        return -1;
+    }
+    l->fd = fd;
+    l->srv = srv;
+    ev_io_init(&l->io, accept_cb, fd, EV_READ);
+    srv->nls++;
+    return 0;
+}
+
 int server_copy_listeners(struct server *srv, int n, char *err)
 {
     for (int i = 0; i < srv->nls; i++) {

@@ -69,6 +69,11 @@ void server_init(struct server *srv, struct conn_ctx *ctx);
 /* Binds and listens on spec; returns 0, or -1 with err filled. */
 int server_listen(struct server *srv, const char *spec, char *err);
 
+/* Takes a socket already listening (bound by another process, e.g. the
+ * --workers master) as a listener of srv, which owns fd from then on.
+ * Returns 0, or -1 with the reason in err (fd left open). */
+int server_adopt(struct server *srv, int fd, char *err);
+
 /* --workers: gives each TCP listener n sockets bound to its address (as
  * bound: port 0 resolved), all with SO_REUSEPORT (srv->reuseport must have
  * been set before server_listen), so that the kernel spreads new connections

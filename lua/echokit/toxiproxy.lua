@@ -730,6 +730,8 @@ end
 ---------------------------------------------------------------------------
 -- Routing
 ---------------------------------------------------------------------------
+local publish -- below, with the snapshot
+
 local ROUTES = {
   { "^/version$", { GET = H.version } },
   { "^/reset$", { POST = H.reset } },
@@ -763,6 +765,16 @@ function M.route(req, unescape)
       end
       for i, c in ipairs(caps) do caps[i] = unescape and unescape(c) or c end
       local status, body
+      if req.method ~= "GET" then
+        -- after the answer is computed, whatever it is (a failed request
+        -- may still have disabled a proxy)
+        local inner = fn
+        fn = function(...)
+          local a, b = inner(...)
+          publish()
+          return a, b
+        end
+      end
       if r.proxy then
         local proxy = proxies[caps[1]]
         if not proxy then
@@ -786,9 +798,9 @@ function M.route(req, unescape)
   return 404, JSON, cjson.encode(apierr(404, "no route for " .. req.path)) .. "\n"
 end
 
--- toxiproxy.serve(addr): starts the control API on addr. Returns the bound
--- address ("127.0.0.1:8474"), or nil and the reason.
-function M.serve(addr)
+-- Loads the API's JSON library once. Returns true, or nil and the reason.
+local function load_cjson()
+  if cjson then return true end
   local ok, lib = pcall(require, "cjson")
   if not ok then
     return nil, "the control API needs lua-cjson for Lua 5.4 (Debian: apt-get install lua-cjson): " ..
@@ -799,11 +811,135 @@ function M.serve(addr)
   cjson = lib.new()
   cjson.decode_invalid_numbers(false)
   cjson.decode_max_depth(32)
+  return true
+end
+
+---------------------------------------------------------------------------
+-- With --workers: one worker answers the API; after each request that may
+-- change something it publishes the whole configuration (M.snapshot, set
+-- by the C side as M.publish), and every worker, that one's replacement
+-- too, applies it (M.apply): the same proxies, each worker listening on the
+-- same address with SO_REUSEPORT, and the same toxics.
+---------------------------------------------------------------------------
+
+-- The configuration as JSON: every proxy as listed by the API (listen as
+-- bound, so port 0 is the real port), with its upstream's TLS options.
+function M.snapshot()
+  local parts = {}
+  for _, name in ipairs(sorted_names()) do
+    local p = proxies[name]
+    local tls = p.tls and cjson.encode(p.tls) or "null"
+    parts[#parts + 1] = proxy_json(p):sub(1, -2) .. ',"upstream_tls":' .. tls ..
+                        ',"adopted":' .. tostring(p.adopted == true) .. "}"
+  end
+  return "[" .. table.concat(parts, ",") .. "]"
+end
+
+-- Makes set's toxics those of list (API views): a toxic of the same name,
+-- type and stream is updated in place, so that the connections using it see
+-- the change; others are removed or added.
+local function sync_toxics(set, list)
+  local want = {}
+  for _, v in ipairs(list) do want[v.name] = v end
+  for _, have in ipairs(set:list()) do
+    local w = want[have.name]
+    if not w or w.type ~= have.type or w.stream ~= have.stream then set:remove(have.name) end
+  end
+  for _, v in ipairs(list) do
+    local input = { name = v.name, type = v.type, stream = v.stream, toxicity = v.toxicity,
+                    attributes = v.attributes, api = true }
+    local _, msg
+    if set:find(v.name) then
+      _, msg = set:update(v.name, input)
+    else
+      _, msg = set:add(input)
+    end
+    if msg then echokit.log("error", "toxic %s: %s", v.name, msg) end
+  end
+end
+
+local function same_tls(a, b)
+  if a == nil or b == nil then return a == b end
+  return cjson.encode(a) == cjson.encode(b)
+end
+
+-- toxiproxy.apply(json): makes this worker's proxies and toxics those of a
+-- snapshot. A listener that cannot be opened is logged; that proxy stays
+-- disabled here. Returns true, or nil and the reason.
+function M.apply(json)
+  local ok, err = load_cjson()
+  if not ok then return nil, err end
+  local list
+  ok, list = pcall(cjson.decode, json)
+  if not ok or type(list) ~= "table" then return nil, "bad snapshot: " .. tostring(list) end
+  local seen = {}
+  for _, v in ipairs(list) do
+    for k, x in pairs(v) do if x == cjson.null then v[k] = nil end end
+    seen[v.name] = true
+    local p = proxies[v.name]
+    if v.adopted then
+      -- a handler's own set: only its toxics and enabled follow
+      if p and p.adopted then
+        p.enabled = v.enabled
+        if not v.enabled then p.set:close_all("close") end
+      end
+    elseif p and p.adopted then
+      echokit.log("error", "proxy %s: the main handler's here; not replaced", v.name)
+      p = nil
+    else
+      if p and (p.upstream ~= v.upstream or not same_tls(p.tls, v.upstream_tls) or
+                (v.enabled and p.listen ~= v.listen)) then
+        remove_proxy(p)
+        p = nil
+      end
+      if not p then
+        p = new_proxy(v.name, v.listen, v.upstream, v.upstream_tls)
+        insert_proxy(p)
+      end
+      p.listen = v.listen
+      if v.enabled and not p.enabled then
+        local ls, lerr = swap_listeners({}, { { p, v.listen } })
+        if ls then
+          attach(p, ls[1])
+          p.enabled = true
+        else
+          echokit.log("error", "proxy %s: %s; it is disabled in this worker", v.name, lerr.error)
+        end
+      elseif not v.enabled and p.enabled then
+        close_listener(p)
+        p.set:close_all("close")
+        p.enabled = false
+      end
+    end
+    if p then sync_toxics(p.set, v.toxics or {}) end
+  end
+  for _, name in ipairs(sorted_names()) do
+    local p = proxies[name]
+    if not seen[name] and not p.adopted then remove_proxy(p) end
+  end
+  return true
+end
+
+-- Publishes the configuration if a publisher is set (M.publish, by the C
+-- side with --workers). A configuration too large for the shared region is
+-- kept here and logged: the other workers keep the previous one.
+function publish()
+  if not M.publish then return end
+  local ok, err = M.publish(M.snapshot())
+  if not ok then echokit.log("error", "control API: %s", err) end
+end
+
+-- toxiproxy.serve(addr [, listen]): starts the control API on addr (or on
+-- what listen(handler) opens, a listener). Returns the bound address
+-- ("127.0.0.1:8474"), or nil and the reason.
+function M.serve(addr, listen)
+  local ok, lerr = load_cjson()
+  if not ok then return nil, lerr end
   local http = require "echokit.http"
   local handler = http.handler(function(req)
     return M.route(req, http.unescape)
   end, { server = "echokit" })
-  local l, err = echokit.listen(addr, handler)
+  local l, err = (listen or echokit.listen)(addr, handler)
   if not l then return nil, "cannot listen on " .. err end
   M.listener = l
   return l:address()
