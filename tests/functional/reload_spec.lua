@@ -228,9 +228,41 @@ describe("SIGHUP", function()
     assert.equal(srv:pid(), tonumber(once(srv, "pid")))
   end)
 
-  it("--admin with --master is a usage error", function()
-    local r = t.run { opts = { "--master", "--admin", "127.0.0.1:0" } }
-    assert.same({ "exited", 2 }, { r.how, r.code })
-    assert.matches("%-%-admin needs %-%-workers 1 and no %-%-master", r.stderr)
+  it("--admin with --master: the configuration survives a reload", function()
+    local srv = t.start { opts = { "--master", "--admin", "127.0.0.1:0" } }
+    local admin
+    for _, line in ipairs(srv.stdout_lines) do
+      admin = admin or line:match("^admin listening on (.+)$")
+    end
+    assert(admin, table.concat(srv.stdout_lines, "\n"))
+    local function http(method, path, body)
+      local host, port = admin:match("^(.+):(%d+)$")
+      local c = assert(socket.connect(host, tonumber(port)))
+      c:settimeout(t.T(5))
+      t.send_all(c, method .. " " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" ..
+                 "Content-Length: " .. #(body or "") .. "\r\n\r\n" .. (body or ""))
+      local resp = t.recv_until_closed(c, 5)
+      c:close()
+      return resp
+    end
+    local resp = http("POST", "/proxies", '{"name":"p","upstream":"127.0.0.1:' .. srv:port() ..
+                      '","listen":"127.0.0.1:0"}')
+    assert.matches("^HTTP/1.1 201", resp)
+    local listen = resp:match('"listen":"([^"]+)"')
+    local old = t.children(srv:pid())[1]
+    hup(srv)
+    t.eventually(function()
+      local c = t.children(srv:pid())
+      return #c == 1 and c[1] ~= old, "workers: " .. table.concat(c, " ")
+    end, 10, "the new worker alone")
+    resp = http("GET", "/proxies/p")
+    assert.matches("^HTTP/1.1 200", resp)
+    assert.equal(listen, resp:match('"listen":"([^"]+)"'))
+    local host, port = listen:match("^(.+):(%d+)$")
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(t.T(5))
+    t.send_all(c, "x\n")
+    assert.equal("x", t.recv_line(c, 5))
+    c:close()
   end)
 end)
