@@ -15,7 +15,11 @@
  * (a Lua state of its own, closed again), and if it loads, forks new workers
  * that take the old ones' sockets over while the old ones finish their
  * connections (workers.c). --workers 1 is one process with no master unless
- * --master is given; that process cannot reload, and says so on SIGHUP. */
+ * --master is given; that process cannot reload, and says so on SIGHUP.
+ *
+ * --admin with the master: the master binds the API's socket and maps the
+ * shared configuration (adminsync.h) before forking; worker 0 answers the
+ * API and publishes each change, the others apply it (admin_begin). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
