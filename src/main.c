@@ -104,6 +104,8 @@ static void begin_shutdown(struct app *a)
     a->stopping = 1;
     server_drain_backlog(&a->srv);
     server_stop(&a->srv);
+    if (a->o->master) /* the next worker 0 answers scrapes */
+        metrics_server_stop_accepting(a->msrv);
     if (ev_is_active(&a->sync_timer)) { /* no proxy opens any more */
         ev_ref(a->loop);
         ev_timer_stop(a->loop, &a->sync_timer);

@@ -572,14 +572,21 @@ struct metrics_server *metrics_server_start(struct ev_loop *loop, int fd,
     return s;
 }
 
+void metrics_server_stop_accepting(struct metrics_server *s)
+{
+    if (s && ev_is_active(&s->io)) {
+        ev_ref(s->loop); /* as ev_unref when it started: before the stop */
+        ev_io_stop(s->loop, &s->io);
+    }
+}
+
 void metrics_server_free(struct metrics_server *s)
 {
     if (!s)
         return;
     while (s->clients)
         client_free(s->clients);
-    ev_ref(s->loop);
-    ev_io_stop(s->loop, &s->io);
+    metrics_server_stop_accepting(s);
     close(s->fd);
     free(s);
 }

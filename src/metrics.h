@@ -126,6 +126,11 @@ int metrics_listen(const char *spec, char *name, size_t cap, char *err, size_t e
 struct metrics_server *metrics_server_start(struct ev_loop *loop, int fd,
                                             const struct metrics_page *p);
 
+/* A worker that stops (a reload, a shutdown) takes no more scrapes: the
+ * socket stays open for the next worker 0 to serve, and a scrape is not
+ * accepted by one about to close it unanswered. NULL is fine. */
+void metrics_server_stop_accepting(struct metrics_server *s);
+
 /* Closes the socket and every client; NULL is fine. */
 void metrics_server_free(struct metrics_server *s);
 
