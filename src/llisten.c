@@ -268,6 +268,34 @@ static int require_toxiproxy(lua_State *L, int top)
     return lua_pcall(L, 1, 1, top + 1) == LUA_OK ? 0 : -1;
 }
 
+/* The message on top of the stack to err; the stack back to top. -1. */
+static int failed(lua_State *L, int top, char *err, size_t errcap)
+{
+    const char *m = lua_tostring(L, -1);
+    snprintf(err, errcap, "%s", m ? m : "unknown error");
+    lua_settop(L, top);
+    return -1;
+}
+
+/* Calls the module function on the stack above top + 2 (msgh at top + 1)
+ * with nargs arguments, for two results: (value, nil) on success, (nil or
+ * false, message) on failure. Returns 0 with both results on the stack, or
+ * -1 with the stack as found and the reason (or dflt) in err. */
+static int call_module(lua_State *L, int top, int nargs, char *err, size_t errcap,
+                       const char *dflt)
+{
+    if (lua_pcall(L, nargs, 2, top + 1) != LUA_OK)
+        return failed(L, top, err, errcap);
+    if (!lua_toboolean(L, -2)) {
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushstring(L, dflt);
+        }
+        return failed(L, top, err, errcap);
+    }
+    return 0;
+}
+
 /* Runs require("echokit.toxiproxy").serve(addr) in protected mode; the stack
  * is left as found. With fd >= 0 the API takes that listening socket; with
  * sync, it publishes every change there. [-0, +0, -] */
@@ -279,7 +307,7 @@ int llisten_admin(struct script *S, const char *addr, int fd, struct adminsync *
     lua_pushcfunction(L, script_msgh_bare);
     /* stack: msgh */
     if (require_toxiproxy(L, top) < 0)
-        goto fail;
+        return failed(L, top, err, errcap);
     if (sync) {
         lua_pushlightuserdata(L, sync);
         lua_pushcclosure(L, l_publish, 1);
@@ -294,20 +322,11 @@ int llisten_admin(struct script *S, const char *addr, int fd, struct adminsync *
         lua_pushnil(L);
     }
     /* stack: msgh, module, serve, addr, listen */
-    if (lua_pcall(L, 2, 2, top + 1) != LUA_OK)
-        goto fail;
-    if (lua_isnil(L, -2)) {
-        snprintf(err, errcap, "%s", luaL_optstring(L, -1, "cannot listen"));
-        lua_settop(L, top);
+    if (call_module(L, top, 2, err, errcap, "cannot listen") < 0)
         return -1;
-    }
     snprintf(name, namecap, "%s", lua_tostring(L, -2));
     lua_settop(L, top);
     return 0;
-fail:
-    snprintf(err, errcap, "%s", lua_tostring(L, -1));
-    lua_settop(L, top);
-    return -1;
 }
 
 /* Runs require("echokit.toxiproxy").apply(text) in protected mode; the
@@ -319,21 +338,12 @@ int llisten_admin_apply(struct script *S, const char *text, size_t len, char *er
     int top = lua_gettop(L);
     lua_pushcfunction(L, script_msgh_bare);
     if (require_toxiproxy(L, top) < 0)
-        goto fail;
+        return failed(L, top, err, errcap);
     lua_getfield(L, -1, "apply");
     lua_pushlstring(L, text, len);
     /* stack: msgh, module, apply, text */
-    if (lua_pcall(L, 1, 2, top + 1) != LUA_OK)
-        goto fail;
-    if (!lua_toboolean(L, -2)) {
-        snprintf(err, errcap, "%s", luaL_optstring(L, -1, "not applied"));
-        lua_settop(L, top);
+    if (call_module(L, top, 1, err, errcap, "not applied") < 0)
         return -1;
-    }
     lua_settop(L, top);
     return 0;
-fail:
-    snprintf(err, errcap, "%s", lua_tostring(L, -1));
-    lua_settop(L, top);
-    return -1;
 }
