@@ -49,6 +49,9 @@ static int opt_bool(lua_State *L, int idx, const char *key)
 }
 
 static const char *const client_keys[] = {"ca", "sni", "alpn", "cert", "key", "insecure", NULL};
+/* conn:starttls's as a client: the same, and whether to be the server */
+static const char *const starttls_client_keys[] = {"server", "ca",  "sni",      "alpn",
+                                                   "cert",   "key", "insecure", NULL};
 static const char *const server_keys[] = {"server", "cert", "key", "self_signed", "alpn",
                                           "client_ca", "ca_cert", "ca_key", "name", NULL};
 
@@ -69,17 +72,20 @@ static void check_keys(lua_State *L, int idx, const char *const *known, const ch
     }
 }
 
-struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port)
+/* The client configuration from the options at idx (or nil), whose keys
+ * must be among known; who names the caller in errors. */
+static struct tls_client *client_config(lua_State *L, int idx, const char *host, int port,
+                                        const char *const *known, const char *who)
 {
     if (!lua_isnil(L, idx))
         luaL_checktype(L, idx, LUA_TTABLE);
-    check_keys(L, idx, client_keys, "echokit.connect");
+    check_keys(L, idx, known, who);
     struct tls_client_opts o = {
-        .ca = opt_str(L, idx, "ca", "echokit.connect"),
-        .sni = opt_str(L, idx, "sni", "echokit.connect"),
-        .alpn = opt_str(L, idx, "alpn", "echokit.connect"),
-        .cert = opt_str(L, idx, "cert", "echokit.connect"),
-        .key = opt_str(L, idx, "key", "echokit.connect"),
+        .ca = opt_str(L, idx, "ca", who),
+        .sni = opt_str(L, idx, "sni", who),
+        .alpn = opt_str(L, idx, "alpn", who),
+        .cert = opt_str(L, idx, "cert", who),
+        .key = opt_str(L, idx, "key", who),
         .insecure = opt_bool(L, idx, "insecure"),
     };
     char err[ECHOKIT_ERR_LEN];
@@ -89,11 +95,17 @@ struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port
     return tc;
 }
 
+struct tls_client *ltls_client(lua_State *L, int idx, const char *host, int port)
+{
+    return client_config(L, idx, host, port, client_keys, "echokit.connect");
+}
 
-/* echokit.tls_check(addr, tlsopts), or echokit.tls_check(serveropts): the configuration echokit.connect would
- * use, made now, so that a handler reports a bad CA file or option when it
- * loads rather than at its first client. true, or raises. */
-static int l_tls_check(lua_State *L)
+
+/* echokit.tls_check(addr, tlsopts), or echokit.tls_check(serveropts): the
+ * configuration echokit.connect (or conn:starttls) would use, made now, so
+ * that a handler reports a bad CA file or option when it loads rather than
+ * at its first client. true, or raises. */
+int ltls_check(lua_State *L)
 {
     if (lua_istable(L, 1)) {
         /* server options, as conn:starttls takes them */
@@ -183,26 +195,11 @@ static int m_starttls(lua_State *L)
     if (server) {
         ssl = tls_server_ssl(ltls_server(L, 2, "starttls"));
     } else {
-        lua_pushnil(L);
-        if (lua_istable(L, 2)) {
-            /* the client options, without "server" */
-            lua_newtable(L);
-            lua_pushnil(L);
-            while (lua_next(L, 2)) {
-                if (lua_type(L, -2) == LUA_TSTRING && !strcmp(lua_tostring(L, -2), "server")) {
-                    lua_pop(L, 1);
-                    continue;
-                }
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -4);
-            }
-            lua_replace(L, -2);
-        }
         char host[128];
         int port;
         net_addr_split(&c->peer.sa, c->peer_len, host, sizeof host, &port);
-        ssl = tls_client_ssl(ltls_client(L, lua_gettop(L), host, port));
+        ssl = tls_client_ssl(
+            client_config(L, 2, host, port, starttls_client_keys, "starttls"));
     }
     if (!ssl)
         return luaL_error(L, "starttls: not enough memory");
@@ -377,7 +374,3 @@ int ltls_keylog(lua_State *L)
     return 1;
 }
 
-int ltls_check(lua_State *L)
-{
-    return l_tls_check(L);
-}
