@@ -54,6 +54,14 @@ static void list_push(struct conn **head, struct conn *c)
     *head = c;
 }
 
+/* Records the SSL already read into its buffer: no readiness of the socket
+ * will tell of them, so a reading TLS connection is woken for them. */
+static inline void tls_wake_pending(struct conn *c)
+{
+    if (c->ssl && (c->flags & CONN_READING) && conn_tls_pending(c))
+        ev_feed_event(c->ctx->loop, &c->rio, EV_READ);
+}
+
 /* Reading runs exactly when nothing holds it back; the watcher is touched only
  * when that changes, so there is no epoll_ctl churn per message. */
 static void update_read(struct conn *c)
@@ -70,10 +78,7 @@ static void update_read(struct conn *c)
     if (want && !(c->flags & CONN_READING)) {
         ev_io_start(c->ctx->loop, &c->rio);
         c->flags |= CONN_READING;
-        /* Records already read into the SSL's buffer: no readiness will
-         * tell of them. */
-        if (c->ssl && conn_tls_pending(c))
-            ev_feed_event(c->ctx->loop, &c->rio, EV_READ);
+        tls_wake_pending(c);
     } else if (!want && (c->flags & CONN_READING)) {
         ev_io_stop(c->ctx->loop, &c->rio);
         c->flags &= ~CONN_READING;
@@ -266,16 +271,25 @@ static void tls_begin(struct conn *c);
 static void tls_step(struct conn *c);
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents);
 
-/* Writes the queue (plain or TLS). Returns -1 after tearing c down. */
-static int flush_out(struct conn *c)
+/* Writes what queue q holds, through the SSL with tls, else as it is.
+ * Returns -1 after tearing c down. */
+static int write_queue(struct conn *c, struct outq *q, int tls)
 {
-    ssize_t n = c->ssl ? conn_tls_write_outq(c) : outq_write(&c->out, c->fd);
+    ssize_t n = tls ? conn_tls_write_queue(c, q) : outq_write(q, c->fd);
     if (n < 0) {
         abort_errno(c, errno);
         return -1;
     }
     if (n > 0)
         count_out(c, (size_t)n);
+    return 0;
+}
+
+/* Writes the output queue (plain or TLS). Returns -1 after tearing c down. */
+static int flush_out(struct conn *c)
+{
+    if (write_queue(c, &c->out, c->ssl != NULL) < 0)
+        return -1;
     if (c->flags & CONN_TLS_WANT_R) {
         /* Waits for the peer's records, not for room: the read watcher
          * calls again (update_read keeps it on). */
@@ -322,15 +336,8 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
      * the clear text queued before a STARTTLS before the handshake. */
     if (kp_flush(c) < 0)
         return;
-    if (c->raw.len && !c->kp_len) {
-        ssize_t n = outq_write(&c->raw, c->fd);
-        if (n < 0) {
-            abort_errno(c, errno);
-            return;
-        }
-        if (n > 0)
-            count_out(c, (size_t)n);
-    }
+    if (c->raw.len && !c->kp_len && write_queue(c, &c->raw, 0) < 0)
+        return;
     if (c->flags & CONN_HANDSHAKE) {
         if (!c->raw.len && !c->kp_len) {
             update_read(c);
@@ -483,8 +490,8 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         ctx->source = prev;
         if (tls) {
             /* More records in the SSL's buffer than rbuf held. */
-            if (!(c->flags & CONN_DEAD) && (c->flags & CONN_READING) && conn_tls_pending(c))
-                ev_feed_event(loop, &c->rio, EV_READ);
+            if (!(c->flags & CONN_DEAD))
+                tls_wake_pending(c);
             conn_unref(c);
         }
         return;
@@ -644,8 +651,7 @@ static void tls_step(struct conn *c)
      * first records too (TLS 1.3: the client's Finished and its data in one
      * segment); the socket will not tell of them again. update_read feeds
      * only a watcher it starts, and this one ran all through the handshake. */
-    if ((c->flags & CONN_READING) && conn_tls_pending(c))
-        ev_feed_event(loop, &c->rio, EV_READ);
+    tls_wake_pending(c);
     if (conn_queued(c)) {
         ev_io_start(loop, &c->wio);
     } else {

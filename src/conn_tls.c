@@ -130,9 +130,8 @@ ssize_t conn_tls_send(struct conn *c, const char *p, size_t len)
  * least the bytes of the record it had started. */
 #define TLS_RECORD 16384
 
-ssize_t conn_tls_write_outq(struct conn *c)
+ssize_t conn_tls_write_queue(struct conn *c, struct outq *q)
 {
-    struct outq *q = &c->out;
     size_t put = 0;
     char scratch[TLS_RECORD];
     while (q->len) {

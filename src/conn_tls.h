@@ -20,8 +20,8 @@ ssize_t conn_tls_recv(struct conn *c, char *buf, size_t len);
 /* Writes plaintext: >0 bytes taken (maybe fewer than len), -1. */
 ssize_t conn_tls_send(struct conn *c, const char *p, size_t len);
 
-/* Writes what c->out holds: the bytes taken (0 if none), -1. */
-ssize_t conn_tls_write_outq(struct conn *c);
+/* Writes what q (c's output queue) holds: the bytes taken (0 if none), -1. */
+ssize_t conn_tls_write_queue(struct conn *c, struct outq *q);
 
 /* One step of the handshake: 1 done, 0 in progress (CONN_TLS_WANT_W says
  * whether it waits to write), -1 failed (EPROTO). */
