@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -19,5 +20,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
             abort();                                                            \
         }                                                                       \
     } while (0)
+
+/* The input as a C string in buf (cap bytes, NUL included), or NULL when
+ * it does not fit: harnesses of string parsers skip those inputs. */
+static inline const char *fuzz_cstring(const uint8_t *data, size_t size, char *buf, size_t cap)
+{
+    if (size >= cap)
+        return NULL;
+    memcpy(buf, data, size);
+    buf[size] = '\0';
+    return buf;
+}
 
 #endif

@@ -10,11 +10,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size > 1024)
-        return 0;
     char spec[1025];
-    memcpy(spec, data, size);
-    spec[size] = '\0';
+    if (!fuzz_cstring(data, size, spec, sizeof spec))
+        return 0;
 
     struct net_addr a;
     char err[ECHOKIT_ERR_LEN];

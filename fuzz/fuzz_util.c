@@ -38,11 +38,9 @@ static int ref_size(const char *s, size_t *out)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size > 256)
-        return 0;
     char s[257];
-    memcpy(s, data, size);
-    s[size] = '\0';
+    if (!fuzz_cstring(data, size, s, sizeof s))
+        return 0;
 
     size_t got = 0, want = 0;
     int rc = util_parse_size(s, &got), rrc = ref_size(s, &want);
