@@ -71,6 +71,26 @@ struct app {
     uint64_t sync_seq; /* the configuration applied here */
 };
 
+/* ---- timers that do not keep the loop running ---------------------------- */
+
+/* A repeating timer that runs while the loop runs for other reasons (the
+ * malloc trim, the heap gauge, the configuration poll), and stops with it. */
+static void background_timer_start(struct ev_loop *loop, ev_timer *w,
+                                   void (*cb)(struct ev_loop *, ev_timer *, int), double every)
+{
+    ev_timer_init(w, cb, every, every);
+    ev_timer_start(loop, w);
+    ev_unref(loop);
+}
+
+static void background_timer_stop(struct ev_loop *loop, ev_timer *w)
+{
+    if (ev_is_active(w)) {
+        ev_ref(loop); /* as ev_unref when it started: before the stop */
+        ev_timer_stop(loop, w);
+    }
+}
+
 /* ---- shutdown ----------------------------------------------------------- */
 
 static void maybe_done(struct app *a)
@@ -106,10 +126,7 @@ static void begin_shutdown(struct app *a)
     server_stop(&a->srv);
     if (a->o->master) /* the next worker 0 answers scrapes */
         metrics_server_stop_accepting(a->msrv);
-    if (ev_is_active(&a->sync_timer)) { /* no proxy opens any more */
-        ev_ref(a->loop);
-        ev_timer_stop(a->loop, &a->sync_timer);
-    }
+    background_timer_stop(a->loop, &a->sync_timer); /* no proxy opens any more */
     llisten_close_all(a->S);
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
@@ -196,9 +213,7 @@ static void metrics_begin(struct app *a, int serve)
     if (!a->mpage)
         return;
     heap_cb(a->loop, &a->heap_timer, 0);
-    ev_timer_init(&a->heap_timer, heap_cb, HEAP_INTERVAL, HEAP_INTERVAL);
-    ev_timer_start(a->loop, &a->heap_timer);
-    ev_unref(a->loop);
+    background_timer_start(a->loop, &a->heap_timer, heap_cb, HEAP_INTERVAL);
     if (serve) {
         a->msrv = metrics_server_start(a->loop, a->mfd, a->mpage);
         if (!a->msrv)
@@ -213,10 +228,7 @@ static void metrics_end(struct app *a)
 {
     if (!a->mpage)
         return;
-    if (ev_is_active(&a->heap_timer)) {
-        ev_ref(a->loop);
-        ev_timer_stop(a->loop, &a->heap_timer);
-    }
+    background_timer_stop(a->loop, &a->heap_timer);
     metrics_server_free(a->msrv);
     a->msrv = NULL;
     if (a->mfd >= 0)
@@ -290,9 +302,7 @@ static int admin_begin(struct app *a, long index)
     }
     close(a->afd);
     a->afd = -1;
-    ev_timer_init(&a->sync_timer, sync_cb, ADMINSYNC_POLL, ADMINSYNC_POLL);
-    ev_timer_start(a->loop, &a->sync_timer);
-    ev_unref(a->loop); /* the poll alone does not keep the loop running */
+    background_timer_start(a->loop, &a->sync_timer, sync_cb, ADMINSYNC_POLL);
     return 0;
 }
 
@@ -665,9 +675,7 @@ int main(int argc, char **argv)
     if (o.workers <= 1)
         metrics_begin(&a, 1);
     server_start(&a.srv);
-    ev_timer_init(&a.trim_timer, trim_cb, TRIM_INTERVAL, TRIM_INTERVAL);
-    ev_timer_start(a.loop, &a.trim_timer);
-    ev_unref(a.loop); /* the trim timer alone does not keep the loop running */
+    background_timer_start(a.loop, &a.trim_timer, trim_cb, TRIM_INTERVAL);
     ev_run(a.loop, 0);
 
     int worker = o.master;
@@ -675,8 +683,7 @@ int main(int argc, char **argv)
     if (!worker)
         server_unlink_unix(&a.srv);
     ev_timer_stop(a.loop, &a.grace_timer);
-    ev_ref(a.loop); /* as ev_unref above: before stopping the timer */
-    ev_timer_stop(a.loop, &a.trim_timer);
+    background_timer_stop(a.loop, &a.trim_timer);
     /* Shutdown is done: a late signal must not turn exit 0 into a kill.
      * ev_signal_stop restores the default action (death), so the signals are
      * blocked across it, then ignored, which discards any that came. */
