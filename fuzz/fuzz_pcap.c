@@ -6,13 +6,20 @@
  *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 70 000
  *              when bit 6 is set, from a fixed pattern at an offset bit 7
  *              picks) and the payload, taken from the input unless bit 6
- *     2 fin    3 rst    4 flush    others: nothing
+ *     2 fin    3 rst    4 flush
+ *     5 datagram on UDP stream 0-3 (bits 3-4; opened on first use) then
+ *              1 byte of families/address seed and 2 bytes of length (up to
+ *              1 KiB from the input, or from the fixed pattern up to 65,535
+ *              when bit 6 is set, so that some are over the family's limit)
+ *     others: nothing
  *
  * The file is then read back by a small reader written here from the pcap and
- * TCP/IP formats: every record's lengths agree with each other and with the
- * IP header, checksums verify, segments stay within the MSS, sequence and
+ * TCP/UDP/IP formats: every record's lengths agree with each other and with
+ * the IP header, checksums verify, segments stay within the MSS, sequence and
  * acknowledgement numbers follow on, nothing follows a RST, and each side's
- * payload, reassembled in order, is exactly the bytes the harness sent. */
+ * payload, reassembled in order, is exactly the bytes the harness sent; each
+ * UDP side's datagrams come back one a packet, in order, with their sizes,
+ * and those over the family's limit were refused and left no record. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -36,8 +43,18 @@ struct expect {
     int got_rst, got_fin[2];
 };
 
+/* A UDP stream: what was sent and what was read back, as the datagrams'
+ * concatenated bytes and their lengths. */
+struct uexpect {
+    int open;
+    struct pcap_udp u;
+    uint8_t *sent[2], *got[2];
+    size_t nsent[2], cap[2], ngot[2], gotcap[2];
+    size_t *lens[2], nlens[2], lenscap[2], nread[2];
+};
+
 static char path[64];
-static uint8_t big[70000 + 256];
+static uint8_t big[70000 + 256]; /* also > 65,535 + 255 for datagrams */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -104,7 +121,61 @@ static void make_endpoint(struct pcap_endpoint *ep, uint8_t seed, int v6, uint16
 }
 
 /* Reads the file back; see the top of the file for what is checked. */
-static void check_file(struct expect *ex, uint64_t records)
+static void append_len(struct uexpect *e, int side, size_t n)
+{
+    if (e->nlens[side] == e->lenscap[side]) {
+        e->lenscap[side] = e->lenscap[side] ? e->lenscap[side] * 2 : 16;
+        e->lens[side] = realloc(e->lens[side], e->lenscap[side] * sizeof(size_t));
+        FUZZ_CHECK(e->lens[side], "realloc");
+    }
+    e->lens[side][e->nlens[side]++] = n;
+}
+
+/* One UDP packet of the file: checked and matched to its stream and side. */
+static void check_udp(struct uexpect *ux, int v6, const uint8_t *src, const uint8_t *dst,
+                      const uint8_t *udp, size_t udplen)
+{
+    FUZZ_CHECK(udplen >= 8, "UDP datagram of %zu", udplen);
+    FUZZ_CHECK(get16(udp + 4) == udplen, "UDP length %u, %zu in the packet", get16(udp + 4),
+               udplen);
+    FUZZ_CHECK(get16(udp + 6) != 0, "UDP checksum left out");
+    uint8_t pseudo[40] = {0};
+    size_t plen;
+    if (v6) {
+        memcpy(pseudo, src, 16);
+        memcpy(pseudo + 16, dst, 16);
+        pseudo[34] = (uint8_t)(udplen >> 8);
+        pseudo[35] = (uint8_t)udplen;
+        pseudo[39] = IPPROTO_UDP;
+        plen = 40;
+    } else {
+        memcpy(pseudo, src, 4);
+        memcpy(pseudo + 4, dst, 4);
+        pseudo[9] = IPPROTO_UDP;
+        pseudo[10] = (uint8_t)(udplen >> 8);
+        pseudo[11] = (uint8_t)udplen;
+        plen = 12;
+    }
+    FUZZ_CHECK(sums_right(sum_bytes(sum_bytes(0, pseudo, plen), udp, udplen)), "UDP checksum");
+    uint16_t sport = get16(udp), dport = get16(udp + 2);
+    int si = -1, side = -1;
+    for (int i = 0; i < NSTREAMS; i++)
+        for (int d = 0; d < 2; d++)
+            if (ux[i].open && ux[i].u.ep[d].port == sport && ux[i].u.ep[!d].port == dport)
+                si = i, side = d;
+    FUZZ_CHECK(si >= 0, "datagram %u -> %u of no UDP stream", sport, dport);
+    struct uexpect *e = &ux[si];
+    FUZZ_CHECK(v6 == (e->u.ep[side].family == AF_INET6), "family of UDP stream %d", si);
+    FUZZ_CHECK(memcmp(src, e->u.ep[side].addr, v6 ? 16 : 4) == 0 &&
+                   memcmp(dst, e->u.ep[!side].addr, v6 ? 16 : 4) == 0,
+               "addresses of UDP stream %d", si);
+    size_t k = e->nread[side]++;
+    FUZZ_CHECK(k < e->nlens[side] && e->lens[side][k] == udplen - 8,
+               "UDP stream %d side %d: datagram %zu of %zu bytes", si, side, k, udplen - 8);
+    append(&e->got[side], &e->ngot[side], &e->gotcap[side], udp + 8, udplen - 8);
+}
+
+static void check_file(struct expect *ex, struct uexpect *ux, uint64_t records)
 {
     FILE *f = fopen(path, "rb");
     FUZZ_CHECK(f, "reopen %s", path);
@@ -140,8 +211,8 @@ static void check_file(struct expect *ex, uint64_t records)
         const uint8_t *ip = buf + off + 16;
         size_t pktlen = rec[2], iplen;
         uint8_t src[16], dst[16];
-        int v6;
-        FUZZ_CHECK(pktlen >= 20, "packet of %zu", pktlen);
+        int v6, proto;
+        FUZZ_CHECK(pktlen >= 28, "packet of %zu", pktlen);
         if (ip[0] >> 4 == 4) {
             v6 = 0;
             FUZZ_CHECK(ip[0] == 0x45, "IHL");
@@ -149,19 +220,26 @@ static void check_file(struct expect *ex, uint64_t records)
             FUZZ_CHECK(get16(ip + 2) == pktlen, "IPv4 total length %u, record %zu", get16(ip + 2),
                        pktlen);
             FUZZ_CHECK(sums_right(sum_bytes(0, ip, 20)), "IPv4 header checksum");
-            FUZZ_CHECK(ip[9] == IPPROTO_TCP, "protocol");
+            proto = ip[9];
             memcpy(src, ip + 12, 4);
             memcpy(dst, ip + 16, 4);
         } else {
             FUZZ_CHECK(ip[0] >> 4 == 6, "IP version %d", ip[0] >> 4);
             v6 = 1;
             iplen = 40;
-            FUZZ_CHECK(pktlen >= 60, "IPv6 packet of %zu", pktlen);
+            FUZZ_CHECK(pktlen >= 48, "IPv6 packet of %zu", pktlen);
             FUZZ_CHECK(get16(ip + 4) == pktlen - 40, "IPv6 payload length");
-            FUZZ_CHECK(ip[6] == IPPROTO_TCP, "next header");
+            proto = ip[6];
             memcpy(src, ip + 8, 16);
             memcpy(dst, ip + 24, 16);
         }
+        if (proto == IPPROTO_UDP) {
+            check_udp(ux, v6, src, dst, ip + iplen, pktlen - iplen);
+            off += 16 + pktlen;
+            nrec++;
+            continue;
+        }
+        FUZZ_CHECK(proto == IPPROTO_TCP, "protocol %d", proto);
         const uint8_t *tcp = ip + iplen;
         size_t tcplen = pktlen - iplen;
         FUZZ_CHECK(tcplen >= 20, "TCP segment of %zu", tcplen);
@@ -257,6 +335,16 @@ static void check_file(struct expect *ex, uint64_t records)
                        e->nsent[d]);
         }
     }
+    for (int i = 0; i < NSTREAMS; i++) {
+        struct uexpect *e = &ux[i];
+        for (int d = 0; d < 2; d++) {
+            FUZZ_CHECK(e->nread[d] == e->nlens[d], "UDP stream %d side %d: %zu datagrams read, %zu sent",
+                       i, d, e->nread[d], e->nlens[d]);
+            FUZZ_CHECK(e->ngot[d] == e->nsent[d] &&
+                           (e->nsent[d] == 0 || memcmp(e->got[d], e->sent[d], e->nsent[d]) == 0),
+                       "UDP stream %d side %d: bytes read back", i, d);
+        }
+    }
     free(buf);
 }
 
@@ -269,7 +357,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(pcap_open(&f, path, err) == 0, "%s", err);
     struct pcap_stream st[NSTREAMS];
     struct expect ex[NSTREAMS];
+    struct uexpect ux[NSTREAMS];
     memset(ex, 0, sizeof ex);
+    memset(ux, 0, sizeof ux);
 
     size_t i = 0, total = 0;
     while (i < size) {
@@ -337,6 +427,42 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 4:
             FUZZ_CHECK(pcap_flush(&f) == 0, "flush");
             break;
+        case 5: {
+            if (size - i < 3)
+                break;
+            struct uexpect *u = &ux[si];
+            uint8_t fam = data[i];
+            size_t n = (size_t)(data[i + 1] | data[i + 2] << 8);
+            i += 3;
+            if (!u->open) {
+                struct pcap_endpoint c, s;
+                make_endpoint(&c, (uint8_t)(fam | 1), fam & 1, (uint16_t)(50000 + si));
+                make_endpoint(&s, (uint8_t)(fam & 0xfe), (fam >> 1) & 1, (uint16_t)(9000 + si));
+                pcap_udp_open(&u->u, &c, &s);
+                u->open = 1;
+            }
+            const uint8_t *p;
+            if (op & 0x40) {
+                p = big + (op & 0x80 ? 255 : 0);
+            } else {
+                n %= 1024;
+                if (n > size - i)
+                    n = size - i;
+                p = data + i;
+                i += n;
+            }
+            if ((total += n) > 400000)
+                break;
+            int r = pcap_udp_datagram(&f, &u->u, side, p, n);
+            if (n > pcap_udp_max(u->u.ep[side].family)) {
+                FUZZ_CHECK(r == PCAP_TOO_BIG, "datagram of %zu: %d", n, r);
+                break;
+            }
+            FUZZ_CHECK(r == 0, "datagram of %zu", n);
+            append(&u->sent[side], &u->nsent[side], &u->cap[side], p, n);
+            append_len(u, side, n);
+            break;
+        }
         default:
             break;
         }
@@ -348,11 +474,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                            d);
     uint64_t records = f.records;
     FUZZ_CHECK(pcap_close(&f) == 0, "close");
-    check_file(ex, records);
+    check_file(ex, ux, records);
     for (int k = 0; k < NSTREAMS; k++)
         for (int d = 0; d < 2; d++) {
+            FUZZ_CHECK(!ux[k].open || ux[k].u.bytes[d] == ux[k].nsent[d],
+                       "byte count of UDP stream %d side %d", k, d);
             free(ex[k].sent[d]);
             free(ex[k].got[d]);
+            free(ux[k].sent[d]);
+            free(ux[k].got[d]);
+            free(ux[k].lens[d]);
         }
     return 0;
 }

@@ -205,6 +205,21 @@ def pcap_seeds():
         + b"\x00\x00\x00\x80" + data(0, b"a" * 3000) + data(1, b"b" * 10, 1) + op(2, 1, 1)
         + data(1, b"after fin", 1))
 
+    def dgram(side, fam, payload, stream=0, big_len=None):
+        if big_len is not None:
+            return op(5, stream, side, True) + bytes([fam]) + struct.pack("<H", big_len)
+        return op(5, stream, side) + bytes([fam]) + struct.pack("<H", len(payload)) + payload
+
+    # UDP: a DNS-like exchange over IPv4, the largest datagram of each family
+    # and one byte more (refused), an empty one, a mixed-family stream, TCP
+    # alongside.
+    put("pcap", "udp_v4_v6_limits", dgram(0, 0x00, b"\x12\x34\x01\x00query")
+        + dgram(1, 0x00, b"\x12\x34\x81\x80answer") + dgram(0, 0x00, b"")
+        + dgram(0, 0x00, b"", big_len=65507) + dgram(1, 0x00, b"", big_len=65508)
+        + dgram(0, 0x03, b"", stream=1, big_len=65527) + dgram(1, 0x03, b"", stream=1, big_len=65528)
+        + op(4) + dgram(0, 0x01, b"mixed", stream=2) + op(0) + b"\x00" + b"\x01\x00\x00\x00"
+        + data(0, b"tcp too"))
+
 
 def tls_records(msg, frag, version=0x0301):
     return b"".join(struct.pack("!BHH", 22, version, len(msg[i:i + frag])) + msg[i:i + frag]

@@ -1,8 +1,9 @@
 /* echokit.pcap(path): a capture file any handler can write TCP conversations
- * into (see pcap.h for the format). A file is a userdata owning a struct
- * pcap_file and a repeating timer that flushes it twice a second, so killing
- * echokit loses at most the last half second of traffic; a stream is a
- * userdata whose first user value is its file, which keeps the file alive. */
+ * and UDP datagrams into (see pcap.h for the format). A file is a userdata
+ * owning a struct pcap_file and a repeating timer that flushes it twice a
+ * second, so killing echokit loses at most the last half second of traffic;
+ * a stream (TCP or UDP) is a userdata whose first user value is its file,
+ * which keeps the file alive. */
 #include <lauxlib.h>
 #include <string.h>
 
@@ -12,6 +13,7 @@
 
 #define PCAP_MT "echokit.pcap"
 #define STREAM_MT "echokit.pcap.stream"
+#define UDP_MT "echokit.pcap.udp"
 #define FLUSH_EVERY 0.5
 
 struct lpcap {
@@ -26,6 +28,11 @@ struct lpcap {
 
 struct lstream {
     struct pcap_stream s;
+};
+
+struct ludp {
+    struct pcap_udp u;
+    int closed;
 };
 
 static void report_error(struct lpcap *p)
@@ -114,17 +121,30 @@ static void get_endpoint(lua_State *L, int idx, struct pcap_endpoint *ep, const 
     pcap_endpoint_parse(ep, synth, synth_port);
 }
 
-/* file:stream(client_host, client_port, server_host, server_port)
- * -> stream | nil, err   [-0, +1|2, m] */
+/* file:stream(client_host, client_port, server_host, server_port [, proto])
+ * -> stream | nil, err   [-0, +1|2, m]
+ * proto "tcp" (the default) records a handshake now; "udp" records nothing
+ * until the first datagram. */
 static int p_stream(lua_State *L)
 {
+    static const char *const protos[] = {"tcp", "udp", NULL};
     struct lpcap *p = check_open(L, 1);
+    int udp = luaL_checkoption(L, 6, "tcp", protos) == 1;
     if (!p)
         return fail(L, NULL);
     p->streams++;
     struct pcap_endpoint c, s;
     get_endpoint(L, 2, &c, "127.0.0.1", (uint16_t)(1024 + p->streams % 60000));
     get_endpoint(L, 4, &s, "127.0.0.2", 1);
+    if (udp) {
+        struct ludp *lu = lua_newuserdatauv(L, sizeof *lu, 1);
+        memset(lu, 0, sizeof *lu);
+        luaL_setmetatable(L, UDP_MT);
+        lua_pushvalue(L, 1);
+        lua_setiuservalue(L, -2, 1);
+        pcap_udp_open(&lu->u, &c, &s);
+        return 1;
+    }
     struct lstream *ls = lua_newuserdatauv(L, sizeof *ls, 1);
     memset(ls, 0, sizeof *ls);
     luaL_setmetatable(L, STREAM_MT);
@@ -259,6 +279,88 @@ static int s_bytes(lua_State *L)
     return 2;
 }
 
+/* The UDP stream at 1 and its file, or NULL when the file or the stream is
+ * closed. */
+static struct ludp *check_udp(lua_State *L, struct lpcap **pp)
+{
+    struct ludp *lu = luaL_checkudata(L, 1, UDP_MT);
+    lua_getiuservalue(L, 1, 1);
+    *pp = lu->closed ? NULL : check_open(L, -1);
+    lua_pop(L, 1);
+    return lu;
+}
+
+/* One datagram from side FROM, the data at idx. [-0, +1|2, m] */
+static int udp_datagram(lua_State *L, int from, int idx)
+{
+    struct lpcap *p;
+    struct ludp *lu = check_udp(L, &p);
+    size_t len;
+    const char *d = luaL_checklstring(L, idx, &len);
+    if (!p)
+        return fail(L, NULL);
+    int r = pcap_udp_datagram(&p->f, &lu->u, from, d, len);
+    if (r == PCAP_TOO_BIG) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "datagram of %I bytes is over the %I an %s packet can carry",
+                        (lua_Integer)len, (lua_Integer)pcap_udp_max(lu->u.ep[from].family),
+                        lu->u.ep[from].family == AF_INET6 ? "IPv6" : "IPv4");
+        return 2;
+    }
+    return done(L, p, r);
+}
+
+/* udp:write(side, data): one datagram sent by "client" or "server". */
+static int u_write(lua_State *L)
+{
+    return udp_datagram(L, side_arg(L, 2), 3);
+}
+
+/* udp:client(data) / udp:server(data): as a TCP stream's, one datagram. */
+static int u_client(lua_State *L)
+{
+    return udp_datagram(L, PCAP_CLIENT, 2);
+}
+
+static int u_server(lua_State *L)
+{
+    return udp_datagram(L, PCAP_SERVER, 2);
+}
+
+/* udp:fin / udp:reset: misuse; UDP has neither. */
+static int u_no_end(lua_State *L)
+{
+    luaL_checkudata(L, 1, UDP_MT);
+    return luaL_error(L, "pcap: a UDP stream has no FIN or RST (close() ends it)");
+}
+
+/* udp:close(): nothing more is recorded (no record of its own). */
+static int u_close(lua_State *L)
+{
+    struct ludp *lu = luaL_checkudata(L, 1, UDP_MT);
+    lu->closed = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* udp:bytes() -> client bytes, server bytes recorded */
+static int u_bytes(lua_State *L)
+{
+    struct ludp *lu = luaL_checkudata(L, 1, UDP_MT);
+    lua_pushinteger(L, (lua_Integer)lu->u.bytes[PCAP_CLIENT]);
+    lua_pushinteger(L, (lua_Integer)lu->u.bytes[PCAP_SERVER]);
+    return 2;
+}
+
+/* udp:datagrams() -> client datagrams, server datagrams recorded */
+static int u_datagrams(lua_State *L)
+{
+    struct ludp *lu = luaL_checkudata(L, 1, UDP_MT);
+    lua_pushinteger(L, (lua_Integer)lu->u.datagrams[PCAP_CLIENT]);
+    lua_pushinteger(L, (lua_Integer)lu->u.datagrams[PCAP_SERVER]);
+    return 2;
+}
+
 void lpcap_open_lib(lua_State *L)
 {
     static const luaL_Reg pmethods[] = {
@@ -272,5 +374,11 @@ void lpcap_open_lib(lua_State *L)
         {"__gc", p_gc}, {"__close", p_gc}, {"__tostring", p_tostring}, {NULL, NULL},
     };
     script_class(L, PCAP_MT, pmethods, pmeta);
+    static const luaL_Reg umethods[] = {
+        {"write", u_write},     {"client", u_client}, {"server", u_server},
+        {"fin", u_no_end},      {"reset", u_no_end},  {"close", u_close},
+        {"bytes", u_bytes},     {"datagrams", u_datagrams}, {NULL, NULL},
+    };
     script_class(L, STREAM_MT, smethods, NULL);
+    script_class(L, UDP_MT, umethods, NULL);
 }

@@ -1,4 +1,5 @@
-/* Classic pcap writer for synthetic TCP conversations; see pcap.h. The
+/* Classic pcap writer for synthetic TCP conversations and UDP datagrams;
+ * see pcap.h. The
  * format is libpcap's 2.4 file layout (a 24-byte file header, then a 16-byte
  * header per record) in host byte order, which readers detect from the magic.
  * Packet headers are in network order as on the wire. */
@@ -15,13 +16,12 @@
 #include <unistd.h>
 
 #define PCAP_BUF (256 * 1024)
-#define SNAPLEN 65535
+/* tcpdump's default: an IPv6 packet carrying the largest UDP datagram is
+ * 65,575 bytes, over the 65,535 an IPv4 packet can be. */
+#define SNAPLEN 262144
 #define WSCALE 7 /* window 65535 << 7: ~8 MiB, more than one chunk in flight */
 
 enum { F_FIN = 0x01, F_SYN = 0x02, F_RST = 0x04, F_PSH = 0x08, F_ACK = 0x10 };
-
-/* Largest record: pcap header + IPv6 header + TCP header with options + MSS. */
-#define MAX_RECORD (16 + 40 + 28 + 1460)
 
 static void put16(uint8_t *p, uint16_t v)
 {
@@ -160,49 +160,99 @@ void pcap_endpoint_map_v6(struct pcap_endpoint *ep)
     ep->family = AF_INET6;
 }
 
-/* Append one TCP segment from side FROM of S. Returns 0 or -1. */
-static int segment(struct pcap_file *f, const struct pcap_stream *s, int from, uint8_t flags,
-                   uint32_t seq, uint32_t ack, const uint8_t *data, size_t len)
+/* Room for a record of PKTLEN bytes at the end of the buffer, its 16-byte
+ * record header filled with the time of the call; NULL when the file has
+ * failed or is closed. */
+static uint8_t *record_start(struct pcap_file *f, size_t pktlen)
 {
     if (f->err || f->fd < 0)
-        return -1;
-    if (f->cap - f->len < MAX_RECORD && pcap_flush(f) < 0)
-        return -1;
-    const struct pcap_endpoint *src = &s->ep[from], *dst = &s->ep[!from];
-    int v6 = src->family == AF_INET6;
-    size_t iplen = v6 ? 40 : 20;
-    size_t optlen = (flags & F_SYN) ? 8 : 0;
-    size_t tcplen = 20 + optlen + len;
-    size_t pktlen = iplen + tcplen;
-
+        return NULL;
+    if (f->cap - f->len < 16 + pktlen && pcap_flush(f) < 0)
+        return NULL;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint32_t rec[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), (uint32_t)pktlen,
                        (uint32_t)pktlen};
     uint8_t *p = (uint8_t *)f->buf + f->len;
     memcpy(p, rec, sizeof rec);
-    uint8_t *ip = p + sizeof rec, *tcp = ip + iplen;
-    memset(ip, 0, iplen + 20 + optlen);
+    return p + sizeof rec;
+}
 
-    if (v6) {
+static void record_end(struct pcap_file *f, size_t pktlen)
+{
+    f->len += 16 + pktlen;
+    f->records++;
+}
+
+/* The IP header from SRC to DST in front of an L4LEN-byte PROTO payload;
+ * returns its length (20 or 40). IPv4 gets an identification, DF, TTL 64
+ * and its header checksum. */
+static size_t ip_header(struct pcap_file *f, uint8_t *ip, const struct pcap_endpoint *src,
+                        const struct pcap_endpoint *dst, uint8_t proto, size_t l4len)
+{
+    if (src->family == AF_INET6) {
+        memset(ip, 0, 40);
         ip[0] = 0x60;
-        put16(ip + 4, (uint16_t)tcplen);
-        ip[6] = IPPROTO_TCP;
+        put16(ip + 4, (uint16_t)l4len);
+        ip[6] = proto;
         ip[7] = 64;
         memcpy(ip + 8, src->addr, 16);
         memcpy(ip + 24, dst->addr, 16);
-    } else {
-        ip[0] = 0x45;
-        put16(ip + 2, (uint16_t)pktlen);
-        put16(ip + 4, f->ip_id++);
-        put16(ip + 6, 0x4000); /* don't fragment */
-        ip[8] = 64;
-        ip[9] = IPPROTO_TCP;
-        memcpy(ip + 12, src->addr, 4);
-        memcpy(ip + 16, dst->addr, 4);
-        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        return 40;
     }
+    memset(ip, 0, 20);
+    ip[0] = 0x45;
+    put16(ip + 2, (uint16_t)(20 + l4len));
+    put16(ip + 4, f->ip_id++);
+    put16(ip + 6, 0x4000); /* don't fragment */
+    ip[8] = 64;
+    ip[9] = proto;
+    memcpy(ip + 12, src->addr, 4);
+    memcpy(ip + 16, dst->addr, 4);
+    put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+    return 20;
+}
 
+/* The TCP or UDP checksum of the L4LEN bytes at L4 (their checksum field
+ * still zero) with the pseudo-header of SRC, DST and PROTO (RFC 793, 768,
+ * 8200 section 8.1). */
+static uint16_t l4_checksum(const struct pcap_endpoint *src, const struct pcap_endpoint *dst,
+                            uint8_t proto, const uint8_t *l4, size_t l4len)
+{
+    uint8_t pseudo[40];
+    size_t plen;
+    if (src->family == AF_INET6) {
+        memcpy(pseudo, src->addr, 16);
+        memcpy(pseudo + 16, dst->addr, 16);
+        put32(pseudo + 32, (uint32_t)l4len);
+        pseudo[36] = pseudo[37] = pseudo[38] = 0;
+        pseudo[39] = proto;
+        plen = 40;
+    } else {
+        memcpy(pseudo, src->addr, 4);
+        memcpy(pseudo + 4, dst->addr, 4);
+        pseudo[8] = 0;
+        pseudo[9] = proto;
+        put16(pseudo + 10, (uint16_t)l4len);
+        plen = 12;
+    }
+    return csum_fold(csum_add(csum_add(0, pseudo, plen), l4, l4len));
+}
+
+/* Append one TCP segment from side FROM of S. Returns 0 or -1. */
+static int segment(struct pcap_file *f, const struct pcap_stream *s, int from, uint8_t flags,
+                   uint32_t seq, uint32_t ack, const uint8_t *data, size_t len)
+{
+    const struct pcap_endpoint *src = &s->ep[from], *dst = &s->ep[!from];
+    size_t iplen = src->family == AF_INET6 ? 40 : 20;
+    size_t optlen = (flags & F_SYN) ? 8 : 0;
+    size_t tcplen = 20 + optlen + len;
+    size_t pktlen = iplen + tcplen;
+    uint8_t *ip = record_start(f, pktlen);
+    if (!ip)
+        return -1;
+    uint8_t *tcp = ip + ip_header(f, ip, src, dst, IPPROTO_TCP, tcplen);
+    memset(tcp, 0, 20 + optlen);
     put16(tcp, src->port);
     put16(tcp + 2, dst->port);
     put32(tcp + 4, seq);
@@ -214,7 +264,7 @@ static int segment(struct pcap_file *f, const struct pcap_stream *s, int from, u
         uint8_t *o = tcp + 20;
         o[0] = 2; /* MSS */
         o[1] = 4;
-        put16(o + 2, v6 ? 1440 : 1460);
+        put16(o + 2, src->family == AF_INET6 ? 1440 : 1460);
         o[4] = 1; /* NOP */
         o[5] = 3; /* window scale */
         o[6] = 3;
@@ -222,29 +272,8 @@ static int segment(struct pcap_file *f, const struct pcap_stream *s, int from, u
     }
     if (len)
         memcpy(tcp + 20 + optlen, data, len);
-
-    /* Pseudo-header, then the segment (checksum field still zero). */
-    uint8_t pseudo[40];
-    size_t plen;
-    if (v6) {
-        memcpy(pseudo, src->addr, 16);
-        memcpy(pseudo + 16, dst->addr, 16);
-        put32(pseudo + 32, (uint32_t)tcplen);
-        pseudo[36] = pseudo[37] = pseudo[38] = 0;
-        pseudo[39] = IPPROTO_TCP;
-        plen = 40;
-    } else {
-        memcpy(pseudo, src->addr, 4);
-        memcpy(pseudo + 4, dst->addr, 4);
-        pseudo[8] = 0;
-        pseudo[9] = IPPROTO_TCP;
-        put16(pseudo + 10, (uint16_t)tcplen);
-        plen = 12;
-    }
-    put16(tcp + 16, csum_fold(csum_add(csum_add(0, pseudo, plen), tcp, tcplen)));
-
-    f->len += sizeof rec + pktlen;
-    f->records++;
+    put16(tcp + 16, l4_checksum(src, dst, IPPROTO_TCP, tcp, tcplen));
+    record_end(f, pktlen);
     return 0;
 }
 
@@ -306,4 +335,48 @@ int pcap_stream_rst(struct pcap_file *f, struct pcap_stream *s, int from)
         return f->err ? -1 : 0;
     s->rst = 1;
     return segment(f, s, from, F_RST | F_ACK, s->next_seq[from], s->next_seq[!from], NULL, 0);
+}
+
+size_t pcap_udp_max(int family)
+{
+    return family == AF_INET6 ? PCAP_UDP_MAX6 : PCAP_UDP_MAX4;
+}
+
+void pcap_udp_open(struct pcap_udp *u, const struct pcap_endpoint *client,
+                   const struct pcap_endpoint *server)
+{
+    memset(u, 0, sizeof *u);
+    u->ep[PCAP_CLIENT] = *client;
+    u->ep[PCAP_SERVER] = *server;
+    if (client->family != server->family) {
+        pcap_endpoint_map_v6(&u->ep[PCAP_CLIENT]);
+        pcap_endpoint_map_v6(&u->ep[PCAP_SERVER]);
+    }
+}
+
+int pcap_udp_datagram(struct pcap_file *f, struct pcap_udp *u, int from, const void *data,
+                      size_t len)
+{
+    const struct pcap_endpoint *src = &u->ep[from], *dst = &u->ep[!from];
+    if (len > pcap_udp_max(src->family))
+        return PCAP_TOO_BIG;
+    size_t udplen = 8 + len;
+    size_t pktlen = (src->family == AF_INET6 ? 40 : 20) + udplen;
+    uint8_t *ip = record_start(f, pktlen);
+    if (!ip)
+        return -1;
+    uint8_t *udp = ip + ip_header(f, ip, src, dst, IPPROTO_UDP, udplen);
+    put16(udp, src->port);
+    put16(udp + 2, dst->port);
+    put16(udp + 4, (uint16_t)udplen);
+    put16(udp + 6, 0);
+    if (len)
+        memcpy(udp + 8, data, len);
+    /* A computed 0 is sent as 0xffff: 0 means "no checksum" (RFC 768). */
+    uint16_t sum = l4_checksum(src, dst, IPPROTO_UDP, udp, udplen);
+    put16(udp + 6, sum ? sum : 0xffff);
+    record_end(f, pktlen);
+    u->datagrams[from]++;
+    u->bytes[from] += len;
+    return 0;
 }

@@ -1,7 +1,9 @@
 /* A classic libpcap file writer that turns a relayed byte stream into a
  * TCP conversation Wireshark can follow: synthetic IPv4/IPv6 and TCP headers
  * (with correct checksums, sequence and acknowledgement numbers) around the
- * real payload, cut into segments no larger than a normal MSS.
+ * real payload, cut into segments no larger than a normal MSS. Datagrams are
+ * written as one IPv4/IPv6 + UDP packet each (correct checksums, no
+ * fragments: the largest UDP datagram fits one IP packet's length fields).
  *
  * No libev and no Lua here: the caller flushes (pcap_flush) on its own
  * schedule and timestamps records with the real time of the call. */
@@ -76,5 +78,35 @@ int pcap_stream_fin(struct pcap_file *f, struct pcap_stream *s, int from);
 
 /* Side FROM aborts the conversation with a RST. */
 int pcap_stream_rst(struct pcap_file *f, struct pcap_stream *s, int from);
+
+/* The largest UDP payload: 65,535 less the IPv4 and UDP headers; over IPv6
+ * the payload length field leaves out the 40-byte header (no jumbograms). */
+#define PCAP_UDP_MAX4 65507
+#define PCAP_UDP_MAX6 65527
+/* pcap_udp_datagram's answer for a datagram over that size. */
+#define PCAP_TOO_BIG (-2)
+
+/* The datagrams between two endpoints. No records of their own: UDP has no
+ * handshake and no end. */
+struct pcap_udp {
+    struct pcap_endpoint ep[2]; /* [PCAP_CLIENT], [PCAP_SERVER], same family */
+    uint64_t datagrams[2];
+    uint64_t bytes[2];
+};
+
+/* PCAP_UDP_MAX4 or PCAP_UDP_MAX6 for an endpoint of FAMILY. */
+size_t pcap_udp_max(int family);
+
+/* Set up U between client and server (a mix of families is written as IPv6,
+ * as for streams). Writes nothing. */
+void pcap_udp_open(struct pcap_udp *u, const struct pcap_endpoint *client,
+                   const struct pcap_endpoint *server);
+
+/* Record one datagram of LEN bytes (0 allowed) sent by side FROM as one
+ * IP + UDP packet. Returns 0; -1 when the file failed (f->err) or is closed;
+ * PCAP_TOO_BIG, writing nothing and leaving the file usable, when LEN is over
+ * pcap_udp_max of the family written. */
+int pcap_udp_datagram(struct pcap_file *f, struct pcap_udp *u, int from, const void *data,
+                      size_t len);
 
 #endif
