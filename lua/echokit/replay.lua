@@ -87,8 +87,8 @@ end
 -- pos). Returns
 --   "more"                     too few bytes yet to decide,
 --   "ok", nextpos              matched; the message ends before nextpos,
---   "mismatch", got, nextpos   differs: got is the live bytes taken as the
---                              message (at most what arrived).
+--   "mismatch", got, nextpos   differs: got is what has arrived (to show),
+--                              nextpos where the next message would start.
 -- Modes: exact   the next #expected bytes, byte for byte;
 --        prefix  the next #expected bytes, only the first line of the
 --                recorded message (through its first LF) compared;
@@ -137,8 +137,8 @@ function M.consume(mode, expected, buf, pos, eof)
   if mode == "prefix" then cmp = expected:find("\n", 1, true) or n end
   local have = math.min(avail, cmp)
   if buf:sub(pos, pos + have - 1) ~= expected:sub(1, have) then
-    local take = math.min(avail, n)
-    return "mismatch", buf:sub(pos, pos + take - 1), pos + take
+    -- got: all that has arrived, to show; the message is taken as n bytes
+    return "mismatch", buf:sub(pos), pos + math.min(avail, n)
   end
   if avail < n then
     if eof then return "mismatch", buf:sub(pos), #buf + 1 end
