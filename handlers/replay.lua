@@ -25,7 +25,9 @@
 --                conversation starts with the server speaking, round robin.
 --
 -- A mismatch is logged (warn) with both sides in `hexdump -C` layout. Bytes
--- sent after the recorded conversation has ended are a mismatch too.
+-- sent after the recorded conversation has ended are a mismatch too; a
+-- client that closes between two messages, before the end, is only noted
+-- (info).
 local echokit = require "echokit"
 local replay = require "echokit.replay"
 local args = ...
@@ -102,6 +104,11 @@ return {
             break
           elseif st == "more" then
             more()
+          elseif eof and pos > #buf then
+            -- closed between two messages: it ended early, nothing differed
+            echokit.log("info", "replay: %s closed after client message %d of %d",
+              tostring(conn), i - 1, #msgs)
+            return
           else
             report(conn, replay.diff(string.format("client message %d of %d", i, #msgs),
               m.data, a, echokit.hexdump))
