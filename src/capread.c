@@ -533,7 +533,12 @@ int capread_file(const char *path, struct capread_result *r, char err[ECHOKIT_ER
     memset(r, 0, sizeof *r);
     pcap_t *p = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, eb);
     if (!p) {
-        snprintf(err, ECHOKIT_ERR_LEN, "%s: not a readable capture file: %s", path, eb);
+        /* libpcap names the file itself in some of its messages */
+        const char *why = eb;
+        size_t plen = strlen(path);
+        if (!strncmp(why, path, plen) && !strncmp(why + plen, ": ", 2))
+            why += plen + 2;
+        snprintf(err, ECHOKIT_ERR_LEN, "%.120s: not a readable capture file: %.120s", path, why);
         return -1;
     }
     int dlt = pcap_datalink(p);
