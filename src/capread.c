@@ -538,7 +538,7 @@ int capread_file(const char *path, struct capread_result *r, char err[ECHOKIT_ER
         size_t plen = strlen(path);
         if (!strncmp(why, path, plen) && !strncmp(why + plen, ": ", 2))
             why += plen + 2;
-        snprintf(err, ECHOKIT_ERR_LEN, "%.120s: not a readable capture file: %.120s", path, why);
+        snprintf(err, ECHOKIT_ERR_LEN, "%.100s: not a readable capture file: %.100s", path, why);
         return -1;
     }
     int dlt = pcap_datalink(p);
