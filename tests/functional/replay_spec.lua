@@ -242,6 +242,19 @@ describe("replay start-up errors", function()
     fails({ from = dir .. "/a.pcap", timing = "x0" }, "timing must be none, real or xN")
   end)
 
+  it("serves what a truncated capture holds, with a warning", function()
+    local dir = peers.tmpdir()
+    write_pcap(dir .. "/a.pcap", "reorder", "raw")
+    local data = t.read_file(dir .. "/a.pcap")
+    peers.write_file(dir .. "/cut.pcap", data:sub(1, #data - 30))
+    local srv = t.start{ handler = "replay", args = { from = dir .. "/cut.pcap" } }
+    srv:await_log("warn +replay: .*cut%.pcap: truncated dump file")
+    local c = srv:connect()
+    t.send_all(c, "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n")
+    t.assert_bytes("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+      t.recv_n(c, 43, t.T(5)), "the recorded answer")
+  end)
+
   it("echokit replay --client: usage and file errors exit 2", function()
     local r = replay_client({ "--help" })
     assert.equal(0, r.code)
