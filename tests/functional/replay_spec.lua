@@ -180,6 +180,26 @@ describe("replay of a tcpdump capture", function()
   end)
 end)
 
+describe("replay timing", function()
+  after_each(teardown)
+
+  it("keeps the recorded 2 s gap with timing=real, and shortens it with timing=x100", function()
+    local path = peers.tmpdir() .. "/slow.pcap"
+    write_pcap(path, "slow")
+    local real = t.start{ handler = "replay", args = { from = path, timing = "real" } }
+    local fast = t.start{ handler = "replay", args = { from = path, timing = "x100" } }
+    local req = "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n"
+    local ans = "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    local cr, cf = real:connect(), fast:connect()
+    t.send_all(cr, req)
+    t.send_all(cf, req)
+    -- the x100 answer comes while the real-time one is still due
+    t.assert_bytes(ans, t.recv_n(cf, #ans, t.T(5)), "the x100 answer")
+    t.expect_silence(cr, 0.5, "the real-time answer, 2 s after the request")
+    t.assert_bytes(ans, t.recv_n(cr, #ans, t.T(10)), "the real-time answer")
+  end)
+end)
+
 describe("echokit.capture", function()
   after_each(teardown)
 

@@ -7,6 +7,8 @@ duplicated, or a file with no TCP at all.
                                                    reordered, one duplicated,
                                                    one overlapping
     pcap_write.py OUT udp                          one UDP datagram only
+    pcap_write.py OUT slow                         the request, and the answer
+                                                   2 s after it
 """
 import struct
 import sys
@@ -47,12 +49,15 @@ def frame(link, ip):
     return ip
 
 
-def write(path, link, packets):
+def write(path, link, packets, seconds=None):
+    """seconds[i]: packet i's time after the first (default: 1 ms apart)."""
     with open(path, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPES[link]))
         for i, p in enumerate(packets):
             p = frame(link, p)
-            f.write(struct.pack("<IIII", 1700000000, i * 1000, len(p), len(p)) + p)
+            us = int((seconds[i] if seconds else i / 1000) * 1e6)
+            f.write(struct.pack("<IIII", 1700000000 + us // 1000000, us % 1000000, len(p),
+                                len(p)) + p)
 
 
 def main():
@@ -67,6 +72,15 @@ def main():
     ci, si = 1000, 90000
     r, a = REQUEST, ANSWER
     A, PA, S, SA, FA = 0x10, 0x18, 0x02, 0x12, 0x11
+    if scenario == "slow":
+        pk = [
+            tcp(c, s, cp, sp, ci, 0, S),
+            tcp(s, c, sp, cp, si, ci + 1, SA),
+            tcp(c, s, cp, sp, ci + 1, si + 1, PA, r),
+            tcp(s, c, sp, cp, si + 1, ci + 1 + len(r), PA, a),
+        ]
+        write(out, link, pk, [0, 0.001, 0.002, 2.002])
+        return
     pk = [
         tcp(c, s, cp, sp, ci, 0, S),
         tcp(s, c, sp, cp, si, ci + 1, SA),
