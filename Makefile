@@ -58,7 +58,7 @@ clean:
 # $(FUZZBUILD)/findings/. e.g. make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS=lua_http
 FUZZBUILD    ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= net util codec pcap tlshello lua_http lua_websocket lua_resp lua_framing lua_glob lua_handlers
+FUZZ_TARGETS ?= net util codec pcap tlshello capread lua_http lua_websocket lua_resp lua_framing lua_glob lua_handlers
 fuzz:
 	@scripts/deps.sh fuzz
 	@cmake -S . -B $(FUZZBUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \

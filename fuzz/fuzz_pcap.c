@@ -354,7 +354,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     struct pcap_file f;
     char err[ECHOKIT_ERR_LEN];
-    FUZZ_CHECK(pcap_open(&f, path, err) == 0, "%s", err);
+    FUZZ_CHECK(pcap_file_open(&f, path, err) == 0, "%s", err);
     struct pcap_stream st[NSTREAMS];
     struct expect ex[NSTREAMS];
     struct uexpect ux[NSTREAMS];
@@ -425,7 +425,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             e->rst = 1;
             break;
         case 4:
-            FUZZ_CHECK(pcap_flush(&f) == 0, "flush");
+            FUZZ_CHECK(pcap_file_flush(&f) == 0, "flush");
             break;
         case 5: {
             if (size - i < 3)
@@ -473,7 +473,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 FUZZ_CHECK(st[k].bytes[d] == ex[k].nsent[d], "byte count of stream %d side %d", k,
                            d);
     uint64_t records = f.records;
-    FUZZ_CHECK(pcap_close(&f) == 0, "close");
+    FUZZ_CHECK(pcap_file_close(&f) == 0, "close");
     check_file(ex, ux, records);
     for (int k = 0; k < NSTREAMS; k++)
         for (int d = 0; d < 2; d++) {

@@ -9,6 +9,9 @@ set -eu
 # lua-cjson: the JSON codec of the control API (--admin), -H http and -H debug,
 # needed at run time.
 build="gcc make cmake pkg-config liblua5.4-dev libev-dev lua-cjson libssl-dev"
+# libpcap-dev: reads capture files (pcap, pcapng) back for -H replay and
+# echokit replay
+build="$build libpcap-dev"
 # libssl-dev: OpenSSL 3, for TLS (listeners, upstreams, certificates made at
 # run time, the decrypting debug proxy).
 test="lua5.4 lua-busted openssl lua-socket bsdextrautils netcat-openbsd socat procps valgrind
@@ -18,6 +21,8 @@ test="lua5.4 lua-busted openssl lua-socket bsdextrautils netcat-openbsd socat pr
 # python3-websockets: the real WebSocket client the websocket handler is tested with
 # the debugging proxy's pcap files are read back by tshark
 test="$test tshark"
+# tcpdump: replay_spec captures curl and http.server with it in a network namespace
+test="$test tcpdump"
 # prometheus (brings promtool): metrics_spec checks a scrape with `promtool check
 # metrics` and has a real Prometheus scrape echokit and answer a query
 test="$test prometheus"

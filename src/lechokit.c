@@ -121,6 +121,7 @@ int lechokit_open(lua_State *L)
         {"pcap", lpcap_open}, {"time", e_time},   {"isatty", e_isatty},
         {"size", e_size},   {"writer", lwriter_new}, {"tls_hello", ltls_hello},
         {"tls_check", ltls_check}, {"tls_keylog", ltls_keylog}, {"metrics_proxy", lmetrics_proxy},
+        {"capture", lcapread_capture},
         {NULL, NULL},
     };
     struct script *S = script_of(L);

@@ -49,7 +49,7 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct lpcap *p = container_of(w, struct lpcap, flush);
-    if (p->f.len && pcap_flush(&p->f) < 0)
+    if (p->f.len && pcap_file_flush(&p->f) < 0)
         report_error(p);
 }
 
@@ -61,7 +61,7 @@ static void lpcap_shut(struct lpcap *p)
     /* The timer was unreferenced so it never keeps the loop alive. */
     ev_ref(p->S->ctx->loop);
     ev_timer_stop(p->S->ctx->loop, &p->flush);
-    if (pcap_close(&p->f) < 0)
+    if (pcap_file_close(&p->f) < 0)
         report_error(p);
 }
 
@@ -75,7 +75,7 @@ int lpcap_open(lua_State *L)
     p->S = S;
     snprintf(p->path, sizeof p->path, "%s", path);
     char err[ECHOKIT_ERR_LEN];
-    if (pcap_open(&p->f, path, err) < 0) {
+    if (pcap_file_open(&p->f, path, err) < 0) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
@@ -158,7 +158,7 @@ static int p_stream(lua_State *L)
 static int p_flush(lua_State *L)
 {
     struct lpcap *p = check_open(L, 1);
-    if (!p || pcap_flush(&p->f) < 0)
+    if (!p || pcap_file_flush(&p->f) < 0)
         return fail(L, p);
     lua_pushboolean(L, 1);
     return 1;

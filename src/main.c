@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef __GLIBC__ /* defined by the headers above */
 #include <malloc.h>
 #endif
@@ -37,6 +38,7 @@
 #include "script.h"
 #include "server.h"
 #include "tls.h"
+#include "replaycli.h"
 #include "tlscert.h"
 #include "util.h"
 #include "workers.h"
@@ -486,6 +488,9 @@ static int run_workers(struct app *a, const struct options *o, const sigset_t *o
 
 int main(int argc, char **argv)
 {
+    /* `echokit replay ...` is a client tool with its own arguments. */
+    if (argc > 1 && !strcmp(argv[1], "replay"))
+        return replaycli_main(argc - 2, argv + 2);
     struct options o;
     options_parse(argc, argv, &o);
     log_setup(o.level, o.json);

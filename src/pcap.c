@@ -69,7 +69,7 @@ static int write_all(int fd, const char *p, size_t len)
     return 0;
 }
 
-int pcap_flush(struct pcap_file *f)
+int pcap_file_flush(struct pcap_file *f)
 {
     if (f->err)
         return -1;
@@ -82,7 +82,7 @@ int pcap_flush(struct pcap_file *f)
     return 0;
 }
 
-int pcap_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN])
+int pcap_file_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN])
 {
     memset(f, 0, sizeof *f);
     f->fd = -1;
@@ -111,19 +111,19 @@ int pcap_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN])
     memcpy(p + 16, &snaplen, 4);
     memcpy(p + 20, &linktype, 4);
     f->len = 24;
-    if (pcap_flush(f) < 0) {
+    if (pcap_file_flush(f) < 0) {
         snprintf(err, ECHOKIT_ERR_LEN, "pcap: cannot write '%s': %s", path, strerror(f->err));
-        pcap_close(f);
+        pcap_file_close(f);
         return -1;
     }
     return 0;
 }
 
-int pcap_close(struct pcap_file *f)
+int pcap_file_close(struct pcap_file *f)
 {
     int r = 0;
     if (f->fd >= 0) {
-        r = pcap_flush(f);
+        r = pcap_file_flush(f);
         close(f->fd);
         f->fd = -1;
     }
@@ -167,7 +167,7 @@ static uint8_t *record_start(struct pcap_file *f, size_t pktlen)
 {
     if (f->err || f->fd < 0)
         return NULL;
-    if (f->cap - f->len < 16 + pktlen && pcap_flush(f) < 0)
+    if (f->cap - f->len < 16 + pktlen && pcap_file_flush(f) < 0)
         return NULL;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

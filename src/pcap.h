@@ -5,7 +5,7 @@
  * written as one IPv4/IPv6 + UDP packet each (correct checksums, no
  * fragments: the largest UDP datagram fits one IP packet's length fields).
  *
- * No libev and no Lua here: the caller flushes (pcap_flush) on its own
+ * No libev and no Lua here: the caller flushes (pcap_file_flush) on its own
  * schedule and timestamps records with the real time of the call. */
 #ifndef ECHOKIT_PCAP_H
 #define ECHOKIT_PCAP_H
@@ -46,13 +46,13 @@ struct pcap_stream {
 
 /* Create (truncate) PATH and write the file header. Returns 0, or -1 with
  * a message in err. */
-int pcap_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN]);
+int pcap_file_open(struct pcap_file *f, const char *path, char err[ECHOKIT_ERR_LEN]);
 
 /* Write what is buffered. Returns 0, or -1 (f->err set). */
-int pcap_flush(struct pcap_file *f);
+int pcap_file_flush(struct pcap_file *f);
 
-/* Flush and close; safe to call twice. Returns pcap_flush's result. */
-int pcap_close(struct pcap_file *f);
+/* Flush and close; safe to call twice. Returns pcap_file_flush's result. */
+int pcap_file_close(struct pcap_file *f);
 
 /* Fill ep from a textual IPv4/IPv6 address; 0, or -1 if HOST is neither. */
 int pcap_endpoint_parse(struct pcap_endpoint *ep, const char *host, uint16_t port);

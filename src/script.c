@@ -554,7 +554,7 @@ static void install_searcher(lua_State *L)
  * modules require finds in package.preload. */
 static void (*const classes[])(lua_State *L) = {
     lconn_open, ltls_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
-    lmetrics_open,
+    lmetrics_open, lcapread_open,
 };
 
 static const luaL_Reg modules[] = {

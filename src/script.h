@@ -164,6 +164,8 @@ void lwriter_open(lua_State *L);
 int lwriter_new(lua_State *L);   /* echokit.writer (lwriter.c) */
 void lmetrics_open(lua_State *L);
 int lmetrics_proxy(lua_State *L); /* echokit.metrics_proxy (lmetrics.c) */
+void lcapread_open(lua_State *L);
+int lcapread_capture(lua_State *L); /* echokit.capture (lcapread.c) */
 
 /* Accepted socket -> connection running handler h, or the script's own
  * handler if h is NULL; with h the connection takes references of its own to

@@ -153,7 +153,7 @@ int main(void)
     close(fd);
     char err[ECHOKIT_ERR_LEN];
     struct pcap_file f;
-    CHECK(pcap_open(&f, path, err) == 0);
+    CHECK(pcap_file_open(&f, path, err) == 0);
 
     static uint8_t big[PCAP_UDP_MAX6 + 1];
     for (size_t i = 0; i < sizeof big; i++)
@@ -202,7 +202,7 @@ int main(void)
     CHECK(u6.bytes[PCAP_SERVER] == 1 + PCAP_UDP_MAX6);
     uint64_t records = f.records;
     CHECK(records == 9);
-    CHECK(pcap_close(&f) == 0);
+    CHECK(pcap_file_close(&f) == 0);
 
     load(path);
     struct rec r;

@@ -1,0 +1,127 @@
+-- replay: a mock server made from a capture. Each client that connects is
+-- served one recorded conversation: echokit waits for the bytes of the next
+-- recorded client message and answers with the recorded server bytes.
+--
+--   echokit -H replay -- from=FILE [server=HOST:PORT|PORT] [match=exact]
+--                        [timing=none] [on_mismatch=close] [pick=match]
+--
+--   from=FILE    a pcap or pcapng file: one echokit -H debug wrote (pcap=),
+--                or tcpdump/dumpcap's (Ethernet, raw IP, Linux cooked,
+--                loopback; IPv4, IPv6), TCP reassembled (echokit.capture)
+--   server=      whose side is replayed (default: the server port of the
+--                first conversation in the file, any address)
+--   match=       exact   the recorded bytes, byte for byte (default)
+--                prefix  as many bytes as recorded, only the first line compared
+--                lines   as many lines as recorded, line endings (LF, CR LF) aside
+--                any     whatever arrives stands for the next client message
+--                The input is matched as a byte stream: a client may cut its
+--                messages into other segments than the recorded one did.
+--   timing=      none (answer at once), real (the recorded gaps), xN (N times faster)
+--   on_mismatch= close: report and close the connection (default);
+--                continue: report and send the next recorded answer anyway
+--   pick=        match: the conversation whose first client message shares
+--                the longest prefix with the client's first bytes (ties:
+--                round robin); roundrobin: each in turn. When every recorded
+--                conversation starts with the server speaking, round robin.
+--
+-- A mismatch is logged (warn) with both sides in `hexdump -C` layout. Bytes
+-- sent after the recorded conversation has ended are a mismatch too; a
+-- client that closes between two messages, before the end, is only noted
+-- (info).
+local echokit = require "echokit"
+local replay = require "echokit.replay"
+local args = ...
+
+local function fail(msg) error("replay: " .. msg, 0) end
+
+if not args.from then fail("give the capture: -- from=FILE") end
+local convs, err = echokit.capture(args.from)
+if not convs then fail(err) end
+if convs.warning then echokit.log("warn", "replay: %s", convs.warning) end
+local selected, what = replay.select(convs, args.server)
+if not selected then fail(args.from .. ": " .. what) end
+local mode = replay.check_mode(args.match) or fail(select(2, replay.check_mode(args.match)))
+local speed = replay.check_timing(args.timing) or fail(select(2, replay.check_timing(args.timing)))
+local on_mismatch = args.on_mismatch or "close"
+if on_mismatch ~= "close" and on_mismatch ~= "continue" then
+  fail("on_mismatch must be close or continue (got " .. on_mismatch .. ")")
+end
+local pick = args.pick or "match"
+if pick ~= "match" and pick ~= "roundrobin" then
+  fail("pick must be match or roundrobin (got " .. pick .. ")")
+end
+local client_first = false
+for _, c in ipairs(selected) do
+  local m = c.messages[1]
+  if m and m.from == "client" then client_first = true end
+end
+if not client_first then pick = "roundrobin" end
+for _, c in ipairs(selected) do
+  if c.truncated then
+    echokit.log("warn", "replay: the conversation %s -> %s is incomplete in the capture",
+      replay.endpoint_str(c.client), replay.endpoint_str(c.server))
+  end
+end
+echokit.log("info", "replay: %d conversation%s with server %s from %s", #selected,
+  #selected == 1 and "" or "s", what, args.from)
+
+local last = 0 -- the conversation served last (round robin)
+local TRIM = 64 * 1024
+
+local function report(conn, text)
+  echokit.log("warn", "replay: %s %s", tostring(conn), text)
+end
+
+return {
+  serve = function(conn)
+    local buf, pos, eof = "", 1, false
+    local function more()
+      local d = conn:receiveany()
+      if not d then eof = true; return false end
+      if pos > TRIM or pos > #buf then buf, pos = buf:sub(pos), 1 end
+      buf = buf .. d
+      return true
+    end
+    local idx
+    if pick == "match" then
+      if not more() then return end
+      idx = replay.pick(selected, buf, last)
+    else
+      idx = last % #selected + 1
+    end
+    last = idx
+    local msgs = selected[idx].messages
+    for i, m in ipairs(msgs) do
+      local wait = replay.delay(msgs, i, speed)
+      if m.from == "server" then
+        if wait > 0 and not echokit.sleep(wait) then return end
+        if not conn:send(m.data) then return end
+      else
+        while true do
+          local st, a, b = replay.consume(mode, m.data, buf, pos, eof)
+          if st == "ok" then
+            pos = a
+            break
+          elseif st == "more" then
+            more()
+          elseif eof and pos > #buf then
+            -- closed between two messages: it ended early, nothing differed
+            echokit.log("info", "replay: %s closed after client message %d of %d",
+              tostring(conn), i - 1, #msgs)
+            return
+          else
+            report(conn, replay.diff(string.format("client message %d of %d", i, #msgs),
+              m.data, a, echokit.hexdump))
+            if eof or on_mismatch == "close" then return end
+            pos = b
+            break
+          end
+        end
+      end
+    end
+    if pos <= #buf or more() then
+      report(conn, string.format("%d bytes after the end of the recorded conversation:\n%s",
+        #buf - pos + 1, echokit.hexdump(buf:sub(pos, pos + 511))))
+    end
+  end,
+}
