@@ -33,11 +33,30 @@
 --   cleanup(self)      the toxic was removed while the connection is open
 --                      (after stop; not called when the connection ends);
 --                      may close or reset the connection
+--   frame = MATCH                         the matcher used when a toxic of the
+--                                         type has none (http_status: every
+--                                         HTTP request); a given one must be
+--                                         of the same protocol
+--   stream = "upstream"                   the only direction it acts on
 -- and self offers self.attributes (live: updates show), self.stream, self.name,
 -- self.client, self.server (the two connections; server is nil before
--- start), self:send(data [, delay]), self:pace(data, gap),
--- self:send_eof([delay]), self:timer(seconds, fn), self:close(), self:reset().
+-- start), self.datagram (true when each chunk is a datagram: order between
+-- chunks is not kept by the network), self:send(data [, delay [, unordered]]),
+-- self:pace(data, gap), self:send_eof([delay]), self:timer(seconds, fn),
+-- self:close(), self:reset(). data(self, bytes, msg) gets, for a toxic with a
+-- protocol matcher, one whole matched message and what the parser made of it.
+--
+-- Aiming (every type): the attributes `match`, `client` and `sni` narrow what
+-- a toxic hits (echokit.match): `match` a function(self, data, conn) or a
+-- protocol matcher ({ http = {...} }, { resp = {...} }, { websocket = {...} },
+-- { bytes = PATTERN }): only matching chunks or messages reach the toxic's
+-- data, the rest pass on untouched and in order; `client` a CIDR range of
+-- client addresses and `sni` a glob on the server name a TLS client asked
+-- for (a client without one does not match): the toxic applies to those
+-- clients' connections only.
 local echokit = require "echokit"
+local match = require "echokit.match"
+local glob = require "echokit.glob"
 
 local M = {}
 
@@ -59,6 +78,14 @@ function M.define(name, def)
     error("toxics.define: name must be a word (letters, digits, _ and -)", 2)
   end
   if type(def) ~= "table" then error("toxics.define: def must be a table", 2) end
+  if def.frame ~= nil then
+    local m, err = match.compile(def.frame)
+    if not m then error("toxics.define: def.frame: " .. err, 2) end
+    def.frame_kind = m.kind
+  end
+  if def.stream ~= nil and not STREAMS[def.stream] then
+    error("toxics.define: def.stream must be upstream or downstream", 2)
+  end
   for _, k in ipairs { "start", "data", "eof", "stop", "cleanup", "validate" } do
     if def[k] ~= nil and type(def[k]) ~= "function" then
       error("toxics.define: def." .. k .. " must be a function", 2)
@@ -143,19 +170,33 @@ local function flush_due(stub)
 end
 
 -- Queues an item (data string or false for EOF) for time `at`, after every
--- item already queued.
-local function enqueue(stub, data, at)
+-- item already queued; `unordered` (datagrams) lets it leave before queued
+-- items due later, as a network reorders packets.
+local function enqueue(stub, data, at, unordered)
   local q = stub.queue
   if q.head > q.tail and at <= now() then
     if data then stub.dir:emit(stub, data) else stub.dir:emit_eof(stub) end
     return
   end
-  if q.tail >= q.head and q[q.tail].at > at then at = q[q.tail].at end
+  local i = q.tail + 1
+  if not unordered then
+    if q.tail >= q.head and q[q.tail].at > at then at = q[q.tail].at end
+  else
+    while i > q.head and q[i - 1].at > at do
+      q[i] = q[i - 1]
+      i = i - 1
+    end
+  end
   q.tail = q.tail + 1
-  q[q.tail] = { data = data, at = at }
+  q[i] = { data = data, at = at }
   if data then
     stub.dir.queued = stub.dir.queued + #data
     stub.dir:check_queue()
+  end
+  if stub.qtimer and i == q.head then
+    -- it is due before the item the timer waits for
+    stub.qtimer:cancel()
+    stub.qtimer = nil
   end
   if not stub.qtimer then
     local wait = q[q.head].at - now()
@@ -172,10 +213,11 @@ local function tail_at(stub)
   return now()
 end
 
--- Passes data on after `delay` seconds (default 0), after what is queued.
-function Stub:send(data, delay)
+-- Passes data on after `delay` seconds (default 0), after what is queued
+-- (unordered: only after what is due before it).
+function Stub:send(data, delay, unordered)
   if self.dead or data == "" then return end
-  enqueue(self, data, now() + (delay or 0))
+  enqueue(self, data, now() + (delay or 0), unordered)
 end
 
 -- Passes data on `gap` seconds after the previous item leaves (a link that is
@@ -238,11 +280,45 @@ function Stub:_drain_queue()
     if q[i].data then self.dir.queued = self.dir.queued - #q[i].data end
   end
   self.queue = { head = 1, tail = 0 }
+  -- what a datagram toxic held back, then a partial message being framed
+  if self.held_back then out[#out + 1] = self.held_back; self.held_back = nil end
+  if self.framer then
+    local rest = self.framer:rest()
+    if rest ~= "" then out[#out + 1] = rest end
+  end
   return out
 end
 
+-- Data through a protocol matcher: runs of messages that do not match
+-- pass on as one piece (the chunk itself when it is all of them); each
+-- matching message goes to the toxic's data.
+local function framed_in(self, data)
+  local raw, list = self.framer:push(data)
+  local m, fn = self.matcher, self.def.data
+  local conn = self.dir:src()
+  local from, start = 1, 1
+  for i = 1, #list do
+    local stop, msg = list[i][1], list[i][2]
+    if msg ~= nil and m:test(self, m.fn and raw:sub(start, stop), conn, msg) then
+      if start > from then self:send(raw:sub(from, start - 1)) end
+      local bytes = raw:sub(start, stop)
+      if fn then fn(self, bytes, msg) else self:send(bytes) end
+      if self.dead then return end
+      from = stop + 1
+    end
+    start = stop + 1
+  end
+  if start > from then
+    self:send((from == 1 and start > #raw) and raw or raw:sub(from, start - 1))
+  end
+end
+
 function Stub:_in(data)
-  if self.active and self.def.data then
+  if not self.active then return self:send(data) end
+  if self.framer then return framed_in(self, data) end
+  local m = self.matcher
+  if m and not m:test(self, data, self.dir:src()) then return self:send(data) end
+  if self.def.data then
     self.def.data(self, data)
   else
     self:send(data)
@@ -251,6 +327,11 @@ end
 
 function Stub:_eof()
   self.got_eof = true
+  -- a message cut short by the end of the stream passes on as it is
+  if self.framer then
+    local rest = self.framer:rest()
+    if rest ~= "" then self:send(rest) end
+  end
   if self.active and self.def.eof then
     self.def.eof(self)
   else
@@ -258,15 +339,26 @@ function Stub:_eof()
   end
 end
 
+-- Whether a toxic aimed at some clients (client=, sni=) hits this pair's.
+local function aimed_at(toxic, pair)
+  if toxic.client_ok and not toxic.client_ok(pair:peer_host()) then return false end
+  if toxic.sni_ok then
+    local sni = pair:sni()
+    if not sni or not toxic.sni_ok(sni) then return false end
+  end
+  return true
+end
+
 local function new_stub(dir, toxic)
   local ty = types[toxic.type]
   local stub = setmetatable({
     dir = dir, toxic = toxic, def = ty.def, type = toxic.type, name = toxic.name,
     stream = toxic.stream, attributes = toxic.attributes,
-    client = dir.pair.client, server = dir.pair.server,
-    queue = { head = 1, tail = 0 }, timers = {},
-    active = math.random() < (toxic.toxicity or 1),
+    client = dir.pair.client, server = dir.pair.server, datagram = dir.pair.datagram,
+    queue = { head = 1, tail = 0 }, timers = {}, matcher = toxic.matcher,
+    active = aimed_at(toxic, dir.pair) and math.random() < (toxic.toxicity or 1),
   }, Stub)
+  if stub.active and toxic.matcher then stub.framer = toxic.matcher:framer(dir.name) end
   return stub
 end
 
@@ -292,7 +384,12 @@ function Dir:emit(stub, data)
   local nxt = self.stubs[i]
   if nxt then return nxt:_in(data) end
   local dst = self:dst()
-  if not dst then return end
+  if not dst then
+    -- the server is not connected yet (slow_open): kept for it
+    local early = self.pair.early
+    if early and self.name == "upstream" then early[#early + 1] = data end
+    return
+  end
   self.bytes = self.bytes + #data
   if dst:write(data) == false then self:hold("dst", true) end
 end
@@ -305,7 +402,11 @@ function Dir:emit_eof(stub)
   self.eof_done = true
   if self.close_on_eof then return self.pair:close() end
   local dst = self:dst()
-  if not dst then return end
+  if not dst then
+    local early = self.pair.early
+    if early and self.name == "upstream" then early[#early + 1] = false end
+    return
+  end
   if self.src_closed then dst:close() else dst:shutdown() end
 end
 
@@ -414,9 +515,29 @@ function Pair:reset()
   if self.server then self.server:reset() end
 end
 
+-- The client's address (conn:peer()), asked once.
+function Pair:peer_host()
+  if self.host == nil then
+    local c = self.client
+    self.host = (c.peer and c:peer()) or false
+  end
+  return self.host or nil
+end
+
+-- The server name a TLS client asked for (conn:tls().sni), or nil.
+function Pair:sni()
+  if self.sni_name == nil then
+    local c = self.client
+    local info = c.tls and c:tls()
+    self.sni_name = type(info) == "table" and info.sni or false
+  end
+  return self.sni_name or nil
+end
+
 function Pair:teardown()
   if self.dead then return end
   self.dead = true
+  if self.open_timer then self.open_timer:cancel(); self.open_timer = nil end
   self.set.pairs[self] = nil
   self.up:stop()
   self.down:stop()
@@ -465,6 +586,42 @@ function Set:find(name)
   end
 end
 
+-- The aim of a toxic from its attributes match, client and sni (see the
+-- header): sets toxic.matcher, toxic.client_ok, toxic.sni_ok. Returns true,
+-- or nil and why (nothing changed then).
+local function aim(toxic, ty, attrs, stream)
+  local def = ty.def
+  local m, err
+  if attrs.match ~= nil then
+    m, err = match.compile(attrs.match)
+    if not m then return nil, err end
+    if def.frame_kind and m.kind ~= def.frame_kind then
+      return nil, string.format("%s answers %s messages: its match must be a %s matcher",
+                                ty.name, def.frame_kind, def.frame_kind)
+    end
+  elseif def.frame then
+    m = match.compile(def.frame)
+  end
+  if m and (m.kind == "http" or m.kind == "resp") and stream ~= "upstream" then
+    return nil, string.format("a %s matcher reads requests: the toxic's stream must be upstream",
+                              m.kind)
+  end
+  local client, sni
+  if attrs.client ~= nil then
+    client, err = match.cidr(attrs.client)
+    if not client then return nil, err end
+  end
+  if attrs.sni ~= nil then
+    if type(attrs.sni) ~= "string" then return nil, "sni must be a string (a glob)" end
+    sni, err = glob.compile(attrs.sni)
+    if not sni then return nil, "sni: " .. err end
+  end
+  toxic.matcher, toxic.client_ok, toxic.sni_ok = m, client, sni
+  return true
+end
+
+local AIM = { match = true, client = true, sni = true }
+
 local function changed(set, stream)
   local list = {}
   for p in pairs(set.pairs) do list[#list + 1] = p end
@@ -480,12 +637,16 @@ end
 function Set:add(o)
   if type(o) ~= "table" then return nil, "toxic must be an object", "bad" end
   local stream = o.stream
-  if stream == nil then stream = "downstream" end
+  local ty = type(o.type) == "string" and types[o.type]
+  if stream == nil then stream = ty and ty.def.stream or "downstream" end
   if type(stream) ~= "string" or not STREAMS[stream] then
     return nil, "stream was invalid, can be either upstream or downstream", "stream"
   end
-  if type(o.type) ~= "string" or not types[o.type] then
+  if not ty then
     return nil, "invalid toxic type", "type"
+  end
+  if ty.def.stream and stream ~= ty.def.stream then
+    return nil, string.format("%s acts on the %s stream only", o.type, ty.def.stream), "bad"
   end
   local name = o.name
   if name == nil or name == "" then name = o.type .. "_" .. stream end
@@ -500,6 +661,8 @@ function Set:add(o)
   if not attrs then return nil, err, "bad" end
   local toxic = { name = name, type = o.type, stream = stream, toxicity = toxicity,
                   attributes = attrs, generation = 1 }
+  local ok, aerr = aim(toxic, ty, attrs, stream)
+  if not ok then return nil, aerr, "bad" end
   table.insert(self.chain[stream], toxic)
   count_toxics(self)
   changed(self, stream)
@@ -517,14 +680,25 @@ function Set:update(name, o)
   if type(toxicity) ~= "number" or toxicity ~= toxicity then
     return nil, "toxicity must be a number", "bad"
   end
-  local attrs, err = check_attributes(types[toxic.type], o.attributes, toxic.attributes, o.api)
+  local ty = types[toxic.type]
+  local attrs, err = check_attributes(ty, o.attributes, toxic.attributes, o.api)
   if not attrs then return nil, err, "bad" end
+  local reaim = false
+  for k in pairs(AIM) do
+    if type(o.attributes) == "table" and o.attributes[k] ~= nil then reaim = true end
+  end
+  if reaim then
+    local probe = {}
+    local ok, aerr = aim(probe, ty, attrs, stream)
+    if not ok then return nil, aerr, "bad" end
+    toxic.matcher, toxic.client_ok, toxic.sni_ok = probe.matcher, probe.client_ok, probe.sni_ok
+  end
   -- The attribute table is shared with the running stubs: change it in place.
   for k in pairs(toxic.attributes) do toxic.attributes[k] = nil end
   for k, v in pairs(attrs) do toxic.attributes[k] = v end
-  if toxicity ~= toxic.toxicity then
+  if toxicity ~= toxic.toxicity or reaim then
     toxic.toxicity = toxicity
-    toxic.generation = toxic.generation + 1 -- stubs draw again
+    toxic.generation = toxic.generation + 1 -- stubs draw (and aim) again
     changed(self, stream)
   end
   return toxic
@@ -591,18 +765,10 @@ function M.handler(o)
   end
   local h = {}
 
-  function h.on_connect(client)
-    local m = set.metrics
-    if m then m:connection() end
-    if o.down and o.down() then return client:reset() end
-    local pair = setmetatable({ client = client, set = set, metrics = m }, Pair)
-    pair.up = new_dir(pair, "upstream", "client", "server")
-    pair.down = new_dir(pair, "downstream", "server", "client")
-    client.toxic_pair = pair
-    set.pairs[pair] = true
-    pair.up:rebuild()
-    if not pair.dead then pair.down:rebuild() end
-    if pair.dead then return end
+  -- Connects pair to the upstream; what the client sent meanwhile (a
+  -- slow_open) goes first.
+  local function connect(pair)
+    local client = pair.client
     local addr = upstream()
     local copts = o.connect_opts
     if type(copts) == "function" then copts = copts() end
@@ -633,6 +799,47 @@ function M.handler(o)
     }, copts)
     for _, s in ipairs(pair.up.stubs) do s.server = pair.server end
     for _, s in ipairs(pair.down.stubs) do s.server = pair.server end
+    local early = pair.early
+    pair.early = nil
+    for _, item in ipairs(early or {}) do
+      if pair.dead then return end
+      if item then
+        pair.up.bytes = pair.up.bytes + #item
+        if pair.server:write(item) == false then pair.up:hold("dst", true) end
+      elseif pair.up.src_closed then
+        pair.server:close()
+      else
+        pair.server:shutdown()
+      end
+    end
+  end
+
+  function h.on_connect(client)
+    local m = set.metrics
+    if m then m:connection() end
+    if o.down and o.down() then return client:reset() end
+    local pair = setmetatable({ client = client, set = set, metrics = m,
+                                datagram = o.datagram or client.datagram == true }, Pair)
+    pair.up = new_dir(pair, "upstream", "client", "server")
+    pair.down = new_dir(pair, "downstream", "server", "client")
+    client.toxic_pair = pair
+    set.pairs[pair] = true
+    pair.opening = true
+    pair.up:rebuild()
+    if not pair.dead then pair.down:rebuild() end
+    pair.opening = false
+    if pair.dead then return end
+    local wait = pair.open_delay
+    if not wait then return connect(pair) end
+    -- slow_open: the client waits, paused, for the upstream connection
+    pair.early = {}
+    pair.up:hold("open", true)
+    pair.open_timer = echokit.timer(wait, function()
+      pair.open_timer = nil
+      if pair.dead then return end
+      connect(pair)
+      if not pair.dead then pair.up:hold("open", false) end
+    end)
   end
 
   function h.on_data(client, data)
@@ -674,14 +881,16 @@ end
 ---------------------------------------------------------------------------
 local MS, US = 0.001, 0.000001
 
--- latency: every chunk waits latency +- jitter seconds.
+-- latency: every chunk waits latency +- jitter seconds. On a byte stream
+-- chunks keep their order; datagrams may overtake one another when the
+-- jitter exceeds the gap between them, as on a real network.
 M.define("latency", {
   attributes = { latency = { default = 0, api = MS }, jitter = { default = 0, api = MS } },
   data = function(self, data)
     local a = self.attributes
     local d = a.latency
     if a.jitter > 0 then d = d + (math.random() * 2 - 1) * a.jitter end
-    self:send(data, d > 0 and d or 0)
+    self:send(data, d > 0 and d or 0, self.datagram)
   end,
 })
 
@@ -790,6 +999,254 @@ M.define("limit_data", {
 M.define("down", {
   attributes = {},
   start = function(self) self:reset() end,
+})
+
+
+---------------------------------------------------------------------------
+-- echokit's own toxics: answers instead of the server, message and
+-- datagram faults, open and lifetime faults (docs/API.md)
+---------------------------------------------------------------------------
+local http = require "echokit.http"
+
+local function probability(name)
+  return function(a)
+    local p = a.probability
+    if type(p) ~= "number" or p < 0 or p > 1 then
+      return nil, string.format("attribute probability of %s must be between 0 and 1", name)
+    end
+    return true
+  end
+end
+
+local function nonneg(name, ...)
+  local keys = { ... }
+  return function(a)
+    for _, k in ipairs(keys) do
+      if a[k] < 0 then return nil, string.format("attribute %s of %s must not be negative", k, name) end
+    end
+    return true
+  end
+end
+
+-- Writes `bytes` to the client now or after `delay` seconds; `close` then
+-- closes the connection. The answer skips the server and the downstream
+-- toxics.
+local function answer(self, bytes, delay, close)
+  local function go()
+    if self.dir.pair.dead then return end
+    self.client:write(bytes)
+    if close then self:close() end
+  end
+  if delay > 0 then self:timer(delay, go) else go() end
+end
+
+-- http_status: matching HTTP requests (every one without a match) are
+-- answered with status, headers and body, after delay seconds; the server
+-- never sees them. close=1 (or a request that does not keep the connection
+-- alive) closes the connection after the answer.
+M.define("http_status", {
+  frame = { http = {} },
+  stream = "upstream",
+  attributes = { status = 503, body = "", headers = { default = {} }, delay = { default = 0, api = MS },
+                 close = 0 },
+  validate = function(a)
+    if a.status ~= math.floor(a.status) or a.status < 100 or a.status > 599 then
+      return nil, "attribute status of http_status must be a whole number from 100 to 599"
+    end
+    for k, v in pairs(a.headers) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        return nil, "attribute headers of http_status must map names to strings"
+      end
+    end
+    local ok, err = pcall(http.response, a.status, a.headers, a.body)
+    if not ok then
+      return nil, "attribute headers of http_status: " .. tostring(err):gsub("^.-:%d+: ", "")
+    end
+    return nonneg("http_status", "delay")(a)
+  end,
+  data = function(self, _, req)
+    local a = self.attributes
+    local keep = req and req.keep_alive and a.close == 0
+    local bytes = http.response(a.status, a.headers, a.body,
+                                { close = not keep, head = req and req.method == "HEAD" })
+    answer(self, bytes, a.delay, not keep)
+  end,
+})
+
+-- resp_error: matching Redis commands (every one without a match) are
+-- answered with the error `-MESSAGE`, after delay seconds; the server never
+-- sees them.
+M.define("resp_error", {
+  frame = { resp = {} },
+  stream = "upstream",
+  attributes = { message = "ERR injected fault", delay = { default = 0, api = MS } },
+  validate = function(a)
+    if a.message:find("[\r\n]") then
+      return nil, "attribute message of resp_error must not hold CR or LF"
+    end
+    return nonneg("resp_error", "delay")(a)
+  end,
+  data = function(self)
+    local a = self.attributes
+    answer(self, "-" .. a.message .. "\r\n", a.delay, false)
+  end,
+})
+
+-- drop_message: matching messages (every chunk without a match) vanish.
+M.define("drop_message", { attributes = {}, data = function() end })
+
+-- delay_message: matching messages (every chunk without a match) wait
+-- delay seconds; on a byte stream what follows waits behind them.
+M.define("delay_message", {
+  attributes = { delay = { default = 0, api = MS } },
+  validate = nonneg("delay_message", "delay"),
+  data = function(self, data) self:send(data, self.attributes.delay) end,
+})
+
+-- Flips `count` random bytes of data (each XORed with a non-zero byte).
+local function flip(data, count)
+  local n = #data
+  if n == 0 then return data end
+  local b = { data:byte(1, -1) }
+  for _ = 1, math.min(count, n) do
+    local i = math.random(n)
+    b[i] = b[i] ~ math.random(255)
+  end
+  local parts = {}
+  for i = 1, n, 4096 do
+    parts[#parts + 1] = string.char(table.unpack(b, i, math.min(n, i + 4095)))
+  end
+  return table.concat(parts)
+end
+
+-- corrupt: each matching message (or chunk: a datagram), with probability
+-- `probability`, gets `count` random bytes flipped.
+M.define("corrupt", {
+  attributes = { probability = 1, count = 1 },
+  validate = function(a)
+    local ok, err = probability("corrupt")(a)
+    if not ok then return nil, err end
+    if a.count ~= math.floor(a.count) or a.count < 1 then
+      return nil, "attribute count of corrupt must be a whole number of at least 1"
+    end
+    return true
+  end,
+  data = function(self, data)
+    local a = self.attributes
+    if math.random() < a.probability then data = flip(data, a.count) end
+    self:send(data)
+  end,
+})
+
+-- loss: each chunk (a datagram) is dropped with probability `probability`.
+M.define("loss", {
+  attributes = { probability = 0 },
+  validate = probability("loss"),
+  data = function(self, data)
+    if math.random() >= self.attributes.probability then self:send(data) end
+  end,
+})
+
+-- duplicate: each chunk (a datagram) is sent twice with probability
+-- `probability`.
+M.define("duplicate", {
+  attributes = { probability = 0 },
+  validate = probability("duplicate"),
+  data = function(self, data)
+    self:send(data)
+    if math.random() < self.attributes.probability then self:send(data) end
+  end,
+})
+
+-- reorder: each chunk (a datagram), with probability `probability`, is held
+-- back and sent after the next one; if none comes within `hold` seconds it
+-- goes on alone.
+local function release(self)
+  local held = self.held_back
+  if self.held_timer then
+    self.held_timer:cancel()
+    self.timers[self.held_timer] = nil
+    self.held_timer = nil
+  end
+  self.held_back = nil
+  return held
+end
+
+M.define("reorder", {
+  attributes = { probability = 0, hold = { default = 0.1, api = MS } },
+  validate = function(a)
+    local ok, err = probability("reorder")(a)
+    if not ok then return nil, err end
+    return nonneg("reorder", "hold")(a)
+  end,
+  data = function(self, data)
+    local held = release(self)
+    if held then
+      self:send(data)
+      self:send(held)
+    elseif math.random() < self.attributes.probability then
+      self.held_back = data
+      self.held_timer = self:timer(self.attributes.hold, function()
+        self.held_timer = nil
+        local h = release(self)
+        if h then self:send(h) end
+      end)
+    else
+      self:send(data)
+    end
+  end,
+  eof = function(self)
+    local held = release(self)
+    if held then self:send(held) end
+    self:send_eof()
+  end,
+})
+
+-- truncate: each chunk (a datagram) keeps at most `bytes` bytes.
+M.define("truncate", {
+  attributes = { bytes = 0 },
+  validate = nonneg("truncate", "bytes"),
+  data = function(self, data)
+    local n = math.floor(self.attributes.bytes)
+    self:send(#data > n and data:sub(1, n) or data)
+  end,
+})
+
+-- refuse: new connections (of the clients it is aimed at) are accepted and
+-- reset at once; open ones are left alone.
+M.define("refuse", {
+  attributes = {},
+  start = function(self) if self.dir.pair.opening then self:reset() end end,
+})
+
+-- slow_open: a new connection is accepted, and its upstream connection made
+-- only `delay` seconds later; the client is paused meanwhile.
+M.define("slow_open", {
+  attributes = { delay = { default = 0, api = MS } },
+  validate = nonneg("slow_open", "delay"),
+  start = function(self)
+    local pair = self.dir.pair
+    local d = self.attributes.delay
+    if pair.opening and d > 0 and d > (pair.open_delay or 0) then pair.open_delay = d end
+  end,
+})
+
+-- limit_time: the connection is closed `duration` seconds after it opened
+-- (or after the toxic was added): with mode "fin" what is in flight is
+-- flushed and closed, with "rst" both sides are reset.
+M.define("limit_time", {
+  attributes = { duration = { default = 0, api = MS }, mode = "fin" },
+  validate = function(a)
+    if a.mode ~= "fin" and a.mode ~= "rst" then
+      return nil, "attribute mode of limit_time must be fin or rst"
+    end
+    return nonneg("limit_time", "duration")(a)
+  end,
+  start = function(self)
+    self:timer(self.attributes.duration, function()
+      if self.attributes.mode == "rst" then self:reset() else self:close() end
+    end)
+  end,
 })
 
 return M
