@@ -19,12 +19,13 @@
 --     parsed; "downstream": server -> client)
 --   m:test(stub, raw, conn, msg) -> bool
 --
---   framer:push(data) -> raw, list       list[i] = { stop, msg }: message i is
---     raw:sub(previous stop + 1, stop); bytes after the last stop stay held
---     until the rest of their message comes. raw is data itself when nothing
---     was held (no copy). A stream the parser cannot frame (a protocol error,
---     a message over the bound below, an HTTP Upgrade or CONNECT) passes on
---     unframed from there: its entries have msg = nil, which never matches.
+--   framer:push(data) -> raw, n   for i = 1, n: framer.stops[i], framer.msgs[i]
+--     (arrays reused by the next push): message i is raw:sub(previous stop
+--     + 1, stop); bytes after the last stop stay held until the rest of
+--     their message comes. raw is data itself when nothing was held (no
+--     copy). A stream the parser cannot frame (a protocol error, a message
+--     over the bound below, an HTTP Upgrade or CONNECT) passes on unframed
+--     from there: its entries have msg = nil, which never matches.
 --   framer:rest() -> the bytes held (the end of the stream came, or the
 --     toxic goes), emptied
 --
@@ -146,7 +147,7 @@ end
 
 local function new_framer(next_fn, pending_fn, p)
   return setmetatable({ p = p, next = next_fn, pending = pending_fn, held = "",
-                        broken = false, fed = 0, base = 0 }, Framer)
+                        broken = false, fed = 0, base = 0, stops = {}, msgs = {} }, Framer)
 end
 
 -- Positions are counted from the start of the stream: `fed` bytes went to
@@ -156,15 +157,24 @@ end
 function Framer:push(data)
   local raw = self.held == "" and data or self.held .. data
   local total = #raw
+  local stops, msgs = self.stops, self.msgs
   if self.broken then
     self.held = ""
     self.base = self.base + total
-    return raw, { { total } }
+    stops[1], msgs[1] = total, nil
+    return raw, 1
+  end
+  if self.quick and self.held == "" then
+    local n = self.quick(data, stops, msgs)
+    if n then
+      self.base = self.base + total
+      return raw, n
+    end
   end
   local p = self.p
   p:feed(data)
   self.fed = self.fed + #data
-  local list, stop = {}, 0
+  local n, stop = 0, 0
   while true do
     local msg, err = self.next(self, p)
     if msg == nil then
@@ -172,14 +182,18 @@ function Framer:push(data)
       break
     end
     stop = self.fed - self.pending(p) - self.base
-    list[#list + 1] = { stop, msg }
+    n = n + 1
+    stops[n], msgs[n] = stop, msg
     if self.broken then break end  -- the message switched protocols
   end
   if self.broken then
-    if stop < total then list[#list + 1] = { total } end
+    if stop < total then
+      n = n + 1
+      stops[n], msgs[n] = total, nil
+    end
     self.held, self.p = "", nil
     self.base = self.base + total
-    return raw, list
+    return raw, n
   end
   self.base = self.base + stop
   if stop == 0 then
@@ -189,7 +203,7 @@ function Framer:push(data)
   else
     self.held = ""
   end
-  return raw, list
+  return raw, n
 end
 
 function Framer:rest()
@@ -215,9 +229,31 @@ local function resp_framer(values)
   return new_framer(function(_, q) return q:next() end, function(q) return q:pending() end, p)
 end
 
+-- Whole lines in a read that ends with one, while nothing is held: cut
+-- here without the parser (which then holds nothing either), as it would
+-- cut them. Returns the count, or nil to leave the read to the parser.
+local find, sub, byte = string.find, string.sub, string.byte
+local function quick_lines(data, stops, msgs)
+  local n, total = 0, #data
+  if byte(data, total) ~= 10 then return nil end
+  local pos = 1
+  while pos <= total do
+    local e = find(data, "\n", pos, true)
+    local stop = e - 1
+    if stop >= pos and byte(data, stop) == 13 then stop = stop - 1 end
+    if stop - pos + 1 > M.MAX_LINE then return nil end
+    n = n + 1
+    stops[n], msgs[n] = e, sub(data, pos, stop)
+    pos = e + 1
+  end
+  return n
+end
+
 local function lines_framer()
   local p = framing.lines { max = M.MAX_LINE }
-  return new_framer(function(_, q) return q:next() end, buffered, p)
+  local f = new_framer(function(_, q) return q:next() end, buffered, p)
+  f.quick = quick_lines
+  return f
 end
 
 -- Frames after the opening handshake: what comes before the first blank

@@ -217,6 +217,11 @@ end
 -- (unordered: only after what is due before it).
 function Stub:send(data, delay, unordered)
   if self.dead or data == "" then return end
+  local q = self.queue
+  if (delay == nil or delay <= 0) and q.head > q.tail then
+    -- nothing waits: on at once (the common case, without a clock read)
+    return self.dir:emit(self, data)
+  end
   enqueue(self, data, now() + (delay or 0), unordered)
 end
 
@@ -293,12 +298,15 @@ end
 -- pass on as one piece (the chunk itself when it is all of them); each
 -- matching message goes to the toxic's data.
 local function framed_in(self, data)
-  local raw, list = self.framer:push(data)
+  local framer = self.framer
+  local raw, n = framer:push(data)
+  local stops, msgs = framer.stops, framer.msgs
   local m, fn = self.matcher, self.def.data
-  local conn = self.dir:src()
+  local conn = m.fn and self.dir:src()
   local from, start = 1, 1
-  for i = 1, #list do
-    local stop, msg = list[i][1], list[i][2]
+  for i = 1, n do
+    local stop, msg = stops[i], msgs[i]
+    msgs[i] = nil
     if msg ~= nil and m:test(self, m.fn and raw:sub(start, stop), conn, msg) then
       if start > from then self:send(raw:sub(from, start - 1)) end
       local bytes = raw:sub(start, stop)
@@ -622,6 +630,20 @@ end
 
 local AIM = { match = true, client = true, sni = true }
 
+-- Whether two attribute values are equal, tables compared by content
+-- (bounded by the JSON decoder's depth, or a table a handler built).
+local function same_value(a, b, depth)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" or (depth or 0) > 32 then return false end
+  for k, v in pairs(a) do
+    if not same_value(v, b[k], (depth or 0) + 1) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
 local function changed(set, stream)
   local list = {}
   for p in pairs(set.pairs) do list[#list + 1] = p end
@@ -683,9 +705,11 @@ function Set:update(name, o)
   local ty = types[toxic.type]
   local attrs, err = check_attributes(ty, o.attributes, toxic.attributes, o.api)
   if not attrs then return nil, err, "bad" end
+  -- Re-aimed (stubs start again) only when an aim really changed: the
+  -- workers' sync updates every toxic with what it already has.
   local reaim = false
   for k in pairs(AIM) do
-    if type(o.attributes) == "table" and o.attributes[k] ~= nil then reaim = true end
+    if not same_value(attrs[k], toxic.attributes[k]) then reaim = true end
   end
   if reaim then
     local probe = {}

@@ -10,11 +10,11 @@ local function frame(m, direction, chunks)
   local f = m:framer(direction)
   local out = {}
   for _, c in ipairs(chunks) do
-    local raw, list = f:push(c)
+    local raw, n = f:push(c)
     local start = 1
-    for _, e in ipairs(list) do
-      out[#out + 1] = { raw:sub(start, e[1]), e[2] }
-      start = e[1] + 1
+    for i = 1, n do
+      out[#out + 1] = { raw:sub(start, f.stops[i]), f.msgs[i] }
+      start = f.stops[i] + 1
     end
   end
   return out, f:rest()
@@ -58,12 +58,13 @@ describe("echokit.match", function()
   it("http: a partial request is held until it is whole; a header absent does not match", function()
     local m = assert(match.compile { http = { header = { ["X-Tenant"] = "*" } } })
     local f = m:framer("upstream")
-    local raw, list = f:push(GET_STATIC:sub(1, 10))
-    assert.same({}, list)
-    raw, list = f:push(GET_STATIC:sub(11))
+    local raw, n = f:push(GET_STATIC:sub(1, 10))
+    assert.equal(0, n)
+    raw, n = f:push(GET_STATIC:sub(11))
+    assert.equal(1, n)
     assert.equal(GET_STATIC, raw)
-    assert.equal(#GET_STATIC, list[1][1])
-    assert.is_false(m:test({}, raw, nil, list[1][2]))
+    assert.equal(#GET_STATIC, f.stops[1])
+    assert.is_false(m:test({}, raw, nil, f.msgs[1]))
   end)
 
   it("http: a chunk of whole requests comes back as itself (no copy)", function()
@@ -108,6 +109,20 @@ describe("echokit.match", function()
       assert.equal("", rest)
       assert.same({ hs, t, b, p, t }, { msgs[1][1], msgs[2][1], msgs[3][1], msgs[4][1], msgs[5][1] })
       assert.same({ false, true, false, false, true }, hits(m, msgs))
+    end
+  end)
+
+  it("lines: a line over the bound makes the stream pass unframed, whole or split", function()
+    local m = assert(match.compile { bytes = "x" })
+    local long = string.rep("x", match.MAX_LINE + 1) .. "\n"
+    for _, chunks in ipairs { { long .. "x\n" }, { long:sub(1, 100), long:sub(101) .. "x\n" } } do
+      local msgs = frame(m, "upstream", chunks)
+      local all = {}
+      for _, e in ipairs(msgs) do
+        assert.is_nil(e[2])
+        all[#all + 1] = e[1]
+      end
+      assert.equal(long .. "x\n", table.concat(all))
     end
   end)
 

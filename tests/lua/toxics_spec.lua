@@ -752,3 +752,26 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
     assert.equal(0, set:count())
   end)
 end)
+
+describe("echokit.toxics: updates of aimed toxics", function()
+  before_each(function() clock, timers = 0, {} end)
+
+  it("an update with the same match keeps the stub and its partial message", function()
+    local set = toxics.set()
+    assert(set:add { type = "drop_message", stream = "upstream",
+                     attributes = { match = { http = { path = "/x" } } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "GET /x HTTP/1.1\r\nHo")
+    -- the control API's workers sync sends every attribute again, equal
+    assert(set:update("drop_message_upstream", { attributes = { match = { http = { path = "/x" } } } }))
+    h.on_data(client, "st: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\n", server:data())
+    -- a different match re-aims: the partial message moves on, the new one applies
+    h.on_data(client, "GET /y HTTP/1.1\r\n")
+    assert(set:update("drop_message_upstream", { attributes = { match = { http = { path = "/y" } } } }))
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\n", server:data())
+    h.on_data(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                 server:data())
+  end)
+end)
