@@ -302,12 +302,15 @@ local function framed_in(self, data)
   local raw, n = framer:push(data)
   local stops, msgs = framer.stops, framer.msgs
   local m, fn = self.matcher, self.def.data
-  local conn = m.fn and self.dir:src()
+  local check, mfn = m.check, m.fn
+  local conn = mfn and self.dir:src()
   local from, start = 1, 1
   for i = 1, n do
     local stop, msg = stops[i], msgs[i]
     msgs[i] = nil
-    if msg ~= nil and m:test(self, m.fn and raw:sub(start, stop), conn, msg) then
+    -- m:test, inlined: this loop runs for every message
+    if msg ~= nil and (not check or check(msg)) and
+       (not mfn or mfn(self, raw:sub(start, stop), conn, msg)) then
       if start > from then self:send(raw:sub(from, start - 1)) end
       local bytes = raw:sub(start, stop)
       if fn then fn(self, bytes, msg) else self:send(bytes) end
