@@ -60,9 +60,10 @@ s = socket.socket()
 s.settimeout(float(sys.argv[3]))
 s.bind((sys.argv[1], 0))
 t0 = time.monotonic()
-s.connect(("127.0.0.1", int(sys.argv[2])))
 n = 0
 try:
+    # a reset at once may come before connect() returns
+    s.connect(("127.0.0.1", int(sys.argv[2])))
     s.sendall(b"hi\n")
     while True:
         d = s.recv(65536)
