@@ -167,6 +167,8 @@ function Framer:push(data)
   if self.quick and self.held == "" then
     local n = self.quick(data, stops, msgs)
     if n then
+      -- counted as fed to the parser and consumed by it
+      self.fed = self.fed + total
       self.base = self.base + total
       return raw, n
     end

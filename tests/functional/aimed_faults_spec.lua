@@ -191,6 +191,36 @@ describe("aimed faults", function()
     assert.equal("fine", t.ask(good, "fine"))
   end)
 
+  it("sni=: on a tls:// listener, only clients asking for a matching name are hit", function()
+    local up = t.start { handler = "echo" }
+    local px = chaos({ upstream = "127.0.0.1:" .. up:port(), resp_error = "ERR for a.test",
+                       ["resp_error.sni"] = "a.*" },
+                     { listen = { "tls://127.0.0.1:0" }, opts = { "--tls-self-signed" } })
+    local path = peers.tmpfile([[
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=float(sys.argv[3]))
+c = ctx.wrap_socket(s, server_hostname=sys.argv[2] or None)
+c.sendall(b"PING\r\n")
+buf = b""
+while not buf.endswith(b"\r\n"):
+    d = c.recv(100)
+    if not d: break
+    buf += d
+print(buf.decode().strip())
+]])
+    local function ask(name)
+      local r = peers.run({ "python3", path, tostring(px:port()), name, tostring(t.T(5)) }, 15)
+      peers.assert_ok(r, "TLS client with SNI '" .. name .. "'")
+      return r.out
+    end
+    assert.equal("-ERR for a.test\n", ask("a.test"))
+    assert.equal("PING\n", ask("b.test"))
+    assert.equal("PING\n", ask(""))          -- no SNI: not aimed at
+  end)
+
   it("malformed aims and attributes stop the start with a clear error", function()
     local cases = {
       { { loss = "2" }, "probability of loss must be between 0 and 1" },

@@ -136,6 +136,16 @@ describe("echokit.match", function()
     end
   end)
 
+  it("bytes: whole-line reads and partial ones mixed keep the boundaries", function()
+    local m = assert(match.compile { bytes = "^b" })
+    local msgs, rest = frame(m, "upstream", { "a\n", "b", "\n", "c\nb", "x\n", "bb\n", "b" })
+    assert.equal("b", rest)
+    local bytes = {}
+    for i, e in ipairs(msgs) do bytes[i] = e[1] end
+    assert.same({ "a\n", "b\n", "c\n", "bx\n", "bb\n" }, bytes)
+    assert.same({ false, true, false, true, true }, hits(m, msgs))
+  end)
+
   it("a function sees each chunk; with a protocol it sees the message too", function()
     local seen = {}
     local m = assert(match.compile(function(_, data) seen[#seen + 1] = data; return data == "b" end))
