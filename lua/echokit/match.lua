@@ -26,6 +26,8 @@
 --     copy). A stream the parser cannot frame (a protocol error, a message
 --     over the bound below, an HTTP Upgrade or CONNECT) passes on unframed
 --     from there: its entries have msg = nil, which never matches.
+--   An HTTP request that cannot match by its head passes on as its body
+--   arrives (entries with msg = nil, then the request at its end).
 --   framer:rest() -> the bytes held (the end of the stream came, or the
 --     toxic goes), emptied
 --
@@ -197,6 +199,15 @@ function Framer:push(data)
     self.base = self.base + total
     return raw, n
   end
+  if self.passing and self:passing() then
+    -- the message in progress cannot match: what it has so far goes on
+    local now = self.fed - self.pending(p) - self.base
+    if now > stop then
+      n = n + 1
+      stops[n], msgs[n] = now, nil
+      stop = now
+    end
+  end
   self.base = self.base + stop
   if stop == 0 then
     self.held = raw
@@ -214,15 +225,25 @@ function Framer:rest()
   return r
 end
 
-local function http_framer()
-  local p = http.parser { max_body = M.MAX_MESSAGE }
-  return new_framer(function(f, q)
+-- early(req): whether a request could match, asked once its head is in;
+-- a request that cannot passes on as its body arrives instead of being
+-- held (a client that waits for "100 Continue" gets it from the server).
+local function http_framer(early)
+  local f
+  local p = http.parser { max_body = M.MAX_MESSAGE,
+                          on_headers = early and function(req) f.head = req end }
+  f = new_framer(function(fr, q)
     local req, err = q:next()
-    if req and (req.headers.upgrade or req.method == "CONNECT") then
-      f.broken = "protocol switch"
+    if req then
+      fr.head = nil
+      if req.headers.upgrade or req.method == "CONNECT" then fr.broken = "protocol switch" end
     end
     return req, err
   end, function(q) return q:pending() end, p)
+  if early then
+    f.passing = function(fr) return fr.head ~= nil and not early(fr.head) end
+  end
+  return f
 end
 
 local function resp_framer(values)
@@ -299,7 +320,7 @@ Matcher.__index = Matcher
 
 function Matcher:framer(direction)
   local k = self.kind
-  if k == "http" then return http_framer() end
+  if k == "http" then return http_framer(not self.fn and self.check) end
   if k == "resp" then return resp_framer(direction == "downstream") end
   if k == "websocket" then return websocket_framer(direction) end
   if k == "lines" then return lines_framer() end

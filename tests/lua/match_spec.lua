@@ -5,18 +5,26 @@ local resp = require "echokit.resp"
 local ws = require "echokit.websocket"
 
 -- Feeds chunks to a framer; returns the messages as { bytes, msg } (msg nil
--- for bytes passed on unframed) and what is still held.
+-- for bytes passed on unframed) and what is still held. Pieces passed on
+-- early (msg nil) are joined to the message they end with.
 local function frame(m, direction, chunks)
   local f = m:framer(direction)
-  local out = {}
+  local out, early = {}, ""
   for _, c in ipairs(chunks) do
     local raw, n = f:push(c)
     local start = 1
     for i = 1, n do
-      out[#out + 1] = { raw:sub(start, f.stops[i]), f.msgs[i] }
+      local piece = raw:sub(start, f.stops[i])
+      if f.msgs[i] == nil then
+        early = early .. piece
+      else
+        out[#out + 1] = { early .. piece, f.msgs[i] }
+        early = ""
+      end
       start = f.stops[i] + 1
     end
   end
+  if early ~= "" then out[#out + 1] = { early } end
   return out, f:rest()
 end
 
@@ -65,6 +73,30 @@ describe("echokit.match", function()
     assert.equal(GET_STATIC, raw)
     assert.equal(#GET_STATIC, f.stops[1])
     assert.is_false(m:test({}, raw, nil, f.msgs[1]))
+  end)
+
+  it("http: a request whose head cannot match passes on as its body arrives; one that can is held", function()
+    local m = assert(match.compile { http = { method = "PUT" } })
+    local f = m:framer("upstream")
+    local head = "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    local raw, n = f:push(head)
+    assert.equal(1, n)
+    assert.equal(#head, f.stops[1])
+    assert.is_nil(f.msgs[1])
+    raw, n = f:push("01234")
+    assert.same({ 1, 5 }, { n, f.stops[1] })
+    raw, n = f:push("56789" .. GET_STATIC)
+    assert.same({ 2, 5, 5 + #GET_STATIC }, { n, f.stops[1], f.stops[2] })
+    assert.equal("POST", f.msgs[1].method)
+    assert.is_false(m:test({}, raw, nil, f.msgs[1]))
+    -- a PUT can match: held until whole
+    local put = "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"
+    raw, n = f:push(put)
+    assert.equal(0, n)
+    raw, n = f:push("abc")
+    assert.equal(1, n)
+    assert.equal(put .. "abc", raw)
+    assert.is_true(m:test({}, raw, nil, f.msgs[1]))
   end)
 
   it("http: a chunk of whole requests comes back as itself (no copy)", function()
