@@ -191,6 +191,38 @@ describe("echokit.match", function()
     assert.same({ true, false }, hits(both, msgs))
   end)
 
+  it("fuzz: every framer gives back exactly the bytes it was fed, however cut", function()
+    local fuzz = require "fuzz"
+    local rng = fuzz.rng(16)
+    local specs = {
+      { { http = { path = "/a*" } }, "upstream",
+        "GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\n" ..
+        "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" },
+      { { resp = { command = "GET" } }, "upstream",
+        resp.command("GET", "k") .. "PING\r\n" .. resp.command("SET", "k", "v") },
+      { { websocket = { opcode = "text" } }, "downstream",
+        "HTTP/1.1 101 x\r\n\r\n" .. ws.text("hi") .. ws.ping("p") .. ws.binary("b") },
+      { { bytes = "^a" }, "upstream", "abc\nxyz\r\na\n" },
+    }
+    for _, sp in ipairs(specs) do
+      local m = assert(match.compile(sp[1]))
+      for i = 1, 300 do
+        local input = i % 3 == 0 and fuzz.bytes(rng, rng(0, 200)) or fuzz.mutate(rng, sp[3], i)
+        local chunks, pos = {}, 1
+        while pos <= #input do
+          local n = rng(1, 40)
+          chunks[#chunks + 1] = input:sub(pos, pos + n - 1)
+          pos = pos + n
+        end
+        local msgs, rest = frame(m, sp[2], chunks)
+        local out = {}
+        for j, e in ipairs(msgs) do out[j] = e[1] end
+        assert.equal(input, table.concat(out) .. rest, "input " .. i .. " of " .. next(sp[1]))
+        hits(m, msgs)   -- a test of any message never raises
+      end
+    end
+  end)
+
   it("malformed matchers are refused with a sentence naming the field", function()
     local bad = {
       { 42, "match must be a function or a table" },
