@@ -46,6 +46,7 @@ local M = {}
 -- stream passes on unframed (the toxic then leaves that connection alone).
 M.MAX_MESSAGE = 1024 * 1024
 M.MAX_LINE = 16 * 1024
+M.QUICK_HEAD = 8192     -- the parser's max_header
 
 ---------------------------------------------------------------------------
 -- Addresses
@@ -166,7 +167,8 @@ function Framer:push(data)
     stops[1], msgs[1] = total, nil
     return raw, 1
   end
-  if self.quick and self.held == "" then
+  -- at a message boundary only: nothing held, no request body streaming
+  if self.quick and self.held == "" and self.in_body == nil then
     local n = self.quick(data, stops, msgs)
     if n then
       -- counted as fed to the parser and consumed by it
@@ -225,24 +227,73 @@ function Framer:rest()
   return r
 end
 
+-- Whole requests without a body or with a Content-Length one, in a read
+-- that holds nothing else, while nothing is held: cut here without the
+-- parser, for a matcher that reads the method and path only. Anything else
+-- (chunked bodies, Expect, Upgrade, a partial request, a request line the
+-- pattern does not take) is left to the parser: returns nil.
+local find, sub, byte, lower, match = string.find, string.sub, string.byte, string.lower,
+                                      string.match
+local REQUEST_LINE = "^([!#$%%&'*+%-.^_`|~%w]+) (%S+) HTTP/1%.([01])\r\n"
+local function quick_http(data, stops, msgs)
+  local n, total, pos = 0, #data, 1
+  while pos <= total do
+    local _, le, method, target, minor = find(data, REQUEST_LINE, pos)
+    if not le then return nil end
+    local he = find(data, "\r\n\r\n", le - 1, true)
+    if not he or he - pos > M.QUICK_HEAD then return nil end
+    -- the header lines, each after a "\n", names in lower case
+    local head = "\n" .. lower(sub(data, le + 1, he + 1))
+    if find(head, "\ntransfer-encoding", 1, true) or find(head, "\nupgrade", 1, true) or
+       find(head, "\nexpect", 1, true) or find(head, "\n[ \t]") or find(head, "\r[^\n]") then
+      return nil
+    end
+    local stop = he + 3
+    local cl = find(head, "\ncontent-length", 1, true)
+    if cl then
+      local len = match(head, "^\ncontent%-length:[ \t]*(%d+)[ \t]*\r", cl)
+      if not len or #len > 9 or find(head, "\ncontent-length", cl + 1, true) then
+        return nil
+      end
+      stop = stop + tonumber(len)
+      if stop > total then return nil end
+    end
+    if method == "CONNECT" then return nil end
+    local conn = match(head, "\nconnection:([^\r]*)")
+    local keep
+    if minor == "1" then keep = not (conn and find(conn, "close", 1, true))
+    else keep = conn ~= nil and find(conn, "keep-alive", 1, true) ~= nil and
+                not find(conn, "close", 1, true) end
+    local q = find(target, "?", 1, true)
+    n = n + 1
+    stops[n] = stop
+    msgs[n] = { method = method, target = target, path = q and sub(target, 1, q - 1) or target,
+                version = "1." .. minor, keep_alive = keep, quick = true }
+    pos = stop + 1
+  end
+  return n
+end
+
 -- early(req): whether a request could match, asked once its head is in;
 -- a request that cannot passes on as its body arrives instead of being
 -- held (a client that waits for "100 Continue" gets it from the server).
-local function http_framer(early)
+-- quick: whole requests may be cut by quick_http.
+local function http_framer(early, quick)
   local f
   local p = http.parser { max_body = M.MAX_MESSAGE,
-                          on_headers = early and function(req) f.head = req end }
+                          on_headers = early and function(req) f.in_body = req end }
   f = new_framer(function(fr, q)
     local req, err = q:next()
     if req then
-      fr.head = nil
+      fr.in_body = nil
       if req.headers.upgrade or req.method == "CONNECT" then fr.broken = "protocol switch" end
     end
     return req, err
   end, function(q) return q:pending() end, p)
   if early then
-    f.passing = function(fr) return fr.head ~= nil and not early(fr.head) end
+    f.passing = function(fr) return fr.in_body ~= nil and not early(fr.in_body) end
   end
+  if quick then f.quick = quick_http end
   return f
 end
 
@@ -255,7 +306,6 @@ end
 -- Whole lines in a read that ends with one, while nothing is held: cut
 -- here without the parser (which then holds nothing either), as it would
 -- cut them. Returns the count, or nil to leave the read to the parser.
-local find, sub, byte = string.find, string.sub, string.byte
 local function quick_lines(data, stops, msgs)
   local n, total = 0, #data
   if byte(data, total) ~= 10 then return nil end
@@ -320,7 +370,9 @@ Matcher.__index = Matcher
 
 function Matcher:framer(direction)
   local k = self.kind
-  if k == "http" then return http_framer(not self.fn and self.check) end
+  if k == "http" then
+    return http_framer(not self.fn and self.check, not self.fn and not self.headers)
+  end
   if k == "resp" then return resp_framer(direction == "downstream") end
   if k == "websocket" then return websocket_framer(direction) end
   if k == "lines" then return lines_framer() end
@@ -458,6 +510,8 @@ function M.compile(spec)
       check, err = k[2](spec[key])
       if not check then return nil, err end
       m = setmetatable({ kind = k[1], check = check, fn = spec.fn }, Matcher)
+      -- an http matcher that reads headers needs the parser's request
+      m.headers = key == "http" and spec.http.header ~= nil and next(spec.http.header) ~= nil
     end
   end
   if not m then

@@ -99,6 +99,38 @@ describe("echokit.match", function()
     assert.is_true(m:test({}, raw, nil, f.msgs[1]))
   end)
 
+  it("http: whole requests cut without the parser frame and match as the parser does", function()
+    local m = assert(match.compile { http = { method = "GET", path = "/api/*" } })
+    local streams = {
+      GET_API .. POST_STATIC .. GET_STATIC,
+      "GET /api/x?q=1 HTTP/1.0\r\n\r\nGET /api/y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+      "GET /api/z HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+      "POST /api/x HTTP/1.1\r\nHost: a\r\ncontent-length: 2\r\n\r\nhi" .. GET_API,
+      "GET /api/x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n\r\n",
+      -- left to the parser: chunked, duplicate lengths, folding, upgrade
+      "POST /api/c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n" .. GET_API,
+      "GET /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+      "GET /api/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\nxx",
+    }
+    local function view(msgs)
+      local out = {}
+      for i, e in ipairs(msgs) do
+        local r = e[2]
+        out[i] = { e[1], r and r.method, r and r.path, r and r.keep_alive, m:test({}, e[1], nil, r) }
+      end
+      return out
+    end
+    for i, st in ipairs(streams) do
+      local whole = frame(m, "upstream", { st })
+      -- the first five go the quick way, the others to the parser
+      assert.equal(i <= 5, whole[1][2].quick == true, "stream " .. i)
+      local bytes = {}
+      for i = 1, #st do bytes[i] = st:sub(i, i) end
+      local split = frame(m, "upstream", bytes)
+      assert.same(view(split), view(whole))
+    end
+  end)
+
   it("http: a chunk of whole requests comes back as itself (no copy)", function()
     local m = assert(match.compile { http = { path = "/nothing" } })
     local f = m:framer("upstream")
