@@ -18,6 +18,10 @@
 -- its stubs draws once whether it applies; a stub that does not apply passes
 -- everything through.
 --
+-- The types: toxiproxy's at the end of this file, echokit's own (answers,
+-- message, datagram, open and lifetime faults) in echokit.faults; what
+-- decides which messages and clients a toxic hits in echokit.match.
+--
 -- Units here follow echokit's rule: durations in seconds. The control API
 -- (echokit.toxiproxy) converts toxiproxy's milliseconds (microseconds for the
 -- slicer's delay) with the `api` factor in each attribute's spec.
@@ -33,11 +37,30 @@
 --   cleanup(self)      the toxic was removed while the connection is open
 --                      (after stop; not called when the connection ends);
 --                      may close or reset the connection
+--   frame = MATCH                         the matcher used when a toxic of the
+--                                         type has none (http_status: every
+--                                         HTTP request); a given one must be
+--                                         of the same protocol
+--   stream = "upstream"                   the only direction it acts on
 -- and self offers self.attributes (live: updates show), self.stream, self.name,
 -- self.client, self.server (the two connections; server is nil before
--- start), self:send(data [, delay]), self:pace(data, gap),
--- self:send_eof([delay]), self:timer(seconds, fn), self:close(), self:reset().
+-- start), self.datagram (true when each chunk is a datagram: order between
+-- chunks is not kept by the network), self:send(data [, delay [, unordered]]),
+-- self:pace(data, gap), self:send_eof([delay]), self:timer(seconds, fn),
+-- self:close(), self:reset(). data(self, bytes, msg) gets, for a toxic with a
+-- protocol matcher, one whole matched message and what the parser made of it.
+--
+-- Aiming (every type): the attributes `match`, `client` and `sni` narrow what
+-- a toxic hits (echokit.match): `match` a function(self, data, conn) or a
+-- protocol matcher ({ http = {...} }, { resp = {...} }, { websocket = {...} },
+-- { bytes = PATTERN }): only matching chunks or messages reach the toxic's
+-- data, the rest pass on untouched and in order; `client` a CIDR range of
+-- client addresses and `sni` a glob on the server name a TLS client asked
+-- for (a client without one does not match): the toxic applies to those
+-- clients' connections only.
 local echokit = require "echokit"
+local match = require "echokit.match"
+local glob = require "echokit.glob"
 
 local M = {}
 
@@ -59,6 +82,14 @@ function M.define(name, def)
     error("toxics.define: name must be a word (letters, digits, _ and -)", 2)
   end
   if type(def) ~= "table" then error("toxics.define: def must be a table", 2) end
+  if def.frame ~= nil then
+    local m, err = match.compile(def.frame)
+    if not m then error("toxics.define: def.frame: " .. err, 2) end
+    def.frame_kind = m.kind
+  end
+  if def.stream ~= nil and not STREAMS[def.stream] then
+    error("toxics.define: def.stream must be upstream or downstream", 2)
+  end
   for _, k in ipairs { "start", "data", "eof", "stop", "cleanup", "validate" } do
     if def[k] ~= nil and type(def[k]) ~= "function" then
       error("toxics.define: def." .. k .. " must be a function", 2)
@@ -143,19 +174,33 @@ local function flush_due(stub)
 end
 
 -- Queues an item (data string or false for EOF) for time `at`, after every
--- item already queued.
-local function enqueue(stub, data, at)
+-- item already queued; `unordered` (datagrams) lets it leave before queued
+-- items due later, as a network reorders packets.
+local function enqueue(stub, data, at, unordered)
   local q = stub.queue
   if q.head > q.tail and at <= now() then
     if data then stub.dir:emit(stub, data) else stub.dir:emit_eof(stub) end
     return
   end
-  if q.tail >= q.head and q[q.tail].at > at then at = q[q.tail].at end
+  local i = q.tail + 1
+  if not unordered then
+    if q.tail >= q.head and q[q.tail].at > at then at = q[q.tail].at end
+  else
+    while i > q.head and q[i - 1].at > at do
+      q[i] = q[i - 1]
+      i = i - 1
+    end
+  end
   q.tail = q.tail + 1
-  q[q.tail] = { data = data, at = at }
+  q[i] = { data = data, at = at }
   if data then
     stub.dir.queued = stub.dir.queued + #data
     stub.dir:check_queue()
+  end
+  if stub.qtimer and i == q.head then
+    -- it is due before the item the timer waits for
+    stub.qtimer:cancel()
+    stub.qtimer = nil
   end
   if not stub.qtimer then
     local wait = q[q.head].at - now()
@@ -172,10 +217,16 @@ local function tail_at(stub)
   return now()
 end
 
--- Passes data on after `delay` seconds (default 0), after what is queued.
-function Stub:send(data, delay)
+-- Passes data on after `delay` seconds (default 0), after what is queued
+-- (unordered: only after what is due before it).
+function Stub:send(data, delay, unordered)
   if self.dead or data == "" then return end
-  enqueue(self, data, now() + (delay or 0))
+  local q = self.queue
+  if (delay == nil or delay <= 0) and q.head > q.tail then
+    -- nothing waits: on at once (the common case, without a clock read)
+    return self.dir:emit(self, data)
+  end
+  enqueue(self, data, now() + (delay or 0), unordered)
 end
 
 -- Passes data on `gap` seconds after the previous item leaves (a link that is
@@ -238,11 +289,51 @@ function Stub:_drain_queue()
     if q[i].data then self.dir.queued = self.dir.queued - #q[i].data end
   end
   self.queue = { head = 1, tail = 0 }
+  -- what a datagram toxic held back, then a partial message being framed
+  if self.held_back then out[#out + 1] = self.held_back; self.held_back = nil end
+  if self.framer then
+    local rest = self.framer:rest()
+    if rest ~= "" then out[#out + 1] = rest end
+  end
   return out
 end
 
+-- Data through a protocol matcher: runs of messages that do not match
+-- pass on as one piece (the chunk itself when it is all of them); each
+-- matching message goes to the toxic's data.
+local function framed_in(self, data)
+  local framer = self.framer
+  local raw, n = framer:push(data)
+  local stops, msgs = framer.stops, framer.msgs
+  local m, fn = self.matcher, self.def.data
+  local check, mfn = m.check, m.fn
+  local conn = mfn and self.dir:src()
+  local from, start = 1, 1
+  for i = 1, n do
+    local stop, msg = stops[i], msgs[i]
+    msgs[i] = nil
+    -- m:test, inlined: this loop runs for every message
+    if msg ~= nil and (not check or check(msg)) and
+       (not mfn or mfn(self, raw:sub(start, stop), conn, msg)) then
+      if start > from then self:send(raw:sub(from, start - 1)) end
+      local bytes = raw:sub(start, stop)
+      if fn then fn(self, bytes, msg) else self:send(bytes) end
+      if self.dead then return end
+      from = stop + 1
+    end
+    start = stop + 1
+  end
+  if start > from then
+    self:send((from == 1 and start > #raw) and raw or raw:sub(from, start - 1))
+  end
+end
+
 function Stub:_in(data)
-  if self.active and self.def.data then
+  if not self.active then return self:send(data) end
+  if self.framer then return framed_in(self, data) end
+  local m = self.matcher
+  if m and not m:test(self, data, self.dir:src()) then return self:send(data) end
+  if self.def.data then
     self.def.data(self, data)
   else
     self:send(data)
@@ -251,6 +342,11 @@ end
 
 function Stub:_eof()
   self.got_eof = true
+  -- a message cut short by the end of the stream passes on as it is
+  if self.framer then
+    local rest = self.framer:rest()
+    if rest ~= "" then self:send(rest) end
+  end
   if self.active and self.def.eof then
     self.def.eof(self)
   else
@@ -258,15 +354,26 @@ function Stub:_eof()
   end
 end
 
+-- Whether a toxic aimed at some clients (client=, sni=) hits this pair's.
+local function aimed_at(toxic, pair)
+  if toxic.client_ok and not toxic.client_ok(pair:peer_host()) then return false end
+  if toxic.sni_ok then
+    local sni = pair:sni()
+    if not sni or not toxic.sni_ok(sni) then return false end
+  end
+  return true
+end
+
 local function new_stub(dir, toxic)
   local ty = types[toxic.type]
   local stub = setmetatable({
     dir = dir, toxic = toxic, def = ty.def, type = toxic.type, name = toxic.name,
     stream = toxic.stream, attributes = toxic.attributes,
-    client = dir.pair.client, server = dir.pair.server,
-    queue = { head = 1, tail = 0 }, timers = {},
-    active = math.random() < (toxic.toxicity or 1),
+    client = dir.pair.client, server = dir.pair.server, datagram = dir.pair.datagram,
+    queue = { head = 1, tail = 0 }, timers = {}, matcher = toxic.matcher,
+    active = aimed_at(toxic, dir.pair) and math.random() < (toxic.toxicity or 1),
   }, Stub)
+  if stub.active and toxic.matcher then stub.framer = toxic.matcher:framer(dir.name) end
   return stub
 end
 
@@ -292,7 +399,12 @@ function Dir:emit(stub, data)
   local nxt = self.stubs[i]
   if nxt then return nxt:_in(data) end
   local dst = self:dst()
-  if not dst then return end
+  if not dst then
+    -- the server is not connected yet (slow_open): kept for it
+    local early = self.pair.early
+    if early and self.name == "upstream" then early[#early + 1] = data end
+    return
+  end
   self.bytes = self.bytes + #data
   if dst:write(data) == false then self:hold("dst", true) end
 end
@@ -305,7 +417,11 @@ function Dir:emit_eof(stub)
   self.eof_done = true
   if self.close_on_eof then return self.pair:close() end
   local dst = self:dst()
-  if not dst then return end
+  if not dst then
+    local early = self.pair.early
+    if early and self.name == "upstream" then early[#early + 1] = false end
+    return
+  end
   if self.src_closed then dst:close() else dst:shutdown() end
 end
 
@@ -414,9 +530,29 @@ function Pair:reset()
   if self.server then self.server:reset() end
 end
 
+-- The client's address (conn:peer()), asked once.
+function Pair:peer_host()
+  if self.host == nil then
+    local c = self.client
+    self.host = (c.peer and c:peer()) or false
+  end
+  return self.host or nil
+end
+
+-- The server name a TLS client asked for (conn:tls().sni), or nil.
+function Pair:sni()
+  if self.sni_name == nil then
+    local c = self.client
+    local info = c.tls and c:tls()
+    self.sni_name = type(info) == "table" and info.sni or false
+  end
+  return self.sni_name or nil
+end
+
 function Pair:teardown()
   if self.dead then return end
   self.dead = true
+  if self.open_timer then self.open_timer:cancel(); self.open_timer = nil end
   self.set.pairs[self] = nil
   self.up:stop()
   self.down:stop()
@@ -465,6 +601,56 @@ function Set:find(name)
   end
 end
 
+-- The aim of a toxic from its attributes match, client and sni (see the
+-- header): sets toxic.matcher, toxic.client_ok, toxic.sni_ok. Returns true,
+-- or nil and why (nothing changed then).
+local function aim(toxic, ty, attrs, stream)
+  local def = ty.def
+  local m, err
+  if attrs.match ~= nil then
+    m, err = match.compile(attrs.match)
+    if not m then return nil, err end
+    if def.frame_kind and m.kind ~= def.frame_kind then
+      return nil, string.format("%s answers %s messages: its match must be a %s matcher",
+                                ty.name, def.frame_kind, def.frame_kind)
+    end
+  elseif def.frame then
+    m = match.compile(def.frame)
+  end
+  if m and (m.kind == "http" or m.kind == "resp") and stream ~= "upstream" then
+    return nil, string.format("a %s matcher reads requests: the toxic's stream must be upstream",
+                              m.kind)
+  end
+  local client, sni
+  if attrs.client ~= nil then
+    client, err = match.cidr(attrs.client)
+    if not client then return nil, err end
+  end
+  if attrs.sni ~= nil then
+    if type(attrs.sni) ~= "string" then return nil, "sni must be a string (a glob)" end
+    sni, err = glob.compile(attrs.sni)
+    if not sni then return nil, "sni: " .. err end
+  end
+  toxic.matcher, toxic.client_ok, toxic.sni_ok = m, client, sni
+  return true
+end
+
+local AIM = { match = true, client = true, sni = true }
+
+-- Whether two attribute values are equal, tables compared by content
+-- (bounded by the JSON decoder's depth, or a table a handler built).
+local function same_value(a, b, depth)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" or (depth or 0) > 32 then return false end
+  for k, v in pairs(a) do
+    if not same_value(v, b[k], (depth or 0) + 1) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
 local function changed(set, stream)
   local list = {}
   for p in pairs(set.pairs) do list[#list + 1] = p end
@@ -480,12 +666,16 @@ end
 function Set:add(o)
   if type(o) ~= "table" then return nil, "toxic must be an object", "bad" end
   local stream = o.stream
-  if stream == nil then stream = "downstream" end
+  local ty = type(o.type) == "string" and types[o.type]
+  if stream == nil then stream = ty and ty.def.stream or "downstream" end
   if type(stream) ~= "string" or not STREAMS[stream] then
     return nil, "stream was invalid, can be either upstream or downstream", "stream"
   end
-  if type(o.type) ~= "string" or not types[o.type] then
+  if not ty then
     return nil, "invalid toxic type", "type"
+  end
+  if ty.def.stream and stream ~= ty.def.stream then
+    return nil, string.format("%s acts on the %s stream only", o.type, ty.def.stream), "bad"
   end
   local name = o.name
   if name == nil or name == "" then name = o.type .. "_" .. stream end
@@ -500,6 +690,8 @@ function Set:add(o)
   if not attrs then return nil, err, "bad" end
   local toxic = { name = name, type = o.type, stream = stream, toxicity = toxicity,
                   attributes = attrs, generation = 1 }
+  local ok, aerr = aim(toxic, ty, attrs, stream)
+  if not ok then return nil, aerr, "bad" end
   table.insert(self.chain[stream], toxic)
   count_toxics(self)
   changed(self, stream)
@@ -517,14 +709,27 @@ function Set:update(name, o)
   if type(toxicity) ~= "number" or toxicity ~= toxicity then
     return nil, "toxicity must be a number", "bad"
   end
-  local attrs, err = check_attributes(types[toxic.type], o.attributes, toxic.attributes, o.api)
+  local ty = types[toxic.type]
+  local attrs, err = check_attributes(ty, o.attributes, toxic.attributes, o.api)
   if not attrs then return nil, err, "bad" end
+  -- Re-aimed (stubs start again) only when an aim really changed: the
+  -- workers' sync updates every toxic with what it already has.
+  local reaim = false
+  for k in pairs(AIM) do
+    if not same_value(attrs[k], toxic.attributes[k]) then reaim = true end
+  end
+  if reaim then
+    local probe = {}
+    local ok, aerr = aim(probe, ty, attrs, stream)
+    if not ok then return nil, aerr, "bad" end
+    toxic.matcher, toxic.client_ok, toxic.sni_ok = probe.matcher, probe.client_ok, probe.sni_ok
+  end
   -- The attribute table is shared with the running stubs: change it in place.
   for k in pairs(toxic.attributes) do toxic.attributes[k] = nil end
   for k, v in pairs(attrs) do toxic.attributes[k] = v end
-  if toxicity ~= toxic.toxicity then
+  if toxicity ~= toxic.toxicity or reaim then
     toxic.toxicity = toxicity
-    toxic.generation = toxic.generation + 1 -- stubs draw again
+    toxic.generation = toxic.generation + 1 -- stubs draw (and aim) again
     changed(self, stream)
   end
   return toxic
@@ -591,18 +796,10 @@ function M.handler(o)
   end
   local h = {}
 
-  function h.on_connect(client)
-    local m = set.metrics
-    if m then m:connection() end
-    if o.down and o.down() then return client:reset() end
-    local pair = setmetatable({ client = client, set = set, metrics = m }, Pair)
-    pair.up = new_dir(pair, "upstream", "client", "server")
-    pair.down = new_dir(pair, "downstream", "server", "client")
-    client.toxic_pair = pair
-    set.pairs[pair] = true
-    pair.up:rebuild()
-    if not pair.dead then pair.down:rebuild() end
-    if pair.dead then return end
+  -- Connects pair to the upstream; what the client sent meanwhile (a
+  -- slow_open) goes first.
+  local function connect(pair)
+    local client = pair.client
     local addr = upstream()
     local copts = o.connect_opts
     if type(copts) == "function" then copts = copts() end
@@ -633,6 +830,47 @@ function M.handler(o)
     }, copts)
     for _, s in ipairs(pair.up.stubs) do s.server = pair.server end
     for _, s in ipairs(pair.down.stubs) do s.server = pair.server end
+    local early = pair.early
+    pair.early = nil
+    for _, item in ipairs(early or {}) do
+      if pair.dead then return end
+      if item then
+        pair.up.bytes = pair.up.bytes + #item
+        if pair.server:write(item) == false then pair.up:hold("dst", true) end
+      elseif pair.up.src_closed then
+        pair.server:close()
+      else
+        pair.server:shutdown()
+      end
+    end
+  end
+
+  function h.on_connect(client)
+    local m = set.metrics
+    if m then m:connection() end
+    if o.down and o.down() then return client:reset() end
+    local pair = setmetatable({ client = client, set = set, metrics = m,
+                                datagram = o.datagram or client.datagram == true }, Pair)
+    pair.up = new_dir(pair, "upstream", "client", "server")
+    pair.down = new_dir(pair, "downstream", "server", "client")
+    client.toxic_pair = pair
+    set.pairs[pair] = true
+    pair.opening = true
+    pair.up:rebuild()
+    if not pair.dead then pair.down:rebuild() end
+    pair.opening = false
+    if pair.dead then return end
+    local wait = pair.open_delay
+    if not wait then return connect(pair) end
+    -- slow_open: the client waits, paused, for the upstream connection
+    pair.early = {}
+    pair.up:hold("open", true)
+    pair.open_timer = echokit.timer(wait, function()
+      pair.open_timer = nil
+      if pair.dead then return end
+      connect(pair)
+      if not pair.dead then pair.up:hold("open", false) end
+    end)
   end
 
   function h.on_data(client, data)
@@ -674,14 +912,16 @@ end
 ---------------------------------------------------------------------------
 local MS, US = 0.001, 0.000001
 
--- latency: every chunk waits latency +- jitter seconds.
+-- latency: every chunk waits latency +- jitter seconds. On a byte stream
+-- chunks keep their order; datagrams may overtake one another when the
+-- jitter exceeds the gap between them, as on a real network.
 M.define("latency", {
   attributes = { latency = { default = 0, api = MS }, jitter = { default = 0, api = MS } },
   data = function(self, data)
     local a = self.attributes
     local d = a.latency
     if a.jitter > 0 then d = d + (math.random() * 2 - 1) * a.jitter end
-    self:send(data, d > 0 and d or 0)
+    self:send(data, d > 0 and d or 0, self.datagram)
   end,
 })
 
@@ -791,5 +1031,9 @@ M.define("down", {
   attributes = {},
   start = function(self) self:reset() end,
 })
+
+
+-- echokit's own types (lua/echokit/faults.lua)
+for name, def in pairs(require "echokit.faults") do M.define(name, def) end
 
 return M

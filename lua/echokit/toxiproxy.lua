@@ -11,7 +11,9 @@
 -- JSON shapes, attribute names, units (milliseconds; microseconds for the
 -- slicer's delay; KB/s) and status codes are toxiproxy's. Errors answer
 -- {"error": "...", "status": N}. Where echokit differs is listed in
--- docs/API.md ("Control API").
+-- docs/API.md ("Control API"). Extensions a toxiproxy client passes through
+-- without knowing them: echokit's own toxic types (echokit.toxics) and the
+-- attributes match, client and sni of every toxic; a malformed one is a 400.
 --
 -- Each proxy is an echokit.listen listener whose handler is
 -- echokit.toxics.handler over the proxy's toxic set. A handler that builds its
@@ -180,6 +182,8 @@ local function api_attributes(toxic)
   local ty = toxics.types[toxic.type]
   local out = {}
   for k, v in pairs(toxic.attributes) do
+    -- a match function (set from Lua) has no JSON form: the listing leaves it out
+    if type(v) == "function" then goto continue end
     local spec = ty.specs[k]
     if type(v) == "number" and spec and spec.api then
       v = v / spec.api
@@ -187,6 +191,7 @@ local function api_attributes(toxic)
       if math.abs(v - r) < 1e-6 then v = math.tointeger(r) or r end
     end
     out[k] = v
+    ::continue::
   end
   return out
 end
@@ -357,6 +362,15 @@ local LIMITS = {
   timeout = { timeout = { max = MAX_MS } },
   reset_peer = { timeout = { max = MAX_MS } },
   limit_data = { bytes = { max = 2 ^ 53, whole = true } },
+  -- echokit's own (extensions; docs/API.md)
+  http_status = { delay = { max = MAX_MS } },
+  resp_error = { delay = { max = MAX_MS } },
+  delay_message = { delay = { max = MAX_MS } },
+  corrupt = { count = { max = MAX_INT, whole = true } },
+  reorder = { hold = { max = MAX_MS } },
+  truncate = { bytes = { max = MAX_INT, whole = true } },
+  slow_open = { delay = { max = MAX_MS } },
+  limit_time = { duration = { max = MAX_MS } },
 }
 
 -- Checks a toxic's toxicity and attributes (API units) against the ranges

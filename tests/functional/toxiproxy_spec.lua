@@ -113,6 +113,84 @@ describe("control API", function()
     assert(status == 0 and out:find("\n1%.%.%d+\n"), "the Node client test failed:\n" .. out)
   end)
 
+  it("takes echokit's aimed faults from toxiproxy's Node client as extensions", function()
+    local prefix = os.getenv("ECHOKIT_NPM_PREFIX") or (t.src .. "/build/npm")
+    local f = io.open(prefix .. "/node_modules/toxiproxy-node-client/package.json")
+    if f then f:close() end
+    if not f then
+      if os.getenv("ECHOKIT_SKIP_NPM") == "1" then
+        pending("ECHOKIT_SKIP_NPM=1: the toxiproxy-node-client check is skipped")
+        return
+      end
+      error("toxiproxy-node-client is not installed under " .. prefix .. ": run scripts/deps.sh test")
+    end
+    local srv, up = setup()
+    local dir = peers.tmpdir()
+    os.execute("mkdir -p " .. peers.shq(dir .. "/static"))
+    peers.write_file(dir .. "/static/y", "static file\n")
+    local web = peers.start_http(dir)
+    local cmd = string.format("cd %s && NODE_PATH=%s/node_modules timeout %d node " ..
+                              "tests/toxiproxy/aimed_test.js http://%s %d %d %g 2>&1",
+                              t.src, prefix, math.floor(t.T(60)), srv.admin, up:port(), web.port,
+                              t.slow)
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    local _, _, status = p:close()
+    assert(status == 0 and out:find("\n1%.%.%d+\n"), "the Node client test failed:\n" .. out)
+    local log = t.eventually(function()
+      local l = peers.helper_stderr(web)
+      return l:find("GET /static/y", 1, true) and l, l
+    end, 5, "the upstream logging GET /static/y")
+    assert.is_nil(log:find("/api/", 1, true), "the upstream saw an /api/ request:\n" .. log)
+  end)
+
+  it("answers malformed aimed faults with a 400 that says what is wrong", function()
+    local srv, up = setup()
+    local p = create(srv, "aim", "127.0.0.1:" .. up:port())
+    local path = "/proxies/aim/toxics"
+    local cases = {
+      { '{"type":"latency","stream":"upstream","attributes":{"match":{"http":{"path":5}}}}',
+        "match.http.path must be a string" },
+      { '{"type":"latency","stream":"upstream","attributes":{"match":{"htp":{}}}}', "unknown key 'htp'" },
+      { '{"type":"latency","stream":"upstream","attributes":{"match":{"http":{"path":null}}}}',
+        "match.http.path must be a string" },
+      { '{"type":"latency","attributes":{"match":{"http":{}}}}', "stream must be upstream" },
+      { '{"type":"latency","attributes":{"match":"x"}}', "match must be a function or a table" },
+      { '{"type":"latency","attributes":{"match":{"bytes":"[a"}}}', "match.bytes: " },
+      { '{"type":"latency","attributes":{"client":"1.2.3.4/40"}}', "prefix length" },
+      { '{"type":"latency","attributes":{"client":7}}', "client must be a string" },
+      { '{"type":"latency","attributes":{"sni":[]}}', "sni must be a string" },
+      { '{"type":"http_status","attributes":{"status":99}}', "status of http_status" },
+      { '{"type":"http_status","stream":"downstream"}', "upstream stream only" },
+      { '{"type":"http_status","attributes":{"headers":{"X":"a\\r\\nb"}}}', "headers of http_status" },
+      { '{"type":"resp_error","attributes":{"match":{"http":{}}}}', "must be a resp matcher" },
+      { '{"type":"loss","attributes":{"probability":-1}}', "between 0 and 1" },
+      { '{"type":"limit_time","attributes":{"mode":"boom"}}', "fin or rst" },
+      { '{"type":"limit_time","attributes":{"duration":-5}}', "between 0 and" },
+      { '{"type":"corrupt","attributes":{"count":1.5}}', "whole number" },
+    }
+    for _, case in ipairs(cases) do
+      local st, body = request(srv, "POST", path, case[1])
+      assert.equal(400, st, case[1] .. " -> " .. cjson.encode(body))
+      assert(body.error:find(case[2], 1, true), case[1] .. ": " .. body.error)
+    end
+    local _, list = request(srv, "GET", path)
+    assert.same({}, list)
+    -- an update with a malformed matcher changes nothing
+    local st = request(srv, "POST", path, '{"name":"m","type":"drop_message","stream":"upstream",' ..
+                       '"attributes":{"match":{"bytes":"^drop"}}}')
+    assert.equal(200, st)
+    local st2, body2 = request(srv, "POST", path .. "/m", '{"attributes":{"match":{"bytes":"%"}}}')
+    assert.equal(400, st2)
+    assert.matches("match.bytes", body2.error, 1, true)
+    local _, toxic = request(srv, "GET", path .. "/m")
+    assert.equal("^drop", toxic.attributes.match.bytes)
+    local c = connect(p.listen)
+    t.send_all(c, "drop this\nkeep\n")
+    assert.equal("keep", t.recv_line(c, 5))
+    c:close()
+  end)
+
   it("answers bad input with toxiproxy's error shape; running proxies carry on", function()
     local srv, up = setup()
     local upstream = "127.0.0.1:" .. up:port()

@@ -332,7 +332,7 @@ describe("echokit.toxics", function()
     assert.equal("last words", client:data())
     assert.equal("close", client.ended)              -- after the delayed bytes
     assert.equal(1, set:count())
-    h.on_close(client, nil)
+    h.on_close(client, "timeout")           -- a UDP flow ends by its idle timeout
     assert.equal(0, set:count())
     -- The client resets: the server is closed at once.
     client, server, h = open(set)
@@ -376,5 +376,402 @@ describe("echokit.toxics", function()
     assert.equal("shutdown", server.ended)
     assert.same({ "start upstream", "eof" }, seen)
     assert.has_error(function() toxics.define("bad name!", {}) end)
+  end)
+
+end)
+
+-- A connection from `host` (conn:peer()) with TLS server name `sni` (nil: a
+-- plain connection); `datagram` marks a flow of datagrams.
+local function open_as(set, host, sni, datagram)
+  timers = {}
+  last_server = nil
+  local h = toxics.handler { upstream = "127.0.0.1:1", toxics = set, datagram = datagram }
+  local client = new_conn("client")
+  client.peer = function() return host, 5000 end
+  client.tls = function() return sni and { sni = sni } or nil end
+  h.on_connect(client)
+  return client, last_server, h
+end
+
+-- n chunks "001;" ... through the upstream direction.
+local function send_numbered(h, client, n)
+  for i = 1, n do h.on_data(client, string.format("%03d;", i)) end
+end
+
+local function numbers(data)
+  local out = {}
+  for x in data:gmatch("(%d+);") do out[#out + 1] = tonumber(x) end
+  return out
+end
+
+-- Bounds for a binomial count: mean +- 5 standard deviations (never
+-- exact luck; a correct toxic fails this about once in 3.5 million runs).
+local function binomial(n, p)
+  local sd = math.sqrt(n * p * (1 - p))
+  return n * p - 5 * sd, n * p + 5 * sd
+end
+
+describe("echokit.toxics: aimed faults", function()
+  before_each(function() clock, timers = 0, {} end)
+
+  it("client= applies a toxic to clients in the range only (IPv4 and IPv6)", function()
+    local set = toxics.set()
+    assert(set:add { type = "latency", stream = "upstream",
+                     attributes = { latency = 1, client = "127.0.0.2/32" } })
+    assert(set:add { name = "v6", type = "latency", stream = "upstream",
+                     attributes = { latency = 2, client = "fd00::/8" } })
+    local a, sa, ha = open_as(set, "127.0.0.2")
+    local b, sb, hb = open_as(set, "127.0.0.1")
+    local c, sc, hc = open_as(set, "fd00::5")
+    ha.on_data(a, "a"); hb.on_data(b, "b"); hc.on_data(c, "c")
+    assert.equal("", sa:data())
+    assert.equal("b", sb:data())
+    assert.equal("", sc:data())
+    advance(1)
+    assert.equal("a", sa:data())
+    assert.equal("", sc:data())
+    advance(2)
+    assert.equal("c", sc:data())
+  end)
+
+  it("sni= applies to TLS clients whose server name matches; none does not match", function()
+    local set = toxics.set()
+    assert(set:add { type = "drop_message", stream = "upstream", attributes = { sni = "*.test" } })
+    local a, sa, ha = open_as(set, "127.0.0.1", "api.test")
+    local b, sb, hb = open_as(set, "127.0.0.1", "api.example")
+    local c, sc, hc = open_as(set, "127.0.0.1", nil)
+    ha.on_data(a, "a"); hb.on_data(b, "b"); hc.on_data(c, "c")
+    assert.same({ "", "b", "c" }, { sa:data(), sb:data(), sc:data() })
+  end)
+
+  it("http_status answers matching requests, split or pipelined; the server sees the rest", function()
+    local set = toxics.set()
+    assert(set:add { type = "http_status", attributes = {
+      status = 503, body = "down\n", headers = { ["Retry-After"] = "5" },
+      match = { http = { path = "/api/*" } } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    local api = "GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
+    local static = "GET /static/y HTTP/1.1\r\nHost: a\r\n\r\n"
+    h.on_data(client, api:sub(1, 7))
+    h.on_data(client, api:sub(8) .. static .. api .. static:sub(1, 5))
+    h.on_data(client, static:sub(6))
+    assert.equal(static .. static, server:data())
+    local out = client:data()
+    local n = 0
+    for _ in out:gmatch("HTTP/1.1 503 Service Unavailable\r\n") do n = n + 1 end
+    assert.equal(2, n)
+    assert.truthy(out:find("Retry-After: 5\r\n", 1, true))
+    assert.truthy(out:find("\r\n\r\ndown\n", 1, true))
+    assert.is_nil(client.ended)
+  end)
+
+  it("resp_error answers matching commands; drop, delay and corrupt act on matching messages only", function()
+    local resp = require "echokit.resp"
+    local set = toxics.set()
+    assert(set:add { type = "resp_error", attributes = { message = "ERR nope",
+                                                         match = { resp = { command = "GET" } } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, resp.command("SET", "k", "v") .. resp.command("GET", "k"):sub(1, 9))
+    h.on_data(client, resp.command("GET", "k"):sub(10) .. "PING\r\n")
+    assert.equal(resp.command("SET", "k", "v") .. "PING\r\n", server:data())
+    assert.equal("-ERR nope\r\n", client:data())
+
+    set = toxics.set()
+    assert(set:add { name = "d", type = "delay_message", stream = "upstream",
+                     attributes = { delay = 1, match = { bytes = "^slow" } } })
+    assert(set:add { name = "x", type = "drop_message", stream = "upstream",
+                     attributes = { match = { bytes = "^drop" } } })
+    assert(set:add { name = "c", type = "corrupt", stream = "upstream",
+                     attributes = { count = 3, match = { bytes = "^bad" } } })
+    client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "a\ndrop me\nb\nbad line\nc\n")
+    assert.equal("a\nb\n", server:data():sub(1, 4))
+    local got = server:data()
+    assert.equal(#"a\nb\nbad line\nc\n", #got)
+    assert.not_equal("a\nb\nbad line\nc\n", got)
+    h.on_data(client, "slow\nfast\n")
+    local before = #server:data()
+    advance(0.5)
+    assert.equal(before, #server:data())   -- "fast" waits behind "slow" (a byte stream)
+    advance(1)
+    assert.equal("slow\nfast\n", server:data():sub(-10))
+  end)
+
+  it("a message cut short by the end of the stream passes on as it is", function()
+    local set = toxics.set()
+    assert(set:add { type = "drop_message", stream = "upstream", attributes = { match = { bytes = "x" } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "x\npartial")
+    h.on_eof(client)
+    assert.equal("partial", server:data())
+    assert.equal("shutdown", server.ended)
+  end)
+
+  it("a matcher's held bytes move on when the toxic is removed", function()
+    local set = toxics.set()
+    assert(set:add { type = "drop_message", stream = "upstream", attributes = { match = { bytes = "x" } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "ab")
+    assert.equal("", server:data())
+    assert(set:remove("drop_message_upstream"))
+    assert.equal("ab", server:data())
+  end)
+
+  it("a function matcher sees each chunk and the source connection", function()
+    local set = toxics.set()
+    local conns = {}
+    assert(set:add { type = "drop_message", stream = "upstream", attributes = {
+      match = function(_, data, conn) conns[conn] = true; return data:find("secret") ~= nil end } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "one;")
+    h.on_data(client, "a secret;")
+    h.on_data(client, "two;")
+    assert.equal("one;two;", server:data())
+    assert.is_true(conns[client])
+  end)
+
+  it("refuse resets new connections of the clients aimed at, not open ones", function()
+    local set = toxics.set()
+    local open_one = open_as(set, "127.0.0.2")
+    assert(set:add { type = "refuse", attributes = { client = "127.0.0.2" } })
+    assert.is_nil(open_one.ended)
+    local a = open_as(set, "127.0.0.2")
+    local b = open_as(set, "127.0.0.1")
+    assert.equal("reset", a.ended)
+    assert.is_nil(b.ended)
+  end)
+
+  it("slow_open connects upstream after the delay; what the client sent waits", function()
+    local set = toxics.set()
+    assert(set:add { type = "slow_open", attributes = { delay = 0.5 } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    assert.is_nil(server)
+    assert.is_true(client.paused)
+    h.on_data(client, "early")
+    advance(0.49)
+    assert.is_nil(last_server)
+    advance(0.5)
+    server = last_server
+    assert.equal("early", server:data())
+    assert.is_false(client.paused)
+    h.on_data(client, "+late")
+    assert.equal("early+late", server:data())
+  end)
+
+  it("slow_open: a client gone while waiting cancels the connect", function()
+    local set = toxics.set()
+    assert(set:add { type = "slow_open", attributes = { delay = 0.5 } })
+    local client, _, h = open_as(set, "127.0.0.1")
+    h.on_close(client, "reset by peer")
+    advance(1)
+    assert.is_nil(last_server)
+    assert.equal(0, set:count())
+  end)
+
+  it("limit_time closes (fin) or resets (rst) the connection after the duration", function()
+    for _, mode in ipairs { "fin", "rst" } do
+      local set = toxics.set()
+      assert(set:add { type = "limit_time", attributes = { duration = 1, mode = mode } })
+      local client, server = open_as(set, "127.0.0.1")
+      local t0 = clock
+      advance(t0 + 0.99)
+      assert.is_nil(client.ended)
+      advance(t0 + 1.0)
+      local want = mode == "fin" and "close" or "reset"
+      assert.equal(want, client.ended)
+      assert.equal(want, server.ended)
+    end
+  end)
+
+  it("malformed aims and attributes are refused and change nothing", function()
+    local set = toxics.set()
+    local bad = {
+      { type = "latency", attributes = { match = { http = { path = 1 } } }, stream = "upstream" },
+      { type = "latency", attributes = { client = "10.0.0.0/40" } },
+      { type = "latency", attributes = { sni = 5 } },
+      { type = "http_status", attributes = { match = { resp = {} } } },
+      { type = "http_status", stream = "downstream" },
+      { type = "http_status", attributes = { status = 42 } },
+      { type = "http_status", attributes = { headers = { ["X"] = "a\r\nb" } } },
+      { type = "latency", stream = "downstream", attributes = { match = { http = {} } } },
+      { type = "resp_error", attributes = { message = "a\nb" } },
+      { type = "loss", attributes = { probability = 1.5 } },
+      { type = "corrupt", attributes = { count = 0 } },
+      { type = "limit_time", attributes = { mode = "kill" } },
+    }
+    for _, o in ipairs(bad) do
+      local t, err, kind = set:add(o)
+      assert.is_nil(t)
+      assert.equal("bad", kind, err)
+    end
+    assert.same({}, set:list())
+    assert(set:add { type = "latency", stream = "upstream", attributes = { match = { http = {} } } })
+    local t, err = set:update("latency_upstream", { attributes = { match = { bytes = "%" } } })
+    assert.is_nil(t)
+    assert.truthy(err:find("match.bytes", 1, true))
+  end)
+end)
+
+describe("echokit.toxics: datagram faults (one chunk = one datagram)", function()
+  before_each(function() clock, timers = 0, {} end)
+
+  local N = 2000
+
+  it("loss drops each chunk with its probability", function()
+    math.randomseed(11)
+    local set = toxics.set()
+    assert(set:add { type = "loss", stream = "upstream", attributes = { probability = 0.3 } })
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    send_numbered(h, client, N)
+    local got = numbers(server:data())
+    local lo, hi = binomial(N, 0.7)
+    assert(#got >= lo and #got <= hi, #got .. " of " .. N .. " kept at loss 0.3")
+    for i = 2, #got do assert(got[i] > got[i - 1], "loss reordered") end
+    assert.equal(#got, #server.writes)   -- datagrams keep their boundaries
+  end)
+
+  it("duplicate sends a chunk twice with its probability", function()
+    math.randomseed(12)
+    local set = toxics.set()
+    assert(set:add { type = "duplicate", stream = "upstream", attributes = { probability = 0.2 } })
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    send_numbered(h, client, N)
+    local got = numbers(server:data())
+    local lo, hi = binomial(N, 0.2)
+    local extra = #got - N
+    assert(extra >= lo and extra <= hi, extra .. " duplicates of " .. N)
+    for i = 2, #got do assert(got[i] >= got[i - 1]) end
+  end)
+
+  it("reorder holds one back behind the next, or releases it after hold", function()
+    math.randomseed(13)
+    local set = toxics.set()
+    assert(set:add { type = "reorder", stream = "upstream", attributes = { probability = 0.25, hold = 0.1 } })
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    send_numbered(h, client, N)
+    local got = numbers(server:data())
+    -- one may still be held at the end
+    advance(1)
+    got = numbers(server:data())
+    assert.equal(N, #got)
+    local swaps = 0
+    local seen = {}
+    for i, x in ipairs(got) do
+      seen[x] = true
+      if i > 1 and x < got[i - 1] then
+        swaps = swaps + 1
+        assert.equal(got[i - 1] - 1, x)       -- it went right behind the next one
+      end
+    end
+    for i = 1, N do assert(seen[i], "lost " .. i) end
+    -- a held chunk is released by the next one, which is itself never held:
+    -- the expected share of swaps is p / (1 + p)
+    local lo, hi = binomial(N, 0.25 / 1.25)
+    assert(swaps >= lo and swaps <= hi, swaps .. " swaps of " .. N)
+
+    -- no next datagram: the held one leaves after `hold`
+    math.randomseed(1)
+    set = toxics.set()
+    assert(set:add { type = "reorder", stream = "upstream", attributes = { probability = 1, hold = 0.1 } })
+    client, server, h = open_as(set, "127.0.0.1", nil, true)
+    h.on_data(client, "only")
+    assert.equal("", server:data())
+    advance(clock + 0.1)
+    assert.equal("only", server:data())
+  end)
+
+  it("corrupt flips one byte of a chunk with its probability; sizes kept", function()
+    math.randomseed(14)
+    local set = toxics.set()
+    assert(set:add { type = "corrupt", stream = "upstream", attributes = { probability = 0.1 } })
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local sent = {}
+    for i = 1, N do
+      sent[i] = string.format("%05d-payload", i)
+      h.on_data(client, sent[i])
+    end
+    local bad = 0
+    for i, w in ipairs(server.writes) do
+      assert.equal(#sent[i], #w.data)
+      if w.data ~= sent[i] then
+        bad = bad + 1
+        local diff = 0
+        for j = 1, #w.data do if w.data:byte(j) ~= sent[i]:byte(j) then diff = diff + 1 end end
+        assert.equal(1, diff)
+      end
+    end
+    assert.equal(N, #server.writes)
+    local lo, hi = binomial(N, 0.1)
+    assert(bad >= lo and bad <= hi, bad .. " corrupted of " .. N)
+  end)
+
+  it("truncate cuts each chunk to N bytes", function()
+    local set = toxics.set()
+    assert(set:add { type = "truncate", stream = "upstream", attributes = { bytes = 4 } })
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    h.on_data(client, "abcdefgh")
+    h.on_data(client, "xy")
+    h.on_data(client, "")
+    assert.same({ "abcd", "xy" }, { server.writes[1].data, server.writes[2].data })
+  end)
+
+  it("latency keeps datagrams in order unless the jitter exceeds the gap", function()
+    local function run(jitter, datagram)
+      math.randomseed(15)
+      local set = toxics.set()
+      assert(set:add { type = "latency", stream = "upstream",
+                       attributes = { latency = 0.1, jitter = jitter } })
+      local client, server, h = open_as(set, "127.0.0.1", nil, datagram)
+      for i = 1, 200 do
+        clock = i * 0.01                       -- 10 ms apart
+        h.on_data(client, string.format("%03d;", i))
+      end
+      advance(10)
+      local got = numbers(server:data())
+      assert.equal(200, #got)
+      local swaps = 0
+      for i = 2, #got do if got[i] < got[i - 1] then swaps = swaps + 1 end end
+      return swaps
+    end
+    assert.equal(0, run(0.004, true))      -- jitter < gap / 2: no overtaking
+    assert(run(0.05, true) > 0, "datagrams with 50 ms jitter 10 ms apart never reordered")
+    assert.equal(0, run(0.05, false))      -- a byte stream keeps its order
+  end)
+
+  it("the datagram types need no end of stream and keep no stream state", function()
+    math.randomseed(16)
+    local set = toxics.set()
+    for _, t in ipairs { "loss", "duplicate", "reorder", "corrupt", "truncate" } do
+      assert(set:add { type = t, stream = "upstream",
+                       attributes = t == "truncate" and { bytes = 100 } or { probability = 0 } })
+    end
+    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    for i = 1, 10 do h.on_data(client, "d" .. i) end
+    assert.equal(10, #server.writes)
+    h.on_close(client, "timeout")           -- a UDP flow ends by its idle timeout
+    assert.equal(0, set:count())
+  end)
+end)
+
+describe("echokit.toxics: updates of aimed toxics", function()
+  before_each(function() clock, timers = 0, {} end)
+
+  it("an update with the same match keeps the stub and its partial message", function()
+    local set = toxics.set()
+    assert(set:add { type = "drop_message", stream = "upstream",
+                     attributes = { match = { http = { path = "/x" } } } })
+    local client, server, h = open_as(set, "127.0.0.1")
+    h.on_data(client, "GET /x HTTP/1.1\r\nHo")
+    -- the control API's workers sync sends every attribute again, equal
+    assert(set:update("drop_message_upstream", { attributes = { match = { http = { path = "/x" } } } }))
+    h.on_data(client, "st: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\n", server:data())
+    -- a different match re-aims: the partial message moves on, the new one applies
+    h.on_data(client, "GET /y HTTP/1.1\r\n")
+    assert(set:update("drop_message_upstream", { attributes = { match = { http = { path = "/y" } } } }))
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\n", server:data())
+    h.on_data(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert.equal("GET /y HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                 server:data())
   end)
 end)
