@@ -26,41 +26,46 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     ev_prepare_stop(loop, w);
 }
 
-/* A line about drops, at most one a second: count is what the timer
- * reports if more come meanwhile. */
+/* What each kind of drop is, for the log lines. */
+static const char *const drop_what[UDP_DROP_KINDS] = {
+    [UDP_DROP_SEND] = "socket buffer full on sending",
+    [UDP_DROP_TRUNC] = "over 65535 bytes",
+    [UDP_DROP_FLOWS] = "new peers over --max-flows",
+    [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
+};
+
+/* A second after a line about drops: one more line if more came. */
 static void drop_log_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    struct udp_ctx *u = w->data;
-    uint64_t *n = w == &u->full_log    ? &u->full_drops
-                  : w == &u->trunc_log ? &u->trunc_drops
-                                       : &u->flows_drops;
-    if (!*n)
+    struct udp_drops *d = container_of(w, struct udp_drops, log);
+    if (!d->n)
         return;
-    if (w == &u->flows_log)
-        log_msg(LOG_WARN,
-                "udp: dropped %llu datagram(s) from new peers in the last %gs: %zu flows open "
-                "(--max-flows)",
-                (unsigned long long)*n, UDP_LOG_SECONDS, u->nflows);
-    else if (w == &u->full_log)
-        log_msg(LOG_WARN, "udp: %llu datagram(s) dropped in the last %gs: socket buffer full",
-                (unsigned long long)*n, UDP_LOG_SECONDS);
-    else
-        log_msg(LOG_WARN, "udp: %llu datagram(s) over %d bytes dropped in the last %gs",
-                (unsigned long long)*n, UDP_MAX_DGRAM - 1, UDP_LOG_SECONDS);
-    *n = 0;
+    log_msg(LOG_WARN, "udp: dropped %llu more datagram(s) in the last %gs: %s (%zu flows open)",
+            (unsigned long long)d->n, UDP_LOG_SECONDS, drop_what[d->kind], d->u->nflows);
+    d->n = 0;
     ev_timer_set(w, UDP_LOG_SECONDS, 0);
     ev_timer_start(loop, w);
 }
 
-static void note_drop(struct udp_ctx *u, ev_timer *w, uint64_t *n, const char *first)
+/* n datagrams of a kind dropped (already counted in the stats): a line now
+ * if none was written in the last second (naming peer if given), else they
+ * wait for the next one. */
+static void note_drop(struct udp_ctx *u, int kind, uint64_t n, const struct net_addr *peer)
 {
-    if (ev_is_active(w)) {
-        ++*n;
+    struct udp_drops *d = &u->drops[kind];
+    if (ev_is_active(&d->log)) {
+        d->n += n;
         return;
     }
-    log_msg(LOG_WARN, "udp: %s", first);
-    ev_timer_set(w, UDP_LOG_SECONDS, 0);
-    ev_timer_start(u->ctx->loop, w);
+    char name[160] = "";
+    if (peer) {
+        name[0] = ' ';
+        net_addr_format((const struct sockaddr *)&peer->ss, peer->len, name + 1, sizeof name - 1);
+    }
+    log_msg(LOG_WARN, "udp: dropped %llu datagram(s)%s%s: %s (%zu flows open)",
+            (unsigned long long)n, peer ? " from" : "", name, drop_what[kind], u->nflows);
+    ev_timer_set(&d->log, UDP_LOG_SECONDS, 0);
+    ev_timer_start(u->ctx->loop, &d->log);
 }
 
 struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx)
@@ -82,10 +87,11 @@ struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx)
     ev_prepare_init(&u->flush, flush_cb);
     /* after the reaper (priority 0): datagrams on_close writes go too */
     ev_set_priority(&u->flush, EV_MINPRI);
-    ev_init(&u->full_log, drop_log_cb);
-    ev_init(&u->trunc_log, drop_log_cb);
-    ev_init(&u->flows_log, drop_log_cb);
-    u->full_log.data = u->trunc_log.data = u->flows_log.data = u;
+    for (int k = 0; k < UDP_DROP_KINDS; k++) {
+        ev_init(&u->drops[k].log, drop_log_cb);
+        u->drops[k].u = u;
+        u->drops[k].kind = k;
+    }
     ctx->udp = u;
     return u;
 }
@@ -97,9 +103,8 @@ void udp_ctx_free(struct conn_ctx *ctx)
         return;
     udp_flush(u);
     ev_prepare_stop(ctx->loop, &u->flush);
-    ev_timer_stop(ctx->loop, &u->full_log);
-    ev_timer_stop(ctx->loop, &u->trunc_log);
-    ev_timer_stop(ctx->loop, &u->flows_log);
+    for (int k = 0; k < UDP_DROP_KINDS; k++)
+        ev_timer_stop(ctx->loop, &u->drops[k].log);
     free(u->rbuf);
     free(u->arena);
     free(u);
@@ -285,9 +290,13 @@ void udp_conn_detach(struct conn *c)
 /* One recvmmsg into the loop's batch buffer. Returns how many arrived, 0
  * when none (or an error was handled), -1 with errno for the caller. */
 static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
-                      struct sockaddr_storage *from)
+                      struct sockaddr_storage *from, uint32_t *ovfl)
 {
     struct iovec iov[UDP_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint32_t))];
+        struct cmsghdr align;
+    } ctl[UDP_BATCH];
     for (int i = 0; i < UDP_BATCH; i++) {
         iov[i].iov_base = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
         iov[i].iov_len = UDP_MAX_DGRAM;
@@ -298,8 +307,22 @@ static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
             m[i].msg_hdr.msg_name = &from[i];
             m[i].msg_hdr.msg_namelen = sizeof from[i];
         }
+        if (ovfl) {
+            m[i].msg_hdr.msg_control = ctl[i].buf;
+            m[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+        }
     }
-    return recvmmsg(fd, m, UDP_BATCH, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(fd, m, UDP_BATCH, MSG_DONTWAIT, NULL);
+    /* SO_RXQ_OVFL: each datagram carries the socket's count of datagrams
+     * the kernel dropped before it (when not 0); the last one's is newest */
+    for (int i = n - 1; ovfl && i >= 0; i--) {
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m[i].msg_hdr);
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
+            memcpy(ovfl, CMSG_DATA(cm), sizeof *ovfl);
+            break;
+        }
+    }
+    return n;
 }
 
 /* A datagram that did not fit: dropped, counted, reported. */
@@ -308,25 +331,8 @@ static int truncated(struct udp_ctx *u, const struct mmsghdr *m)
     if (!(m->msg_hdr.msg_flags & MSG_TRUNC))
         return 0;
     u->stats.drop_trunc++;
-    note_drop(u, &u->trunc_log, &u->trunc_drops,
-              "dropped a datagram over 65535 bytes (more such drops are counted)");
+    note_drop(u, UDP_DROP_TRUNC, 1, NULL);
     return 1;
-}
-
-/* A datagram from a new peer over --max-flows: dropped, one line a second. */
-static void over_max_flows(struct udp_ctx *u, const struct net_addr *peer)
-{
-    u->stats.drop_flows++;
-    if (ev_is_active(&u->flows_log)) {
-        u->flows_drops++;
-        return;
-    }
-    char name[160];
-    net_addr_format((const struct sockaddr *)&peer->ss, peer->len, name, sizeof name);
-    log_msg(LOG_WARN, "udp: dropped a datagram from new peer %s: %zu flows open (--max-flows)",
-            name, u->nflows);
-    ev_timer_set(&u->flows_log, UDP_LOG_SECONDS, 0);
-    ev_timer_start(u->ctx->loop, &u->flows_log);
 }
 
 static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -336,7 +342,14 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
     struct mmsghdr m[UDP_BATCH];
     struct sockaddr_storage from[UDP_BATCH];
     for (int round = 0; round < UDP_ROUNDS && s->fd >= 0; round++) {
-        int n = recv_batch(u, s->fd, m, from);
+        uint32_t ovfl = s->rxq_ovfl;
+        int n = recv_batch(u, s->fd, m, from, &ovfl);
+        if (ovfl != s->rxq_ovfl) {
+            uint32_t lost = ovfl - s->rxq_ovfl; /* the kernel's count wraps */
+            s->rxq_ovfl = ovfl;
+            u->stats.drop_rcvbuf += lost;
+            note_drop(u, UDP_DROP_RCVBUF, lost, NULL);
+        }
         if (n < 0) {
             /* EAGAIN: drained. An unconnected socket reports no ICMP error
              * (no IP_RECVERR), but a stray one must not stop the reading. */
@@ -361,7 +374,8 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
             struct conn *c = flow_find(s, (const struct sockaddr *)&peer.ss);
             if (!c) {
                 if (u->ctx->max_flows && u->nflows >= u->ctx->max_flows) {
-                    over_max_flows(u, &peer);
+                    u->stats.drop_flows++;
+                    note_drop(u, UDP_DROP_FLOWS, 1, &peer);
                     continue;
                 }
                 c = s->on_flow(s, &peer);
@@ -394,6 +408,10 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
         if (getrandom(&s->seed, sizeof s->seed, GRND_NONBLOCK) != sizeof s->seed)
             s->seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(ev_time() * 1e6);
     }
+    /* the kernel counts what it drops for want of room: told with each datagram */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
+    s->rxq_ovfl = 0;
     ev_io_init(&s->io, sock_readable, fd, EV_READ);
     ev_io_start(ctx->loop, &s->io);
     return 0;
@@ -428,7 +446,7 @@ void udp_conn_readable(struct conn *c)
     struct mmsghdr m[UDP_BATCH];
     conn_ref(c); /* on_data may reap it */
     for (int round = 0; round < UDP_ROUNDS && !(c->flags & CONN_DEAD); round++) {
-        int n = recv_batch(u, c->fd, m, NULL);
+        int n = recv_batch(u, c->fd, m, NULL, NULL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 conn_dgram_failed(c, errno); /* ECONNREFUSED: "refused" */
@@ -509,8 +527,7 @@ void udp_flush(struct udp_ctx *u)
             err[k] = r < 0 ? errno : EIO;
             u->stats.drop_send++;
             if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS)
-                note_drop(u, &u->full_log, &u->full_drops,
-                          "dropped a datagram: socket buffer full (more such drops are counted)");
+                note_drop(u, UDP_DROP_SEND, 1, NULL);
             k++;
         }
         i = j;

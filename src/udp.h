@@ -33,7 +33,11 @@ struct udp_stats {
     uint64_t drop_send;   /* the kernel refused them (socket buffer full) */
     uint64_t drop_trunc;  /* larger than UDP_MAX_DGRAM */
     uint64_t drop_flows;  /* from new peers over --max-flows */
+    uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
 };
+
+/* The kinds of drops, each logged at most once a second. */
+enum { UDP_DROP_SEND, UDP_DROP_TRUNC, UDP_DROP_FLOWS, UDP_DROP_RCVBUF, UDP_DROP_KINDS };
 
 struct udp_sock;
 
@@ -54,8 +58,12 @@ struct udp_ctx {
     char *arena;           /* the queued datagrams' bytes */
     size_t arena_used;
     ev_prepare flush;      /* sends the queue before the loop polls */
-    uint64_t full_drops, trunc_drops, flows_drops; /* since the last line about them */
-    ev_timer full_log, trunc_log, flows_log;
+    struct udp_drops {
+        ev_timer log;      /* runs for a second after a line */
+        uint64_t n;        /* dropped since that line */
+        struct udp_ctx *u;
+        int kind;
+    } drops[UDP_DROP_KINDS];
 };
 
 /* The loop's datagram context, made on first use. NULL when out of memory. */
@@ -67,6 +75,7 @@ struct udp_sock {
     ev_io io;
     int fd;
     int family;           /* AF_INET or AF_INET6 */
+    uint32_t rxq_ovfl;    /* the kernel's drop count last seen (SO_RXQ_OVFL) */
     struct udp_ctx *u;
     /* flows by peer address: open addressing, cap a power of 2, at most
      * half full */

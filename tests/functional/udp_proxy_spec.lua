@@ -99,17 +99,31 @@ print("ok")
   end)
 
   it("answers dig through the proxy to dnsmasq", function()
-    local dport = closed_udp_port()
-    local user = peers.run({ "id", "-un" }, 5).out:match("^(%S+)")
-    peers.spawn({ "dnsmasq", "--no-daemon", "--port=" .. dport, "--listen-address=127.0.0.1",
-      "--bind-interfaces", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-      "--pid-file", "--user=" .. user, "--address=/example.test/192.0.2.1" })
     local function dig(port)
       return peers.run({ "dig", "@127.0.0.1", "-p", tostring(port), "example.test", "A",
         "+short", "+tries=1", "+time=" .. math.ceil(t.T(1)) }, 30)
     end
-    -- dnsmasq is up once it answers directly
-    t.eventually(function() return dig(dport).out == "192.0.2.1\n" end, 10, "dnsmasq answers")
+    local user = peers.run({ "id", "-un" }, 5).out:match("^(%S+)")
+    -- dnsmasq binds TCP too: a port taken for TCP meanwhile makes it exit,
+    -- and another port is tried
+    local dport, why
+    for _ = 1, 5 do
+      local port = closed_udp_port()
+      local h = peers.spawn({ "dnsmasq", "--no-daemon", "--port=" .. port,
+        "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        "--conf-file=/dev/null", "--pid-file", "--user=" .. user,
+        "--address=/example.test/192.0.2.1" })
+      local ok = pcall(t.eventually, function()
+        if h.p:wait(0) then return "exited" end
+        return dig(port).out == "192.0.2.1\n"
+      end, 10, "dnsmasq answers")
+      why = peers.helper_stderr(h)
+      if ok and not h.p:wait(0) then
+        dport = port
+        break
+      end
+    end
+    assert(dport, "dnsmasq did not start: " .. tostring(why))
     local px = proxy_to("udp://127.0.0.1:" .. dport)
     local r = dig(px:addr().port)
     peers.assert_ok(r, "dig through the proxy")

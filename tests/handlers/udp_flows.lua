@@ -20,8 +20,9 @@ local commands = {
   peer = function(flow) return true, string.format("%s %d", flow:peer()) end,
   stats = function()
     local s = echokit.stats()
-    return true, string.format("in=%d out=%d dropped=%d flows=%d open=%d",
-      s.datagrams_in, s.datagrams_out, s.datagrams_dropped, s.udp_flows, s.connections_open)
+    return true, string.format("in=%d out=%d dropped=%d rcvbuf=%d flows=%d open=%d",
+      s.datagrams_in, s.datagrams_out, s.datagrams_dropped, s.datagrams_dropped_rcvbuf,
+      s.udp_flows, s.connections_open)
   end,
   bye = function(flow)
     flow:write("bye")
@@ -35,6 +36,15 @@ return {
   end,
   on_data = function(flow, d)
     if d == "boom" then error("boom on purpose") end
+    local path = d:match("^stall (.+)$")
+    if path then
+      -- holds the loop (and so the socket's reading) until the file exists,
+      -- for the flood test (bounded: 5 s of CPU)
+      local limit = os.clock() + 5
+      while not io.open(path) and os.clock() < limit do end
+      flow:write("stalled")
+      return
+    end
     local cmd = commands[d]
     if not cmd then
       flow:write(d)
