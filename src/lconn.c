@@ -411,7 +411,7 @@ static void op_data(struct conn *c, const char *buf, size_t len)
     if (lc->co && (c->flags & CONN_DGRAM) && lc->wait != WAIT_ANY) {
         /* a flow's serve gets datagrams only while in receive() */
         if (c->ctx->udp)
-            c->ctx->udp->stats.drop_send++;
+            c->ctx->udp->stats.drop_unread++;
     } else if (lc->co) {
         serve_input(lc, buf, len);
     } else if (lc->h->cb[CB_DATA] != LUA_NOREF) {

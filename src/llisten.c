@@ -90,6 +90,9 @@ int llisten_listen(lua_State *L)
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
+    if (!strncmp(spec, "udp://", 6))
+        return luaL_error(L, "echokit.listen: %s: UDP listeners are not supported here yet "
+                             "(use --listen udp://HOST:PORT)", spec);
     struct tls_server *tls = NULL;
     if (tls_scheme(&spec)) {
         /* opts.tls: conn:starttls's server options; else the --tls-* ones */

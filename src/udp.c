@@ -383,7 +383,7 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
                     continue;
             }
             if (c->flags & CONN_PAUSED) {
-                u->stats.drop_send++; /* a paused flow of a listener: dropped */
+                u->stats.drop_unread++; /* a paused flow of a listener: dropped */
                 continue;
             }
             conn_dgram_input(c, buf, len); /* may free c */

@@ -34,6 +34,7 @@ struct udp_stats {
     uint64_t drop_trunc;  /* larger than UDP_MAX_DGRAM */
     uint64_t drop_flows;  /* from new peers over --max-flows */
     uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
+    uint64_t drop_unread; /* for a paused flow, or a serve not in receive() */
 };
 
 /* The kinds of drops, each logged at most once a second. */
