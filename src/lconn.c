@@ -813,11 +813,19 @@ static void not_for_flows(lua_State *L, struct lconn *lc, const char *method, co
         luaL_error(L, "%s: not supported on a UDP flow (%s)", method, why);
 }
 
+/* A flow's write is one datagram: it must fit in one. */
+static void check_datagram(lua_State *L, struct lconn *lc, size_t len)
+{
+    if (lc && (lc->c.flags & CONN_DGRAM) && len >= UDP_MAX_DGRAM)
+        luaL_argerror(L, 2, "a UDP datagram holds at most 65535 bytes");
+}
+
 static int m_write(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    check_datagram(L, lc, len);
     if (!lc)
         return closed(L);
     int rc = conn_write_fair(&lc->c, data, len);
@@ -841,6 +849,7 @@ static int m_send(lua_State *L)
     struct lconn *lc = check_conn(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    check_datagram(L, lc, len);
     if (!lc)
         return closed(L);
     int rc = conn_write_fair(&lc->c, data, len);

@@ -466,11 +466,19 @@ void udp_conn_readable(struct conn *c)
 
 /* ---- output -------------------------------------------------------------- */
 
-static int enqueue(struct udp_ctx *u, int fd, struct conn *c, const struct net_addr *to,
-                   const void *data, size_t len)
+/* Sends the queue if a datagram of len bytes would not fit. The flush may
+ * tear flows down (an ICMP error): callers look at their flow and its fd
+ * after it. */
+static void make_room(struct udp_ctx *u, size_t len)
 {
     if (u->nout == UDP_BATCH || u->arena_used + len > UDP_ARENA)
         udp_flush(u);
+}
+
+/* Queues a datagram (room made). Returns 1. */
+static int enqueue(struct udp_ctx *u, int fd, struct conn *c, const struct net_addr *to,
+                   const void *data, size_t len)
+{
     struct udp_out *o = &u->out[u->nout++];
     o->fd = fd;
     o->c = c;
@@ -554,6 +562,11 @@ int udp_conn_write(struct conn *c, const void *data, size_t len)
     if (c->flags & (CONN_DEAD | CONN_CLOSING))
         return -1;
     struct udp_ctx *u = udp_ctx_get(c->ctx);
+    if (u && len < UDP_MAX_DGRAM) {
+        make_room(u, len);
+        if (c->flags & CONN_DEAD)
+            return -1;
+    }
     int fd = c->usock ? c->usock->fd : c->fd;
     if (!u || fd < 0 || len >= UDP_MAX_DGRAM) {
         /* no socket yet (resolving), out of memory, or too big to send */
@@ -580,5 +593,8 @@ int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct ne
         s->u->stats.drop_send++;
         return 1;
     }
+    make_room(s->u, len);
+    if (s->fd < 0)
+        return -1;
     return enqueue(s->u, s->fd, NULL, peer, data, len);
 }

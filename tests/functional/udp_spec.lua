@@ -126,13 +126,14 @@ print("ok")
       assert.are_not.equal("true " .. id, ask(a, "id"))
     end)
 
-    it("raises clear errors for shutdown, receive patterns and a pipe to TCP", function()
+    it("raises clear errors for shutdown, receive patterns, a pipe to TCP and an oversized write", function()
       local srv = udp_start{ handler = FLOWS, args = { closed_port = peers.closed_port() } }
       local a = client(srv)
       assert.matches("^false .*shutdown: not supported on a UDP flow", ask(a, "try shutdown"))
       assert.matches("^false .*receive: not supported on a UDP flow", ask(a, "try receive"))
       assert.matches("^false .*pipe: not supported between a UDP flow and a stream",
         ask(a, "try pipe"))
+      assert.matches("^false .*a UDP datagram holds at most 65535 bytes", ask(a, "try big"))
       assert.equal("still here", ask(a, "still here"))
     end)
 
