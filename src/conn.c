@@ -148,8 +148,6 @@ static const char *errno_reason(int err)
 
 static void abort_errno(struct conn *c, int err)
 {
-    if (c->flags & CONN_DEAD)
-        return;
     const char *r = errno_reason(err);
     if (err == EPROTO && c->ssl) {
         char buf[300];
@@ -460,7 +458,8 @@ void conn_dgram_input(struct conn *c, const char *buf, size_t len)
 
 void conn_dgram_failed(struct conn *c, int err)
 {
-    abort_errno(c, err);
+    if (!(c->flags & CONN_DEAD))
+        abort_errno(c, err);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)

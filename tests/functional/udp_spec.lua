@@ -134,6 +134,7 @@ print("ok")
       assert.matches("^false .*pipe: not supported between a UDP flow and a stream",
         ask(a, "try pipe"))
       assert.matches("^false .*a UDP datagram holds at most 65535 bytes", ask(a, "try big"))
+      assert.matches("^false .*starttls: not supported on a UDP flow", ask(a, "try starttls"))
       assert.equal("still here", ask(a, "still here"))
     end)
 

@@ -24,6 +24,7 @@ local commands = {
       s.datagrams_in, s.datagrams_out, s.datagrams_dropped, s.datagrams_dropped_rcvbuf,
       s.udp_flows, s.connections_open)
   end,
+  ["try starttls"] = function(flow) return pcall(flow.starttls, flow) end,
   ["try big"] = function(flow) return pcall(flow.write, flow, string.rep("x", 65536)) end,
   bye = function(flow)
     flow:write("bye")
