@@ -70,6 +70,22 @@ print("ok")
     peers.assert_ok(r, "python through the proxy")
   end)
 
+  it("taps see each datagram relayed either way, with its size", function()
+    local up = udp_echo()
+    local px = peers.front(t.start{ handler = "tests/handlers/udp_tap_proxy.lua",
+      listen = { "udp://127.0.0.1:0" }, args = { upstream = "127.0.0.1:" .. up:addr().port } })
+    local a = client(px)
+    assert.equal("", ask(a, ""))
+    assert.equal("hello", ask(a, "hello"))
+    assert.equal(string.rep("z", 1000), ask(a, string.rep("z", 1000)))
+    for _, n in ipairs({ 0, 5, 1000 }) do
+      px:await_log("tap up " .. n .. " bytes from %d+")
+      px:await_log("tap down " .. n .. " bytes from %d+")
+    end
+    assert.equal(3, #px:log_matching("tap up"))
+    assert.equal(3, #px:log_matching("tap down"))
+  end)
+
   it("closes both flows when they have been idle for --udp-idle-timeout", function()
     local up = udp_echo()
     local px = proxy_to("udp://127.0.0.1:" .. up:addr().port,
