@@ -677,17 +677,17 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const s
 }
 
 struct conn *lconn_flow(struct script *S, struct udp_sock *sock, const struct net_addr *peer,
-                        int listener)
+                        const struct handler *h, int listener)
 {
     struct conn *c = udp_flow_new(sock, sizeof(struct lconn), &lconn_ops, peer);
     if (!c)
         return NULL;
     struct lconn *lc = lconn_of(c);
-    lconn_prepare(lc, S, &S->handler);
+    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
     lc->listener = listener;
     metrics_add(&metrics_me->accepted, 1);
     metrics_gauge_add(&metrics_me->open, 1);
-    struct accepting a = {lc, NULL};
+    struct accepting a = {lc, h};
     if (script_invoke(S, accept_body, &a, "accept", c) < 0)
         return c; /* torn down with the error */
     start(lc);

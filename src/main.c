@@ -167,7 +167,7 @@ static void on_accept(struct server *srv, struct listener *l, int fd, const stru
 static struct conn *on_flow(struct server *srv, struct listener *l, const struct net_addr *peer)
 {
     struct app *a = srv->data;
-    return lconn_flow(a->S, &l->sock, peer, (int)(l - srv->ls));
+    return lconn_flow(a->S, &l->sock, peer, NULL, (int)(l - srv->ls));
 }
 
 static void on_datagram(struct server *srv, struct listener *l, const char *buf, size_t len,

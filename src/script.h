@@ -179,10 +179,11 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer,
  * log line says why). */
 
 /* A UDP listener's datagram from a new peer (server.h's on_flow): the flow
- * for it, running the script's handler, on_connect done; NULL (datagram
- * dropped) when out of memory (lconn.c). */
+ * for it, running h (taking references of its own, as lconn_accept) or the
+ * script's handler if h is NULL, on_connect done; NULL (datagram dropped)
+ * when out of memory (lconn.c). */
 struct conn *lconn_flow(struct script *S, struct udp_sock *sock, const struct net_addr *peer,
-                        int listener);
+                        const struct handler *h, int listener);
 
 /* The handler has on_datagram: UDP listeners hand it every datagram raw. */
 int lconn_wants_datagrams(const struct script *S);

@@ -216,6 +216,61 @@ print(s.recv(100).decode())
     end)
   end)
 
+  describe("echokit.listen", function()
+    -- a luasocket client of "udp://HOST:PORT"
+    local function client_of(srv, addr)
+      local host, port = addr:match("^udp://(.+):(%d+)$")
+      local u = assert(socket.udp())
+      assert(u:setpeername(host, tonumber(port)))
+      u:settimeout(t.T(5))
+      srv.clients[#srv.clients + 1] = u
+      return u
+    end
+
+    it("opens UDP listeners at run time; closing one ends its flows and frees its port", function()
+      local srv = udp_start{ handler = "tests/handlers/udp_listen.lua" }
+      local ctl = client(srv)
+      local refs = ask(ctl, "refs")
+      local addr = ask(ctl, "listen"):match("^ok (udp://127%.0%.0%.1:%d+)$")
+      assert(addr, "no address")
+      local u = client_of(srv, addr)
+      assert.equal("HELLO", ask(u, "hello"))
+      assert.equal("closed", ask(ctl, "close"))
+      -- nothing listens there now: the kernel answers port unreachable
+      assert(u:send("anyone"))
+      local r, err = u:receive()
+      assert.is_nil(r)
+      assert.equal("connection refused", err)
+      assert.equal(refs, ask(ctl, "refs"))
+    end)
+
+    it("a listener closed and collected from its own flow's callback", function()
+      local srv = udp_start{ handler = "tests/handlers/udp_listen.lua" }
+      local ctl = client(srv)
+      local refs = ask(ctl, "refs")
+      local addr = ask(ctl, "selfclose"):match("^ok (udp://127%.0%.0%.1:%d+)$")
+      local u = client_of(srv, addr)
+      -- two datagrams in one batch: the second meets a closed socket
+      assert(u:send("one"))
+      assert(u:send("two"))
+      -- "two" may come after the close: the port unreachable it earns can be
+      -- reported before "closing" is read
+      local got, err
+      for _ = 1, 3 do
+        got, err = u:receive()
+        if got or err ~= "connection refused" then break end
+      end
+      assert.equal("closing", got, err)
+      assert.equal(refs, ask(ctl, "refs"))
+    end)
+
+    it("refuses on_datagram (flows only) with a clear error", function()
+      local r = t.run{ handler = "tests/handlers/udp_listen_raw.lua" }
+      assert.equal(2, r.code)
+      assert.matches("on_datagram is for %-%-listen udp:// listeners", r.stderr)
+    end)
+  end)
+
   describe("raw datagrams", function()
     it("on_datagram gets every datagram with its peer; sock:sendto answers", function()
       local srv = udp_start{ handler = "tests/handlers/udp_raw.lua",
