@@ -668,7 +668,11 @@ int main(int argc, char **argv)
         }
         a.srv.ls[i].data = tls ? a.tls : NULL;
         if (a.mpage) {
-            server_listener_name(&a.srv, i, a.mpage->listener[i], sizeof a.mpage->listener[i]);
+            /* a UDP listener's label says so: it may share a port with a TCP one */
+            char *label = a.mpage->listener[i];
+            size_t cap = sizeof a.mpage->listener[i];
+            snprintf(label, cap, "%s", a.srv.ls[i].udp ? "udp://" : "");
+            server_listener_name(&a.srv, i, label + strlen(label), cap - strlen(label));
             a.mpage->nlisteners = i + 1;
         }
     }
