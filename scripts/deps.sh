@@ -34,6 +34,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   test="$test nodejs npm"
 fi
 
+# dnsmasq-base (dnsmasq without its system service) + dnsutils (dig): a real DNS
+# server and client for udp_proxy_spec, which resolves through the UDP proxy
+test="$test dnsmasq-base dnsutils"
+
 # clang builds the harnesses with -fsanitize=fuzzer; libfuzzer-14-dev brings
 # libFuzzer's main and libclang-rt-14-dev the sanitizer runtimes it links with.
 fuzz="clang libfuzzer-14-dev libclang-rt-14-dev"
