@@ -58,13 +58,31 @@ struct capread {
     struct conv *buckets[NBUCKETS];
     struct conv **all; /* every conversation, in order of creation */
     size_t nall, capall;
-    size_t bytes; /* in all messages */
+    size_t bytes; /* allocated for messages and waiting segments */
+    size_t limit; /* cap on bytes */
     uint64_t packets, skipped;
 };
 
 struct capread *capread_new(void)
 {
-    return calloc(1, sizeof(struct capread));
+    struct capread *cr = calloc(1, sizeof(struct capread));
+    if (cr)
+        cr->limit = CAPREAD_MAX_BYTES;
+    return cr;
+}
+
+void capread_limit(struct capread *cr, size_t max_bytes)
+{
+    cr->limit = max_bytes;
+}
+
+/* Whether n more bytes may be allocated; if so they are counted. */
+static int take(struct capread *cr, size_t n)
+{
+    if (cr->bytes > cr->limit || n > cr->limit - cr->bytes)
+        return 0;
+    cr->bytes += n;
+    return 1;
 }
 
 int capread_linktype_ok(int dlt)
@@ -166,16 +184,17 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
 {
     if (!len)
         return;
-    if (len > CAPREAD_MAX_BYTES - cr->bytes) {
-        c->truncated = 1;
-        return;
-    }
     struct capread_msg *m = c->nmsgs ? &c->msgs[c->nmsgs - 1] : NULL;
     if (!m || m->from != dir) {
         if (c->nmsgs == c->cap) {
             size_t n = c->cap ? c->cap * 2 : 8;
+            if (!take(cr, (n - c->cap) * sizeof *c->msgs)) {
+                c->truncated = 1;
+                return;
+            }
             struct capread_msg *a = realloc(c->msgs, n * sizeof *a);
             if (!a) {
+                cr->bytes -= (n - c->cap) * sizeof *c->msgs;
                 c->truncated = 1;
                 return;
             }
@@ -188,11 +207,20 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
         m->t = t;
     }
     if (m->len + len > m->cap) {
-        size_t n = m->cap ? m->cap : 256;
-        while (n < m->len + len)
+        /* doubling; exactly what is needed when the double is over the cap */
+        size_t need = m->len + len, n = m->cap ? m->cap : 64;
+        while (n < need)
             n *= 2;
+        if (!take(cr, n - m->cap)) {
+            n = need;
+            if (!take(cr, n - m->cap)) {
+                c->truncated = 1;
+                return;
+            }
+        }
         uint8_t *d = realloc(m->data, n);
         if (!d) {
+            cr->bytes -= n - m->cap;
             c->truncated = 1;
             return;
         }
@@ -201,7 +229,6 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
     }
     memcpy(m->data + m->len, p, len);
     m->len += len;
-    cr->bytes += len;
 }
 
 /* Delivers what of [seq, seq+len) is new, when it starts at or before next.
@@ -237,6 +264,7 @@ static void drain(struct capread *cr, struct conv *c, int dir, int skip_holes)
         d->ooo = s->next;
         d->ooo_bytes -= s->len;
         d->ooo_segs--;
+        cr->bytes -= sizeof *s + s->len; /* freed below: room for its bytes as a message */
         deliver(cr, c, dir, s->seq, s->data, s->len, s->t);
         free(s);
     }
@@ -248,8 +276,9 @@ static void buffer(struct capread *cr, struct conv *c, int dir, uint32_t seq, co
                    size_t len, double t)
 {
     struct dir *d = &c->d[dir];
-    if (len > CAPREAD_OOO_BYTES - d->ooo_bytes || d->ooo_segs == CAPREAD_OOO_SEGS) {
-        /* Over the cap: give up waiting for the hole. */
+    if (len > CAPREAD_OOO_BYTES - d->ooo_bytes || d->ooo_segs == CAPREAD_OOO_SEGS ||
+        !take(cr, sizeof(struct seg) + len)) {
+        /* Over a cap: give up waiting for the hole. */
         drain(cr, c, dir, 1);
         if ((int32_t)(seq - d->next) > 0) {
             c->truncated = 1;
@@ -260,6 +289,7 @@ static void buffer(struct capread *cr, struct conv *c, int dir, uint32_t seq, co
     }
     struct seg *s = malloc(sizeof *s + len);
     if (!s) {
+        cr->bytes -= sizeof *s + len;
         c->truncated = 1;
         return;
     }

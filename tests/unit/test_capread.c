@@ -348,6 +348,45 @@ static void test_holes_and_caps(void)
     capread_free(&r);
 }
 
+/* The memory cap counts what is allocated, not only payload bytes: many
+ * one-byte messages (each with its bookkeeping) and many waiting segments
+ * hit it long before their payload does, in one conversation or spread
+ * over many. */
+static void test_memory_cap(void)
+{
+    struct capread *cr = capread_new();
+    capread_limit(cr, 64 * 1024);
+    feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 0, SYN, "");
+    feed(cr, DLT_RAW, 0, 2, 80, 1, 40000, 0, SYN | ACK, "");
+    for (uint32_t i = 0; i < 4000; i++) { /* 8000 payload bytes */
+        feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 1 + i, ACK, "q");
+        feed(cr, DLT_RAW, 0, 2, 80, 1, 40000, 1 + i, ACK, "a");
+    }
+    struct capread_result r = {0};
+    capread_finish(cr, &r);
+    CHECK(r.nconvs == 1 && r.convs[0].truncated && r.convs[0].nmsgs < 8000);
+    capread_free(&r);
+
+    /* 200 conversations, each with 1000 bytes waiting behind a hole (well
+     * within the per-direction caps): the cap bounds them all together. */
+    cr = capread_new();
+    capread_limit(cr, 64 * 1024);
+    char kb[1001];
+    memset(kb, 'w', 1000);
+    kb[1000] = 0;
+    for (int c = 0; c < 200; c++) {
+        feed(cr, DLT_RAW, 0, 1, 1000 + c, 2, 80, 0, SYN, "");
+        feed(cr, DLT_RAW, 0, 1, 1000 + c, 2, 80, 10, ACK, kb);
+    }
+    capread_finish(cr, &r);
+    size_t total = 0;
+    for (size_t i = 0; i < r.nconvs; i++)
+        for (size_t k = 0; k < r.convs[i].nmsgs; k++)
+            total += r.convs[i].msgs[k].cap;
+    CHECK(r.nconvs == 200 && total <= 64 * 1024);
+    capread_free(&r);
+}
+
 int main(void)
 {
     CHECK(mkdtemp(tmpdir) != NULL);
@@ -355,6 +394,7 @@ int main(void)
     test_files();
     test_direction_and_reuse();
     test_holes_and_caps();
+    test_memory_cap();
     rmdir(tmpdir);
     return check_done("capread");
 }
