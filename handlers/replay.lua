@@ -75,6 +75,7 @@ end
 return {
   serve = function(conn)
     local buf, pos, eof = "", 1, false
+    local function receive() return (conn:receiveany()) end
     local function more()
       local d = conn:receiveany()
       if not d then eof = true; return false end
@@ -103,7 +104,9 @@ return {
             pos = a
             break
           elseif st == "more" then
-            more()
+            -- joined once per decision, not once per chunk (see gather)
+            buf, eof = replay.gather(mode, m.data, buf:sub(pos), receive)
+            pos = 1
           elseif eof and pos > #buf then
             -- closed between two messages: it ended early, nothing differed
             echokit.log("info", "replay: %s closed after client message %d of %d",
