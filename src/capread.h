@@ -40,7 +40,7 @@
 #include "util.h"
 
 #define CAPREAD_OOO_BYTES (4u << 20)
-#define CAPREAD_OOO_SEGS 4096
+#define CAPREAD_OOO_SEGS 131072
 #define CAPREAD_MAX_BYTES ((size_t)512 << 20)
 #define CAPREAD_MAX_CONVS 65536
 
