@@ -198,6 +198,25 @@ describe("replay timing", function()
     t.expect_silence(cr, 0.5, "the real-time answer, 2 s after the request")
     t.assert_bytes(ans, t.recv_n(cr, #ans, t.T(10)), "the real-time answer")
   end)
+
+  it("waits out a recorded gap on a timer: another client is served meanwhile", function()
+    local path = peers.tmpdir() .. "/slow.pcap"
+    write_pcap(path, "slow")
+    local srv = t.start{ handler = "replay", args = { from = path, timing = "real" } }
+    local req = "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n"
+    local a, b = srv:connect(), srv:connect()
+    t.send_all(a, req) -- its answer is due 2 s later
+    t.send_all(b, "PUT /other HTTP/1.0\r\n\r\n") -- a mismatch: closed at once
+    assert.equal("", t.recv_until_closed(b, 10))
+    -- b's close came while a's answer was still due: the wait did not hold the loop
+    a:settimeout(0)
+    local d, err, partial = a:receive(1)
+    assert.is_nil(d)
+    assert.equal("timeout", err)
+    assert.equal("", partial)
+    local ans = "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    t.assert_bytes(ans, t.recv_n(a, #ans, 10), "the answer after the gap")
+  end)
 end)
 
 describe("echokit.capture", function()
