@@ -72,6 +72,21 @@ local function report(conn, text)
   echokit.log("warn", "replay: %s %s", tostring(conn), text)
 end
 
+-- A recorded answer in slices, each sent once the queue is back under high
+-- water: an answer larger than --max-buffer goes out whole, and queues at
+-- most a slice more than high water.
+local SLICE = 16 * 1024
+local function send(conn, data)
+  for i = 1, #data, SLICE do
+    local ok, err = conn:send(#data <= SLICE and data or data:sub(i, i + SLICE - 1))
+    if not ok then
+      if err ~= "closed" then report(conn, "answer not sent: " .. tostring(err)) end
+      return false
+    end
+  end
+  return true
+end
+
 return {
   serve = function(conn)
     local buf, pos, eof = "", 1, false
@@ -96,7 +111,7 @@ return {
       local wait = replay.delay(msgs, i, speed)
       if m.from == "server" then
         if wait > 0 and not echokit.sleep(wait) then return end
-        if not conn:send(m.data) then return end
+        if not send(conn, m.data) then return end
       else
         while true do
           local st, a, b = replay.consume(mode, m.data, buf, pos, eof)

@@ -219,6 +219,23 @@ describe("replay timing", function()
   end)
 end)
 
+describe("replay of a large answer", function()
+  after_each(teardown)
+
+  it("sends an answer larger than --max-buffer in slices, all of it", function()
+    local path = peers.tmpdir() .. "/big.pcap"
+    write_pcap(path, "big")
+    local srv = t.start{ handler = "replay", args = { from = path },
+                         opts = { "--high-water", "16384", "--max-buffer", "65536" } }
+    local c = srv:connect()
+    t.send_all(c, "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n")
+    local bytes = {}
+    for i = 0, 250 do bytes[#bytes + 1] = string.char(i) end
+    local want = string.rep(table.concat(bytes), 16000):sub(1, 4000000)
+    t.assert_bytes(want, t.recv_n(c, #want, 20), "the recorded answer")
+  end)
+end)
+
 describe("echokit.capture", function()
   after_each(teardown)
 
