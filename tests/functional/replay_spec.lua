@@ -261,6 +261,21 @@ describe("echokit.capture", function()
     assert.matches("  client " .. hex(REQ) .. "\n  server " .. hex(ANS) .. "\n", out, 1, true)
   end)
 
+  it("refuses a path with a NUL in it instead of reading the file named by its start", function()
+    local dir = peers.tmpdir()
+    write_pcap(dir .. "/a.pcap", "reorder", "raw")
+    local h = dir .. "/nul.lua"
+    peers.write_file(h, string.format([[
+local echokit = require "echokit"
+local convs, err = echokit.capture(%q .. "\0.junk")
+print(convs and ("read " .. #convs) or ("error: " .. err))
+return {}
+]], dir .. "/a.pcap"))
+    local r = t.run({ handler = h, opts = { "--check" }, listen = {} }, t.T(20))
+    assert(r.how == "exited" and r.code == 0, r.stdout .. r.stderr)
+    assert.matches("error: the path contains a NUL byte", r.stdout, 1, true)
+  end)
+
   it("keeps what precedes the cut of a truncated file, with a warning", function()
     local dir = peers.tmpdir()
     write_pcap(dir .. "/a.pcap", "reorder", "raw")
