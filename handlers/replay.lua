@@ -72,9 +72,25 @@ local function report(conn, text)
   echokit.log("warn", "replay: %s %s", tostring(conn), text)
 end
 
+-- A recorded answer in slices, each sent once the queue is back under high
+-- water: an answer larger than --max-buffer goes out whole, and queues at
+-- most a slice more than high water.
+local SLICE = 16 * 1024
+local function send(conn, data)
+  for i = 1, #data, SLICE do
+    local ok, err = conn:send(#data <= SLICE and data or data:sub(i, i + SLICE - 1))
+    if not ok then
+      if err ~= "closed" then report(conn, "answer not sent: " .. tostring(err)) end
+      return false
+    end
+  end
+  return true
+end
+
 return {
   serve = function(conn)
     local buf, pos, eof = "", 1, false
+    local function receive() return (conn:receiveany()) end
     local function more()
       local d = conn:receiveany()
       if not d then eof = true; return false end
@@ -95,7 +111,7 @@ return {
       local wait = replay.delay(msgs, i, speed)
       if m.from == "server" then
         if wait > 0 and not echokit.sleep(wait) then return end
-        if not conn:send(m.data) then return end
+        if not send(conn, m.data) then return end
       else
         while true do
           local st, a, b = replay.consume(mode, m.data, buf, pos, eof)
@@ -103,7 +119,9 @@ return {
             pos = a
             break
           elseif st == "more" then
-            more()
+            -- joined once per decision, not once per chunk (see gather)
+            buf, eof = replay.gather(mode, m.data, buf:sub(pos), receive)
+            pos = 1
           elseif eof and pos > #buf then
             -- closed between two messages: it ended early, nothing differed
             echokit.log("info", "replay: %s closed after client message %d of %d",
