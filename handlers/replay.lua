@@ -24,7 +24,8 @@
 --                round robin); roundrobin: each in turn. When every recorded
 --                conversation starts with the server speaking, round robin.
 --
--- A mismatch is logged (warn) with both sides in `hexdump -C` layout. Bytes
+-- A mismatch is logged (warn) with both sides in `hexdump -C` layout, at
+-- most 10 a second (then one line counts those not shown). Bytes
 -- sent after the recorded conversation has ended are a mismatch too; a
 -- client that closes between two messages, before the end, is only noted
 -- (info).
@@ -68,7 +69,22 @@ echokit.log("info", "replay: %d conversation%s with server %s from %s", #selecte
 local last = 0 -- the conversation served last (round robin)
 local TRIM = 64 * 1024
 
+-- At most REPORTS mismatch reports (each up to ~1 KB of hexdump) a second:
+-- a client that keeps reconnecting with the wrong bytes cannot flood the
+-- log. Those held back are counted in one line when the second is over.
+local REPORTS, shown, held = 10, 0, 0
 local function report(conn, text)
+  if shown >= REPORTS then held = held + 1; return end
+  if shown == 0 then
+    echokit.timer(1, function()
+      if held > 0 then
+        echokit.log("warn", "replay: %d more report%s not shown (at most %d a second)", held,
+                    held == 1 and "" or "s", REPORTS)
+      end
+      shown, held = 0, 0
+    end)
+  end
+  shown = shown + 1
   echokit.log("warn", "replay: %s %s", tostring(conn), text)
 end
 

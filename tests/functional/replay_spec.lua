@@ -219,6 +219,32 @@ describe("replay timing", function()
   end)
 end)
 
+describe("replay's mismatch reports", function()
+  after_each(teardown)
+
+  it("are at most 10 a second, and those held back are counted", function()
+    local path = peers.tmpdir() .. "/flood.pcap"
+    write_pcap(path, "slow")
+    local srv = t.start{ handler = "replay", args = { from = path } }
+    local sent = 25
+    for _ = 1, sent do
+      local c = srv:connect()
+      t.send_all(c, "PUT /other HTTP/1.0\r\n\r\n")
+      t.recv_until_closed(c, 10)
+      c:close()
+    end
+    srv:await_log("more reports? not shown %(at most 10 a second%)", 5)
+    -- every mismatch is either reported in full or counted, once its second is over
+    t.eventually(function()
+      local full, heldback = #srv:log_matching("replay: %[conn"), 0
+      for _, l in ipairs(srv:log_matching("more reports? not shown")) do
+        heldback = heldback + tonumber(l:match("(%d+) more report"))
+      end
+      return full + heldback == sent and full < sent, ("%d full, %d counted"):format(full, heldback)
+    end, 5, "every mismatch reported or counted")
+  end)
+end)
+
 describe("replay of a large answer", function()
   after_each(teardown)
 
