@@ -101,6 +101,10 @@ void udp_ctx_free(struct conn_ctx *ctx)
     struct udp_ctx *u = ctx->udp;
     if (!u)
         return;
+    /* a socket still open (a listener userdata that lua_close collects
+     * later) must not reach u through s->u once u is freed */
+    while (u->socks)
+        udp_sock_close(u->socks);
     udp_flush(u);
     ev_prepare_stop(ctx->loop, &u->flush);
     for (int k = 0; k < UDP_DROP_KINDS; k++)
@@ -403,6 +407,11 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
     }
     s->u = u;
     s->fd = fd;
+    s->next = u->socks;
+    if (s->next)
+        s->next->pprev = &s->next;
+    s->pprev = &u->socks;
+    u->socks = s;
     struct net_addr self;
     s->family = net_local_addr(fd, &self) == 0 ? self.ss.ss_family : AF_INET;
     if (!s->seed) {
@@ -420,10 +429,11 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
 
 void udp_sock_close(struct udp_sock *s)
 {
-    if (!s->u || s->fd < 0)
-        return;
-    ev_io_stop(s->u->ctx->loop, &s->io);
-    udp_flush(s->u);
+    struct udp_ctx *u = s->u;
+    if (!u)
+        return; /* never started, closed already, or its context is gone */
+    ev_io_stop(u->ctx->loop, &s->io);
+    udp_flush(u);
     /* Aborting a flow removes it (moving others back): look at a slot again
      * until it is empty. */
     for (size_t i = 0; i < s->cap;) {
@@ -437,6 +447,12 @@ void udp_sock_close(struct udp_sock *s)
     s->cap = s->used = 0;
     close(s->fd);
     s->fd = -1;
+    *s->pprev = s->next;
+    if (s->next)
+        s->next->pprev = s->pprev;
+    s->next = NULL;
+    s->pprev = NULL;
+    s->u = NULL;
 }
 
 void udp_conn_readable(struct conn *c)

@@ -56,6 +56,7 @@ struct udp_ctx {
         size_t off, len;
     } out[UDP_BATCH];
     int nout;
+    struct udp_sock *socks; /* the started sockets: closed by udp_ctx_free */
     char *arena;           /* the queued datagrams' bytes */
     size_t arena_used;
     ev_prepare flush;      /* sends the queue before the loop polls */
@@ -69,6 +70,9 @@ struct udp_ctx {
 
 /* The loop's datagram context, made on first use. NULL when out of memory. */
 struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx);
+/* Closes every socket still started (udp_sock_close: their flows end), sends
+ * what is queued and frees the context. A socket closed here may still be
+ * closed again later (a listener's __gc at lua_close): that finds nothing. */
 void udp_ctx_free(struct conn_ctx *ctx);
 
 /* A UDP socket that takes datagrams from any peer (a listener). */
@@ -77,7 +81,8 @@ struct udp_sock {
     int fd;
     int family;           /* AF_INET or AF_INET6 */
     uint32_t rxq_ovfl;    /* the kernel's drop count last seen (SO_RXQ_OVFL) */
-    struct udp_ctx *u;
+    struct udp_ctx *u;    /* NULL until started, and once closed */
+    struct udp_sock *next, **pprev; /* in u->socks while started */
     /* flows by peer address: open addressing, cap a power of 2, at most
      * half full */
     struct conn **flows;
@@ -102,7 +107,7 @@ int udp_bind(const struct net_addr *addr, int reuseport, char *err);
 int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err);
 
 /* Sends what is queued, aborts every flow of s ("shutdown") and closes its
- * socket. Idempotent; s may be started again. */
+ * socket. Idempotent (s->u is NULL after it); s may be started again. */
 void udp_sock_close(struct udp_sock *s);
 
 /* A flow of s for peer (size >= sizeof(struct conn) as conn_new), entered

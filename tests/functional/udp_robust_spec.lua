@@ -1,0 +1,31 @@
+-- UDP under abuse and at the edges: listeners opened during shutdown,
+-- reflection loops, oversized datagrams, writes from the pre-poll phase,
+-- flows and --max-conns, error floods, upstream names.
+local t = require "echokit_test"
+local socket = require "socket"
+local peers = require "peers"
+
+local function udp_client(host, port)
+  local u = assert(socket.udp())
+  assert(u:setpeername(host, port))
+  u:settimeout(t.T(5))
+  return u
+end
+
+describe("udp robustness", function()
+  after_each(peers.teardown)
+
+  it("echokit.listen after shutdown began returns nil, 'shutting down' (no listener outlives the loop)",
+    function()
+      local srv = t.start{ handler = "tests/handlers/udp_listen_at_stop.lua" }
+      local c = srv:connect()
+      t.send_all(c, "x")
+      srv:await_log("listen after stop: nil shutting down")
+      -- the exit: 0, and (in the sanitizer build) no report of a freed UDP
+      -- context read by the listener's __gc at lua_close
+      local how, code = srv:wait_exit(10)
+      assert.equal("exited", how)
+      assert.equal(0, code, srv:stderr())
+      c:close()
+    end)
+end)
