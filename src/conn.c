@@ -566,6 +566,7 @@ static struct conn *make(struct conn_ctx *ctx, int fd, size_t size, const struct
     list_push(&ctx->all, c);
     ctx->stats.open++;
     ctx->stats.total++;
+    ctx->stats.flows += (uint64_t)(dgram != 0);
     c->created = c->last_active = ev_now(ctx->loop);
     if (connecting) {
         c->flags |= CONN_CONNECTING;
@@ -906,6 +907,8 @@ static void reap_one(struct conn_ctx *ctx, struct conn *c)
     c->flags |= CONN_REAPED;
     list_unlink(&ctx->reap, c);
     ctx->stats.open--;
+    if (c->flags & CONN_DGRAM)
+        ctx->stats.flows--;
     if (c->ops->on_close)
         c->ops->on_close(c, c->reason);
     if (ctx->on_reaped)

@@ -46,6 +46,7 @@ struct conn_ops {
 
 struct conn_stats {
     uint64_t open, total, bytes_in, bytes_out, errors;
+    uint64_t flows; /* of open: UDP flows (CONN_DGRAM), inbound and outbound */
 };
 
 /* Shared by every connection of a loop. */

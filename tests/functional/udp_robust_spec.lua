@@ -29,3 +29,22 @@ describe("udp robustness", function()
       c:close()
     end)
 end)
+
+describe("udp flows and --max-conns", function()
+  after_each(peers.teardown)
+
+  it("do not count: with --max-conns 5 and 5 UDP peers a TCP client still gets its echo", function()
+    local srv = t.start{ listen = { "127.0.0.1:0", "udp://127.0.0.1:0" },
+                         opts = { "--max-conns", "5" } }
+    local u = srv:addr(2)
+    for i = 1, 5 do
+      local c = udp_client(u.host, u.port)
+      srv.clients[#srv.clients + 1] = c
+      assert(c:send("peer " .. i))
+      assert.equal("peer " .. i, c:receive())
+    end
+    local c = srv:connect(1)
+    t.send_all(c, "tcp still served\n")
+    assert.equal("tcp still served", t.recv_line(c, 5))
+  end)
+end)
