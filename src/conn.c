@@ -458,8 +458,13 @@ void conn_dgram_input(struct conn *c, const char *buf, size_t len)
 
 void conn_dgram_failed(struct conn *c, int err)
 {
-    if (!(c->flags & CONN_DEAD))
-        abort_errno(c, err);
+    if (c->flags & CONN_DEAD)
+        return;
+    abort_errno(c, err);
+    /* A failed send is seen by udp.c's flush, which may run after the
+     * reaper in the same prepare phase: the loop must not block before the
+     * reaper runs this flow's on_close (reaper_cb stops the idle again). */
+    ev_idle_start(c->ctx->loop, &c->ctx->wake);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -937,10 +942,19 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     reap(ctx);
     fair_drains(ctx);
     reap(ctx); /* what the drains closed */
-    if (!ctx->fair) {
+    /* Datagrams the on_close callbacks and drains wrote: udp.c's flush
+     * prepare, started during this phase, would wait for the next event
+     * (libev runs the prepare watchers that were active when the phase
+     * began). A flow the flush tears down is reaped at once, a few rounds
+     * at most; the rest are left to the next turn (conn_dgram_failed keeps
+     * the loop from blocking for them). */
+    for (int i = 0; i < 4 && ctx->udp && ctx->udp->nout; i++) {
+        udp_flush(ctx->udp);
+        reap(ctx);
+    }
+    if (!ctx->fair && !ctx->reap) {
         ev_idle_stop(loop, &ctx->wake);
-        if (!ctx->reap)
-            ev_prepare_stop(loop, w);
+        ev_prepare_stop(loop, w);
     }
 }
 

@@ -48,3 +48,24 @@ describe("udp flows and --max-conns", function()
     assert.equal("tcp still served", t.recv_line(c, 5))
   end)
 end)
+
+describe("udp writes before the loop polls", function()
+  after_each(peers.teardown)
+
+  it("a datagram a TCP connection's on_close writes goes out at once", function()
+    local srv = t.start{ handler = "tests/handlers/udp_close_writes.lua",
+                         listen = { "127.0.0.1:0", "udp://127.0.0.1:0" } }
+    local u = srv:addr(2)
+    local f = udp_client(u.host, u.port)
+    srv.clients[#srv.clients + 1] = f
+    assert(f:send("register"))
+    assert.equal("ok", f:receive())
+    local c = srv:connect(1)
+    t.send_all(c, "close\n")
+    -- nothing else wakes the loop: the flush must not wait for the next event
+    f:settimeout(t.T(2))
+    local d, err = f:receive()
+    assert.equal("bye", d, "the datagram on_close wrote: " .. tostring(err))
+    c:close()
+  end)
+end)
