@@ -32,7 +32,29 @@ static const char *const drop_what[UDP_DROP_KINDS] = {
     [UDP_DROP_TRUNC] = "over 65535 bytes",
     [UDP_DROP_FLOWS] = "new peers over --max-flows",
     [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
+    [UDP_DROP_REFUSED] = "the kernel refused to send them (too large for the path, not "
+                         "permitted, or a bad destination)",
 };
+
+/* A send error that ends a connected flow: the peer or the way to it is
+ * gone (an ICMP error the socket reported, ...). Any other one (EMSGSIZE,
+ * EINVAL, EACCES, EPERM: that datagram's own trouble) only drops it. */
+static int send_error_ends_flow(int err)
+{
+    switch (err) {
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case EHOSTDOWN:
+    case ENETDOWN:
+    case ENOTCONN:
+    case EPIPE:
+        return 1;
+    default:
+        return 0;
+    }
+}
 
 /* A second after a line about drops: one more line if more came. */
 static void drop_log_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -553,6 +575,8 @@ void udp_flush(struct udp_ctx *u)
             u->stats.drop_send++;
             if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS)
                 note_drop(u, UDP_DROP_SEND, 1, NULL);
+            else if (!send_error_ends_flow(err[k]))
+                note_drop(u, UDP_DROP_REFUSED, 1, NULL);
             k++;
         }
         i = j;
@@ -567,8 +591,7 @@ void udp_flush(struct udp_ctx *u)
         struct conn *c = out[i].c;
         if (!c)
             continue;
-        if (err[i] && err[i] != EAGAIN && err[i] != EWOULDBLOCK && err[i] != ENOBUFS &&
-            !c->usock && !(c->flags & CONN_DEAD))
+        if (err[i] && send_error_ends_flow(err[i]) && !c->usock && !(c->flags & CONN_DEAD))
             conn_dgram_failed(c, err[i]);
         conn_unref(c);
     }

@@ -18,6 +18,7 @@
 #include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "conn.h"
 #include "net.h"
@@ -27,10 +28,21 @@
 /* The largest datagram taken in: a bigger one (IPv6 jumbogram) arrives
  * truncated, and is dropped and counted. */
 #define UDP_MAX_DGRAM 65536
+/* The largest payload a datagram carries: 65,535 bytes less the IP header
+ * (20, IPv4) and the UDP header (8); IPv6's header is not counted in its
+ * length, only the UDP one. */
+#define UDP_MAX_PAYLOAD4 65507
+#define UDP_MAX_PAYLOAD6 65527
+
+static inline size_t udp_max_payload(int family)
+{
+    return family == AF_INET ? UDP_MAX_PAYLOAD4 : UDP_MAX_PAYLOAD6;
+}
 
 struct udp_stats {
     uint64_t dgrams_in, dgrams_out;
-    uint64_t drop_send;   /* the kernel refused them (socket buffer full) */
+    uint64_t drop_send;   /* the kernel refused them (socket buffer full, too
+                           * large for the path, not permitted...) */
     uint64_t drop_trunc;  /* larger than UDP_MAX_DGRAM */
     uint64_t drop_flows;  /* from new peers over --max-flows */
     uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
@@ -38,7 +50,14 @@ struct udp_stats {
 };
 
 /* The kinds of drops, each logged at most once a second. */
-enum { UDP_DROP_SEND, UDP_DROP_TRUNC, UDP_DROP_FLOWS, UDP_DROP_RCVBUF, UDP_DROP_KINDS };
+enum {
+    UDP_DROP_SEND,
+    UDP_DROP_TRUNC,
+    UDP_DROP_FLOWS,
+    UDP_DROP_RCVBUF,
+    UDP_DROP_REFUSED, /* a send the kernel refused for that datagram alone */
+    UDP_DROP_KINDS
+};
 
 struct udp_sock;
 

@@ -86,6 +86,31 @@ print("ok")
     assert.equal(3, #px:log_matching("tap down"))
   end)
 
+  it("drops a datagram too large for the upstream's family (IPv6 client, IPv4 upstream), counted and logged; the flow carries on",
+    function()
+      local up = udp_echo()
+      local px = peers.front(t.start{ handler = "proxy", listen = { "udp://[::1]:0" },
+        args = { upstream = "udp://127.0.0.1:" .. up:addr().port }, opts = { "--verbose" } })
+      local r = peers.run({ "/usr/bin/python3", "-c", [[
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[2]))
+s.connect(("::1", int(sys.argv[1])))
+s.send(b"before")
+assert s.recv(70000) == b"before"
+s.send(b"y" * 65520)  # fits IPv6 (65,527), not IPv4 (65,507)
+s.send(b"after")
+r = s.recv(70000)
+assert r == b"after", "%d bytes came back" % len(r)
+print("ok")
+]], tostring(px:addr().port), tostring(t.T(5)) }, 30)
+      peers.assert_ok(r, "python through the proxy")
+      px:await_log("udp: dropped 1 datagram%(s%): the kernel refused to send them")
+      -- the upstream flow was not torn down by it
+      assert.equal(0, #px:log_matching("Message too long"))
+      assert.equal(0, #px:log_matching("%] closed %("))
+    end)
+
   it("closes both flows when they have been idle for --udp-idle-timeout", function()
     local up = udp_echo()
     local px = proxy_to("udp://127.0.0.1:" .. up:addr().port,
