@@ -261,6 +261,15 @@ static void connect_failed(struct conn *c, int err)
     if (c->naddrs > 1 && (err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
                           err == EADDRNOTAVAIL || err == EAFNOSUPPORT)) {
         ev_io_stop(c->ctx->loop, &c->wio);
+        if ((c->flags & CONN_DGRAM) && c->fd >= 0 && c->ctx->udp) {
+            /* As udp_conn_detach: datagrams queued for this socket go
+             * before it closes; a later flush would send them on a closed
+             * descriptor, or one reused by then. (The error that brought us
+             * here is read already: the flush does not see it again.) */
+            udp_flush(c->ctx->udp);
+            if (c->flags & CONN_DEAD)
+                return; /* the flush ended a flow piped to it, and so c */
+        }
         close(c->fd);
         c->fd = -1;
         memmove(c->addrs, c->addrs + 1, (size_t)(c->naddrs - 1) * sizeof *c->addrs);
