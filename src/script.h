@@ -62,6 +62,12 @@ struct script {
     void (*on_stop)(struct script *S); /* echokit.stop() */
     struct llisten *listeners;  /* open echokit.listen listeners */
     int listen_closed;          /* shutdown began: echokit.listen opens no more */
+    struct {                    /* callback errors logged in the current second */
+        ev_timer timer;         /* runs for that second (not keeping the loop up) */
+        unsigned shown;
+        unsigned long long held; /* not logged: counted in one line after it */
+        int off;                /* lua_close: no timer any more, every line logged */
+    } errlog;
     struct tls_server *tls;     /* the --tls-* certificates: conn:starttls's default */
     int reuseport;              /* echokit.listen sets SO_REUSEPORT (--workers) */
     void *data;

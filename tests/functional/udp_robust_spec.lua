@@ -69,3 +69,40 @@ describe("udp writes before the loop polls", function()
     c:close()
   end)
 end)
+
+describe("callback errors at the datagram rate", function()
+  after_each(peers.teardown)
+
+  it("are logged at most 10 a second, the rest counted; the first error is there in full", function()
+    local srv = t.start{ handler = "tests/handlers/udp_raw.lua", listen = { "udp://127.0.0.1:0" },
+                         expect_errors = { "raw boom on purpose" } }
+    local sent = 300
+    local r = peers.run({ "/usr/bin/python3", "-c", [[
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(float(sys.argv[3]))
+# in bursts of 50, each followed by a datagram that is answered: the
+# receive buffer never overflows, and every error is handled by the end
+for i in range(int(sys.argv[2]) // 50):
+    for j in range(50):
+        s.send(b"boom")
+    s.send(b"after")
+    r = s.recv(100).decode()
+print(r)
+]], tostring(srv:addr().port), tostring(sent), tostring(t.T(5)) }, 30)
+    peers.assert_ok(r, "python sender")
+    assert.matches("after%s*$", r.out)
+    srv:await_log("more callback error%(s%) not logged %(at most 10 a second%)", 5)
+    assert.truthy(#srv:log_matching("on_datagram: .*raw boom on purpose") >= 1)
+    -- every error either logged in full or counted once its second is over
+    t.eventually(function()
+      local full, held = #srv:log_matching("on_datagram: .*raw boom on purpose"), 0
+      for _, l in ipairs(srv:log_matching("more callback error")) do
+        held = held + tonumber(l:match("(%d+) more callback error"))
+      end
+      return full < sent and full + held == sent,
+        ("%d logged, %d counted"):format(full, held)
+    end, 5, "errors logged or counted")
+  end)
+end)
