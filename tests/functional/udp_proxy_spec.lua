@@ -139,6 +139,36 @@ print("ok")
     assert(px:alive())
   end)
 
+  it("an upstream without a port is a start-up error (exit 2), not a failure per client", function()
+    for _, bad in ipairs({ "udp://127.0.0.1:", "127.0.0.1", "udp://[::1]:", "udp://127.0.0.1:70000" }) do
+      local r = t.run{ handler = "proxy", listen = { "udp://127.0.0.1:0" }, args = { upstream = bad } }
+      assert.equal(2, r.code, bad .. ": " .. r.stderr)
+      assert.matches("upstream=" .. bad:gsub("%p", "%%%0") .. ": give HOST:PORT", r.stderr)
+    end
+  end)
+
+  it("logs each refused flow with its client's address, at most 10 a second, the rest counted", function()
+    local port = closed_udp_port()
+    local px = proxy_to("udp://127.0.0.1:" .. port)
+    local n = 30
+    local cs = {}
+    for i = 1, n do
+      cs[i] = client(px)
+      assert(cs[i]:send("anyone?"))
+    end
+    px:await_log("proxy: %d+ more upstream failures? not logged %(at most 10 a second%)", 5)
+    local lines = px:log_matching("upstream udp://127%.0%.0%.1:" .. port .. ": refused")
+    assert.truthy(#lines >= 1 and #lines < n, #lines .. " lines")
+    assert.matches("%[conn %d+ 127%.0%.0%.1:%d+%]: upstream", lines[1])
+    t.eventually(function()
+      local full, held = #px:log_matching(": refused"), 0
+      for _, l in ipairs(px:log_matching("more upstream failure")) do
+        held = held + tonumber(l:match("(%d+) more upstream failure"))
+      end
+      return full + held == n, ("%d logged, %d counted"):format(full, held)
+    end, 5, "every refusal logged or counted")
+  end)
+
   it("answers dig through the proxy to dnsmasq", function()
     local function dig(port)
       return peers.run({ "dig", "@127.0.0.1", "-p", tostring(port), "example.test", "A",
