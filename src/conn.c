@@ -651,6 +651,8 @@ static void start_connect(struct conn *c)
     ev_io_set(&c->wio, fd, EV_WRITE);
     /* Connected or not, the writable event finishes the job in one place. */
     ev_io_start(c->ctx->loop, &c->wio);
+    if (c->flags & CONN_DGRAM)
+        udp_conn_send_held(c); /* written while its name was resolved */
 }
 
 void conn_connect(struct conn *c, const struct net_addr *addrs, int n)

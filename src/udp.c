@@ -34,6 +34,8 @@ static const char *const drop_what[UDP_DROP_KINDS] = {
     [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
     [UDP_DROP_REFUSED] = "the kernel refused to send them (too large for the path, not "
                          "permitted, or a bad destination)",
+    [UDP_DROP_HELD] = "written while the peer's name was resolved, over 64 datagrams or "
+                      "256 KiB held",
 };
 
 /* A send error that ends a connected flow: the peer or the way to it is
@@ -597,6 +599,68 @@ void udp_flush(struct udp_ctx *u)
     }
 }
 
+/* A datagram for an outbound flow that has no socket yet (its peer's name
+ * is being resolved): kept in the flow's output queue after its length,
+ * within UDP_HELD_MAX / UDP_HELD_BYTES, else dropped and counted. Returns 1. */
+static int hold(struct udp_ctx *u, struct conn *c, const void *data, size_t len)
+{
+    uint32_t n = (uint32_t)len;
+    if (c->held >= UDP_HELD_MAX || c->out.len + sizeof n + len > UDP_HELD_BYTES ||
+        outq_append(&c->out, &n, sizeof n) < 0) {
+        u->stats.drop_send++;
+        note_drop(u, UDP_DROP_HELD, 1, NULL);
+        return 1;
+    }
+    if (len && outq_append(&c->out, data, len) < 0) {
+        /* out of memory with a length queued and not its datagram: what is
+         * held can no longer be read back, and goes too */
+        u->stats.drop_send += c->held + 1;
+        note_drop(u, UDP_DROP_HELD, c->held + 1, NULL);
+        outq_clear(&c->out);
+        c->held = 0;
+        return 1;
+    }
+    c->held++;
+    return 1;
+}
+
+void udp_conn_send_held(struct conn *c)
+{
+    if (!c->held)
+        return;
+    size_t n = c->out.len, off = 0;
+    char *buf = malloc(n);
+    if (buf) {
+        for (const struct outq_block *b = c->out.head; b; b = b->next) {
+            memcpy(buf + off, b->data + b->start, b->end - b->start);
+            off += b->end - b->start;
+        }
+    }
+    unsigned held = c->held;
+    outq_clear(&c->out);
+    c->held = 0;
+    struct udp_ctx *u = c->ctx->udp;
+    if (!buf) {
+        if (u) {
+            u->stats.drop_send += held;
+            note_drop(u, UDP_DROP_HELD, held, NULL);
+        }
+        return;
+    }
+    /* a flow closed while resolving still sends what it wrote before */
+    unsigned closing = c->flags & CONN_CLOSING;
+    c->flags &= ~(unsigned)CONN_CLOSING;
+    for (size_t at = 0; at + sizeof(uint32_t) <= n && !(c->flags & CONN_DEAD);) {
+        uint32_t len;
+        memcpy(&len, buf + at, sizeof len);
+        at += sizeof len;
+        udp_conn_write(c, buf + at, len);
+        at += len;
+    }
+    c->flags |= closing;
+    free(buf);
+}
+
 int udp_conn_write(struct conn *c, const void *data, size_t len)
 {
     if (c->flags & (CONN_DEAD | CONN_CLOSING))
@@ -608,6 +672,8 @@ int udp_conn_write(struct conn *c, const void *data, size_t len)
             return -1;
     }
     int fd = c->usock ? c->usock->fd : c->fd;
+    if (u && fd < 0 && !c->usock && len < UDP_MAX_DGRAM)
+        return hold(u, c, data, len); /* resolving the peer's name */
     if (!u || fd < 0 || len >= UDP_MAX_DGRAM) {
         /* no socket yet (resolving), out of memory, or too big to send */
         if (u)

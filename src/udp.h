@@ -42,7 +42,8 @@ static inline size_t udp_max_payload(int family)
 struct udp_stats {
     uint64_t dgrams_in, dgrams_out;
     uint64_t drop_send;   /* the kernel refused them (socket buffer full, too
-                           * large for the path, not permitted...) */
+                           * large for the path, not permitted...), or over
+                           * the bound held while a name was resolved */
     uint64_t drop_trunc;  /* larger than UDP_MAX_DGRAM */
     uint64_t drop_flows;  /* from new peers over --max-flows */
     uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
@@ -56,6 +57,7 @@ enum {
     UDP_DROP_FLOWS,
     UDP_DROP_RCVBUF,
     UDP_DROP_REFUSED, /* a send the kernel refused for that datagram alone */
+    UDP_DROP_HELD,    /* written while the peer's name was resolved, over the bound */
     UDP_DROP_KINDS
 };
 
@@ -142,7 +144,15 @@ int udp_connect_fd(const struct net_addr *addr);
  * closed. */
 int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct net_addr *peer);
 
+/* Datagrams an outbound flow holds while its host name is resolved: past
+ * either bound they are dropped and counted. */
+#define UDP_HELD_MAX 64
+#define UDP_HELD_BYTES (256 * 1024)
+
 /* The conn layer's side (conn.c): */
+/* An outbound flow has its socket now: the datagrams held for it are
+ * queued, in order. */
+void udp_conn_send_held(struct conn *c);
 /* conn_write on a flow: queues one datagram (len 0 is an empty one).
  * Returns 1, or -1 if the flow is closed; a datagram that cannot be sent
  * (out of memory, no socket yet) is dropped and counted. */

@@ -139,6 +139,17 @@ print("ok")
     assert(px:alive())
   end)
 
+  it("answers a flow's first datagram when the upstream is a host name (held while it resolves)",
+    function()
+      local up = udp_echo()
+      local px = proxy_to("udp://localhost:" .. up:addr().port)
+      local a = client(px)
+      assert.equal("first", ask(a, "first"))
+      assert.equal("second", ask(a, "second"))
+      local b = client(px) -- a second flow resolves again
+      assert.equal("b first", ask(b, "b first"))
+    end)
+
   it("an upstream without a port is a start-up error (exit 2), not a failure per client", function()
     for _, bad in ipairs({ "udp://127.0.0.1:", "127.0.0.1", "udp://[::1]:", "udp://127.0.0.1:70000" }) do
       local r = t.run{ handler = "proxy", listen = { "udp://127.0.0.1:0" }, args = { upstream = bad } }

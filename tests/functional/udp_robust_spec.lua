@@ -106,3 +106,29 @@ print(r)
     end, 5, "errors logged or counted")
   end)
 end)
+
+describe("an outbound flow to a host name", function()
+  after_each(peers.teardown)
+
+  it("holds 64 datagrams written while it resolves, drops (and logs) the rest", function()
+    local up = t.start{ listen = { "udp://127.0.0.1:0" } }
+    local srv = t.start{ handler = "tests/handlers/udp_connect_burst.lua",
+                         listen = { "udp://127.0.0.1:0" },
+                         args = { upstream = "localhost:" .. up:addr().port } }
+    local a = srv:addr()
+    local c = udp_client(a.host, a.port)
+    srv.clients[#srv.clients + 1] = c
+    assert(c:send("burst 70"))
+    local got = {}
+    for _ = 1, 64 do
+      local d, err = c:receive()
+      assert(d, "reply " .. (#got + 1) .. ": " .. tostring(err))
+      got[#got + 1] = tonumber(d)
+    end
+    table.sort(got)
+    assert.equal(1, got[1])
+    assert.equal(64, got[64])
+    srv:await_log("udp: dropped 1 datagram%(s%): written while the peer's name was resolved")
+    srv:await_log("udp: dropped 5 more datagram%(s%) in the last 1s: written while")
+  end)
+end)
