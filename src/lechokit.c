@@ -119,7 +119,7 @@ static int e_stats(lua_State *L)
     set_int(L, "datagrams_out", (lua_Integer)us->dgrams_out);
     set_int(L, "datagrams_dropped",
             (lua_Integer)(us->drop_send + us->drop_trunc + us->drop_flows + us->drop_rcvbuf +
-                          us->drop_unread));
+                          us->drop_unread + us->drop_loop));
     set_int(L, "datagrams_dropped_flows", (lua_Integer)us->drop_flows);
     set_int(L, "datagrams_dropped_rcvbuf", (lua_Integer)us->drop_rcvbuf);
     return 1;

@@ -34,6 +34,8 @@ static const char *const drop_what[UDP_DROP_KINDS] = {
     [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
     [UDP_DROP_REFUSED] = "the kernel refused to send them (too large for the path, not "
                          "permitted, or a bad destination)",
+    [UDP_DROP_LOOP] = "a reflection loop: from the listener's own address, port 0, or the "
+                      "port of a service that answers every datagram (7, 13, 17, 19, 37)",
     [UDP_DROP_HELD] = "written while the peer's name was resolved, over 64 datagrams or "
                       "256 KiB held",
 };
@@ -354,6 +356,43 @@ static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
     return n;
 }
 
+/* Source ports a datagram is never answered to: 0 (nothing can be sent
+ * there) and the inetd services that answer every datagram (echo 7,
+ * daytime 13, qotd 17, chargen 19, time 37), as inetd's check_loop: two
+ * such servers, or one and us, would answer each other forever. */
+#define REFLECTOR_PORTS ((1ull << 0) | (1ull << 7) | (1ull << 13) | (1ull << 17) | \
+                         (1ull << 19) | (1ull << 37))
+
+/* Whether sa, a wildcard-bound socket's peer on its own port, is this host:
+ * a loopback address (other addresses of the host are not known here
+ * without the datagram's destination: a listener bound to one address is
+ * checked exactly). */
+static int self_addr(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        uint32_t own = ((const struct sockaddr_in *)&s->self.ss)->sin_addr.s_addr;
+        uint32_t a = ((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+        return own == htonl(INADDR_ANY) ? (ntohl(a) >> 24) == 127 : a == own;
+    }
+    const struct in6_addr *own = &((const struct sockaddr_in6 *)&s->self.ss)->sin6_addr;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_UNSPECIFIED(own) ? IN6_IS_ADDR_LOOPBACK(a) : !memcmp(a, own, sizeof *a);
+}
+
+/* A datagram answering which would start a reflection loop (RFC 862's
+ * classic): from the socket's own address (a spoofed source: we would
+ * answer ourselves forever), or from a reflector port. The port is looked
+ * at first: for nearly every datagram that is all. */
+static inline int reflected(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    /* sin_port and sin6_port are at the same place */
+    uint16_t port = ((const struct sockaddr_in *)sa)->sin_port;
+    if (port == ((const struct sockaddr_in *)&s->self.ss)->sin_port)
+        return self_addr(s, sa);
+    uint16_t p = ntohs(port);
+    return p < 64 && (REFLECTOR_PORTS >> p & 1);
+}
+
 /* A datagram that did not fit: dropped, counted, reported. */
 static int truncated(struct udp_ctx *u, const struct mmsghdr *m)
 {
@@ -396,6 +435,11 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
             memcpy(&peer.ss, &from[i], sizeof peer.ss);
             peer.len = m[i].msg_hdr.msg_namelen;
             u->stats.dgrams_in++;
+            if (reflected(s, (const struct sockaddr *)&peer.ss)) {
+                u->stats.drop_loop++;
+                note_drop(u, UDP_DROP_LOOP, 1, &peer);
+                continue;
+            }
             if (s->on_datagram) {
                 s->on_datagram(s, buf, len, &peer);
                 continue;
@@ -436,8 +480,11 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
         s->next->pprev = &s->next;
     s->pprev = &u->socks;
     u->socks = s;
-    struct net_addr self;
-    s->family = net_local_addr(fd, &self) == 0 ? self.ss.ss_family : AF_INET;
+    if (net_local_addr(fd, &s->self) < 0) {
+        memset(&s->self, 0, sizeof s->self);
+        s->self.ss.ss_family = AF_INET;
+    }
+    s->family = s->self.ss.ss_family;
     if (!s->seed) {
         if (getrandom(&s->seed, sizeof s->seed, GRND_NONBLOCK) != sizeof s->seed)
             s->seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(ev_time() * 1e6);

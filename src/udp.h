@@ -48,6 +48,7 @@ struct udp_stats {
     uint64_t drop_flows;  /* from new peers over --max-flows */
     uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
     uint64_t drop_unread; /* for a paused flow, or a serve not in receive() */
+    uint64_t drop_loop;   /* that would start a reflection loop (udp.c reflected) */
 };
 
 /* The kinds of drops, each logged at most once a second. */
@@ -58,6 +59,7 @@ enum {
     UDP_DROP_RCVBUF,
     UDP_DROP_REFUSED, /* a send the kernel refused for that datagram alone */
     UDP_DROP_HELD,    /* written while the peer's name was resolved, over the bound */
+    UDP_DROP_LOOP,    /* from the socket's own address or a reflector's port */
     UDP_DROP_KINDS
 };
 
@@ -101,6 +103,7 @@ struct udp_sock {
     ev_io io;
     int fd;
     int family;           /* AF_INET or AF_INET6 */
+    struct net_addr self; /* as bound (a wildcard address: any) */
     uint32_t rxq_ovfl;    /* the kernel's drop count last seen (SO_RXQ_OVFL) */
     struct udp_ctx *u;    /* NULL until started, and once closed */
     struct udp_sock *next, **pprev; /* in u->socks while started */

@@ -132,3 +132,66 @@ describe("an outbound flow to a host name", function()
     srv:await_log("udp: dropped 5 more datagram%(s%) in the last 1s: written while")
   end)
 end)
+
+-- Sends one UDP datagram with a forged source (a raw socket: root only).
+local SPOOF = [[
+import socket, struct, sys
+src, sport, dst, dport, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5].encode()
+udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data  # checksum 0: none (IPv4)
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + udp, (dst, 0))
+print("sent")
+]]
+
+local function is_root()
+  return peers.run({ "id", "-u" }, 5).out == "0\n"
+end
+
+describe("reflection loops", function()
+  after_each(peers.teardown)
+
+  local function spoof(src, sport, dst, dport, data)
+    local r = peers.run({ "/usr/bin/python3", "-c", SPOOF, src, tostring(sport), dst,
+      tostring(dport), data }, 10)
+    peers.assert_ok(r, "spoofed datagram")
+  end
+
+  local function stats(srv)
+    local a = srv:addr()
+    local c = udp_client(a.host, a.port)
+    srv.clients[#srv.clients + 1] = c
+    assert(c:send("stats"))
+    return assert(c:receive())
+  end
+
+  for _, listen in ipairs({ "udp://127.0.0.1:0", "udp://0.0.0.0:0" }) do
+    it("a datagram from the listener's own address is dropped, not echoed to itself (" .. listen .. ")",
+      function()
+        if not is_root() then
+          pending("needs root (a raw socket forges the source address)")
+          return
+        end
+        local srv = t.start{ handler = "tests/handlers/udp_flows.lua", listen = { listen } }
+        local port = srv:addr().port
+        spoof("127.0.0.1", port, "127.0.0.1", port, "loop?")
+        srv:await_log("udp: dropped 1 datagram%(s%) from 127%.0%.0%.1:" .. port .. ": a reflection loop")
+        -- nothing went round: the one datagram in, then the stats request
+        assert.matches("^true in=2 out=0 dropped=1 ", stats(srv))
+      end)
+  end
+
+  it("datagrams from port 0 and from reflector ports (echo 7, chargen 19) are dropped", function()
+    if not is_root() then
+      pending("needs root (a raw socket forges the source port)")
+      return
+    end
+    local srv = t.start{ handler = "tests/handlers/udp_flows.lua", listen = { "udp://127.0.0.1:0" } }
+    local port = srv:addr().port
+    for _, p in ipairs({ 0, 7, 19 }) do spoof("127.0.0.2", p, "127.0.0.1", port, "x") end
+    srv:await_log("udp: dropped 1 datagram%(s%) from 127%.0%.0%.2:0: a reflection loop")
+    srv:await_log("udp: dropped 2 more datagram%(s%) in the last 1s: a reflection loop", 5)
+    assert.matches("^true in=4 out=0 dropped=3 ", stats(srv))
+  end)
+end)
