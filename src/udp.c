@@ -621,10 +621,18 @@ void udp_flush(struct udp_ctx *u)
             if (r < 0 && errno == EINTR)
                 continue;
             err[k] = r < 0 ? errno : EIO;
+            if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS) {
+                /* The socket's buffer is full: the rest of its run would
+                 * be refused too, one system call each. */
+                u->stats.drop_send += (uint64_t)(j - k);
+                note_drop(u, UDP_DROP_SEND, (uint64_t)(j - k), NULL);
+                for (int x = k + 1; x < j; x++)
+                    err[x] = err[k];
+                k = j;
+                continue;
+            }
             u->stats.drop_send++;
-            if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS)
-                note_drop(u, UDP_DROP_SEND, 1, NULL);
-            else if (!send_error_ends_flow(err[k]))
+            if (!send_error_ends_flow(err[k]))
                 note_drop(u, UDP_DROP_REFUSED, 1, NULL);
             k++;
         }

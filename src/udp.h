@@ -14,7 +14,8 @@
  * per-loop arena) and sent with sendmmsg, a run of the same socket per call,
  * when the queue fills and before the loop polls again. A datagram the
  * kernel refuses (EAGAIN, ENOBUFS: the socket buffer is full) is dropped and
- * counted, never fatal. */
+ * counted with the rest of that socket's run, never fatal; one refused for
+ * itself (EMSGSIZE, EPERM...) is dropped alone. */
 #include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
