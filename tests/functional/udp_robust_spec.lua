@@ -195,3 +195,24 @@ describe("reflection loops", function()
     assert.matches("^true in=4 out=0 dropped=3 ", stats(srv))
   end)
 end)
+
+describe("the shutdown line", function()
+  after_each(peers.teardown)
+
+  it("counts the connections still open, not the UDP flows the listeners' close ended", function()
+    local srv = t.start{ listen = { "127.0.0.1:0", "udp://127.0.0.1:0" } }
+    local u = srv:addr(2)
+    for i = 1, 3 do
+      local c = udp_client(u.host, u.port)
+      srv.clients[#srv.clients + 1] = c
+      assert(c:send("flow " .. i))
+      assert.equal("flow " .. i, c:receive())
+    end
+    local c = srv:connect(1)
+    t.send_all(c, "tcp\n")
+    assert.equal("tcp", t.recv_line(c, 5))
+    srv.p:kill("TERM")
+    srv:await_log("shutting down: 1 connection%(s%) open")
+    c:close()
+  end)
+end)
