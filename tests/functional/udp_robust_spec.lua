@@ -68,6 +68,21 @@ describe("udp writes before the loop polls", function()
     assert.equal("bye", d, "the datagram on_close wrote: " .. tostring(err))
     c:close()
   end)
+
+  it("a flow a failed send ends (ICMP port unreachable seen by the flush) hears on_close at once",
+    function()
+      local s = assert(socket.udp())
+      assert(s:setsockname("127.0.0.1", 0))
+      local _, port = s:getsockname()
+      s:close()
+      local srv = t.start{ handler = "tests/handlers/udp_refused_flush.lua" }
+      local c = srv:connect()
+      assert.equal("ok", t.ask(c, "go " .. port))
+      srv:await_log("second datagram written")
+      -- nothing else wakes the loop (the next background timer is 10 s away)
+      srv:await_log("outbound closed refused", 2)
+      c:close()
+    end)
 end)
 
 describe("callback errors at the datagram rate", function()
