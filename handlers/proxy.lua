@@ -4,10 +4,14 @@
 --   echokit -H proxy -l 127.0.0.1:7000 -- upstream=127.0.0.1:6379 [reset=1]
 --   echokit -H proxy -- upstream=tls://db.example:6380 [ca=FILE] [sni=NAME]
 --                       [alpn=LIST] [cert=FILE key=FILE] [insecure=1]
+--   echokit -H proxy -l udp://127.0.0.1:5300 -- upstream=udp://127.0.0.1:53
 --
 -- A tls:// upstream is verified against the system CA store (or ca=); a
 -- client of a tls:// listener is relayed as plaintext: TLS on either side,
 -- or both, and the relay stays in C.
+-- UDP: each client flow (its peer address) gets its own upstream socket; the
+-- pipes relay datagram by datagram in C, and either side's idle timeout
+-- (--udp-idle-timeout) or an ICMP "port unreachable" ("refused") closes both.
 -- reset=1: a reset of either side (an RST) resets the other too; by default
 -- the other side gets a clean close after what was already relayed.
 local echokit = require "echokit"
@@ -23,7 +27,7 @@ return {
   on_connect = function(client)
     local up = echokit.connect(upstream, {
       on_close = function(up, reason)
-        if reason and not up.connected then
+        if reason and (not up.connected or reason == "refused") then
           echokit.log("warn", "%s: upstream %s: %s", tostring(client), upstream, reason)
         end
       end,

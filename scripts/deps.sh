@@ -34,6 +34,11 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   test="$test nodejs npm"
 fi
 
+# dnsmasq-base (dnsmasq without its system service) + dnsutils (dig):
+# udp_proxy_spec resolves a local record through
+# the UDP proxy, with a real DNS server and client
+test="$test dnsmasq-base dnsutils"
+
 # clang builds the harnesses with -fsanitize=fuzzer; libfuzzer-14-dev brings
 # libFuzzer's main and libclang-rt-14-dev the sanitizer runtimes it links with.
 fuzz="clang libfuzzer-14-dev libclang-rt-14-dev"

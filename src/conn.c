@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "conn_tls.h"
+#include "udp.h"
 #include "util.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents);
@@ -69,6 +70,9 @@ static void update_read(struct conn *c)
     int want;
     if (c->flags & (CONN_DEAD | CONN_CONNECTING))
         want = 0;
+    else if (c->flags & CONN_DGRAM)
+        /* a listener's flow never reads: its socket does (udp.c) */
+        want = !c->usock && c->fd >= 0 && !(c->flags & (CONN_PAUSED | CONN_CLOSING));
     else if (c->flags & (CONN_HANDSHAKE | CONN_TLS_WANT_R))
         /* the SSL needs the peer's records, whatever the handler wants;
          * after the clear text of a STARTTLS is out */
@@ -419,9 +423,52 @@ static int splice_relay(struct conn *c, struct conn *dst)
     return 1;
 }
 
+/* Input that arrived for c (counted already): the tap, then the pipe's
+ * destination, else the handler. May free c (on_data may reap it). */
+static void deliver(struct conn *c, const char *buf, size_t n)
+{
+    struct conn_ctx *ctx = c->ctx;
+    struct conn *prev = ctx->source;
+    ctx->source = c;
+    if (c->pipe_to && (c->flags & CONN_TAP))
+        c->ops->on_tap(c, buf, n);
+    if (c->flags & CONN_DEAD) {
+        /* the tap closed it */
+    } else if (c->pipe_to) {
+        if (conn_write(c->pipe_to, buf, n) == -1) {
+            /* The destination takes no more (closed or shut down by the
+             * handler): nothing can be relayed, so the source ends too. */
+            conn_unpipe(c);
+            conn_close(c);
+        }
+    } else {
+        /* Not piped (any more: a tap may have unpiped): the handler reads. */
+        c->ops->on_data(c, buf, n);
+    }
+    ctx->source = prev;
+}
+
+void conn_dgram_input(struct conn *c, const char *buf, size_t len)
+{
+    c->bytes_in += len;
+    c->ctx->stats.bytes_in += len;
+    ACTIVE(c);
+    deliver(c, buf, len);
+}
+
+void conn_dgram_failed(struct conn *c, int err)
+{
+    if (!(c->flags & CONN_DEAD))
+        abort_errno(c, err);
+}
+
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = container_of(w, struct conn, rio);
+    if (c->flags & CONN_DGRAM) {
+        udp_conn_readable(c);
+        return;
+    }
     struct conn_ctx *ctx = c->ctx;
     struct conn *dst = c->pipe_to;
     if (c->flags & CONN_HANDSHAKE) {
@@ -465,29 +512,12 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         c->bytes_in += (uint64_t)n;
         ctx->stats.bytes_in += (uint64_t)n;
         ACTIVE(c);
-        struct conn *prev = ctx->source;
-        ctx->source = c;
         /* TLS: c is looked at after on_data, which may reap and free it
          * (conn_reap_now): hold it. Plain connections need not. */
         int tls = c->ssl != NULL;
         if (tls)
             conn_ref(c);
-        if (c->pipe_to && (c->flags & CONN_TAP))
-            c->ops->on_tap(c, ctx->rbuf, (size_t)n);
-        if (c->flags & CONN_DEAD) {
-            /* the tap closed it */
-        } else if (c->pipe_to) {
-            if (conn_write(c->pipe_to, ctx->rbuf, (size_t)n) == -1) {
-                /* The destination takes no more (closed or shut down by the
-                 * handler): nothing can be relayed, so the source ends too. */
-                conn_unpipe(c);
-                conn_close(c);
-            }
-        } else {
-            /* Not piped (any more: a tap may have unpiped): the handler reads. */
-            c->ops->on_data(c, ctx->rbuf, (size_t)n);
-        }
-        ctx->source = prev;
+        deliver(c, ctx->rbuf, (size_t)n);
         if (tls) {
             /* More records in the SSL's buffer than rbuf held. */
             if (!(c->flags & CONN_DEAD))
@@ -505,12 +535,18 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     abort_errno(c, errno);
 }
 
-struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
-                      const struct net_addr *peer, int connecting)
+/* conn_new with the datagram mode (dgram: CONN_DGRAM, sock: a listener's
+ * socket the flow shares) set before reading starts. */
+static struct conn *make(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                         const struct net_addr *peer, int connecting, int dgram,
+                         struct udp_sock *sock)
 {
     struct conn *c = calloc(1, size);
     if (!c)
         return NULL;
+    if (dgram)
+        c->flags |= CONN_DGRAM;
+    c->usock = sock;
     c->ctx = ctx;
     c->ops = ops;
     c->fd = fd;
@@ -538,9 +574,28 @@ struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct co
     } else {
         update_read(c);
     }
-    if (ctx->idle_timeout > 0)
-        conn_set_timeout(c, ctx->idle_timeout);
+    double idle = dgram ? ctx->udp_idle_timeout : ctx->idle_timeout;
+    if (idle > 0)
+        conn_set_timeout(c, idle);
     return c;
+}
+
+struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                      const struct net_addr *peer, int connecting)
+{
+    return make(ctx, fd, size, ops, peer, connecting, 0, NULL);
+}
+
+struct conn *conn_new_dgram(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                            const struct net_addr *peer, struct udp_sock *sock)
+{
+    return make(ctx, fd, size, ops, peer, 0, 1, sock);
+}
+
+struct conn *conn_new_outbound_dgram(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops)
+{
+    /* connect(2) on a UDP socket only sets the peer: no connect timeout */
+    return make(ctx, -1, size, ops, NULL, 1, 1, NULL);
 }
 
 struct conn *conn_new_outbound(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops)
@@ -557,7 +612,8 @@ static void start_connect(struct conn *c)
 {
     char err[ECHOKIT_ERR_LEN];
     int in_progress;
-    int fd = net_connect(&c->addrs[0], &in_progress, err);
+    int fd = (c->flags & CONN_DGRAM) ? udp_connect_fd(&c->addrs[0])
+                                     : net_connect(&c->addrs[0], &in_progress, err);
     ACTIVE(c);
     if (fd < 0) {
         c->connect_err = errno;
@@ -566,7 +622,7 @@ static void start_connect(struct conn *c)
         ev_timer_start(c->ctx->loop, &c->idle);
         return;
     }
-    if (c->ctx->connect_timeout > 0) {
+    if (c->ctx->connect_timeout > 0 && !(c->flags & CONN_DGRAM)) {
         c->idle.repeat = c->ctx->connect_timeout;
         ev_timer_again(c->ctx->loop, &c->idle);
     }
@@ -680,6 +736,8 @@ int conn_pipe(struct conn *src, struct conn *dst, int reset)
 {
     if ((src->flags | dst->flags) & CONN_DEAD)
         return -2;
+    if ((src->flags ^ dst->flags) & CONN_DGRAM)
+        return -3;
     if (dst->pipe_from && dst->pipe_from != src)
         return -1;
     conn_unpipe(src);
@@ -719,6 +777,8 @@ void conn_unref(struct conn *c)
 int conn_write(struct conn *c, const void *data, size_t len)
 {
     struct conn_ctx *ctx = c->ctx;
+    if (c->flags & CONN_DGRAM)
+        return udp_conn_write(c, data, len);
     if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
         return -1;
     if (len == 0)
@@ -809,6 +869,8 @@ void conn_close(struct conn *c)
 
 void conn_shutdown(struct conn *c)
 {
+    if (c->flags & CONN_DGRAM)
+        return; /* datagrams have no half-close */
     if (c->flags & (CONN_DEAD | CONN_CLOSING | CONN_SHUT_WANT | CONN_SHUT_DONE))
         return;
     c->flags |= CONN_SHUT_WANT;
@@ -889,7 +951,9 @@ void conn_abort(struct conn *c, const char *reason, int rst)
     ev_io_stop(ctx->loop, &c->wio);
     ev_timer_stop(ctx->loop, &c->idle);
     conn_tls_end(c, !rst && !reason);
-    if (c->fd >= 0) {
+    if (c->flags & CONN_DGRAM) {
+        udp_conn_detach(c); /* a listener's socket stays open */
+    } else if (c->fd >= 0) {
         if (rst)
             net_set_reset(c->fd);
         close(c->fd);
@@ -990,6 +1054,7 @@ void conn_ctx_release(struct conn_ctx *ctx)
     }
     ev_idle_stop(ctx->loop, &ctx->wake);
     ev_prepare_stop(ctx->loop, &ctx->reaper);
+    udp_ctx_free(ctx);
 }
 
 void conn_abort_all(struct conn_ctx *ctx, const char *reason)

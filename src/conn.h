@@ -17,6 +17,8 @@
 #include "outq.h"
 
 struct conn;
+struct udp_ctx;
+struct udp_sock;
 
 struct conn_ops {
     /* Bytes arrived; buf is the loop's shared buffer, valid during the call. */
@@ -69,6 +71,10 @@ struct conn_ctx {
     /* After each reaped connection's on_close; c is still valid (its last
      * reference is dropped after this returns). */
     void (*on_reaped)(struct conn_ctx *ctx, struct conn *c);
+    /* Datagrams (udp.h): made on first use, freed by conn_ctx_release. */
+    struct udp_ctx *udp;
+    double udp_idle_timeout;      /* a new flow's idle timeout; 0 = none */
+    size_t max_flows;             /* flows of UDP listeners; 0 = no limit */
 };
 
 /* The default of turn_quota: a callback that keeps writing while
@@ -99,6 +105,7 @@ enum {
     CONN_TLS_DONE = 1u << 20,  /* a handshake completed */
     CONN_TLS_SENT = 1u << 21,  /* close_notify sent */
     CONN_TLS_CONNECT = 1u << 22, /* outbound: on_connect once the handshake is done */
+    CONN_DGRAM = 1u << 23,     /* a UDP flow (udp.h): one write is one datagram */
 };
 
 struct ssl_st; /* OpenSSL's SSL */
@@ -139,6 +146,7 @@ struct conn {
     socklen_t peer_len;
     struct ssl_st *ssl;            /* TLS: owned; NULL for plain TCP */
     struct outq raw;               /* plaintext queued before conn_start_tls */
+    struct udp_sock *usock;        /* a UDP listener's flow: the socket it shares */
 };
 
 void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len);
@@ -154,6 +162,25 @@ struct conn *conn_new(struct conn_ctx *ctx, int fd, size_t size, const struct co
  * Start it with conn_connect(), or tear it down with conn_abort(). */
 struct conn *conn_new_outbound(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops);
 
+/* A flow of UDP socket sock (udp_flow_new calls it): CONN_DGRAM, fd shared
+ * with the socket and never closed by the flow, idle timeout
+ * ctx->udp_idle_timeout. NULL when out of memory. */
+struct conn *conn_new_dgram(struct conn_ctx *ctx, int fd, size_t size, const struct conn_ops *ops,
+                            const struct net_addr *peer, struct udp_sock *sock);
+
+/* An outbound UDP flow, not connected yet: conn_connect makes its
+ * connected socket (at once: on_connect follows from the loop). Datagrams
+ * written before it has a socket (a host name being resolved) are dropped. */
+struct conn *conn_new_outbound_dgram(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops);
+
+/* A datagram arrived for flow c (udp.c): counted, then tapped, relayed to
+ * the pipe's destination in C, or handed to ops->on_data. May free c. */
+void conn_dgram_input(struct conn *c, const char *buf, size_t len);
+
+/* A flow's socket reported err (ECONNREFUSED: the peer's port is closed):
+ * torn down with the reason ("refused", ...). */
+void conn_dgram_failed(struct conn *c, int err);
+
 /* Connects to the first of n addresses, falling back to the next ones when a
  * connect is refused or unreachable. Failure tears the connection down with
  * a reason ("refused", "timeout", "unreachable", "error: ..."). */
@@ -164,7 +191,8 @@ void conn_connect(struct conn *c, const struct net_addr *addrs, int n);
  * after flushing; with reset, a reset of either end (the peer's RST) resets
  * the other at once instead, so a truncated stream stays distinguishable.
  * Returns -1 if dst already has another source, -2 if either end is already
- * torn down. */
+ * torn down, -3 if one end is a UDP flow and the other is not. Between two
+ * flows the relay is datagram by datagram. */
 int conn_pipe(struct conn *src, struct conn *dst, int reset);
 void conn_unpipe(struct conn *src);
 
@@ -182,7 +210,9 @@ int conn_start_tls(struct conn *c, struct ssl_st *ssl);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c); /* may free */
 
-/* Queues len bytes, writing at once when nothing is queued. Returns 1, or 0
+/* Queues len bytes, writing at once when nothing is queued. On a UDP flow:
+ * one datagram (len 0 = an empty one), never queued here (udp.h), and 1
+ * unless the flow is closed. Returns 1, or 0
  * when the queue is now above high water (bytes still queued), -1 if the
  * connection is closed or closing, -2 if the bytes would exceed max_buffer
  * (the connection is then torn down with an error). */

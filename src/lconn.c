@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <netdb.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "ptrmap.h"
 #include "script.h"
 #include "tls.h"
+#include "udp.h"
 
 #define CONN_MT "echokit.conn"
 
@@ -234,7 +236,8 @@ static int satisfy(struct lconn *lc, lua_State *co, const char *p, size_t len, s
         }
         return 0;
     case WAIT_ANY:
-        if (len) {
+        /* a flow's datagram may be empty, and is one whole */
+        if (len || ((lc->c.flags & CONN_DGRAM) && !ended)) {
             *used = len < lc->want ? len : lc->want;
             lua_pushlstring(co, p, *used);
             return 1;
@@ -305,7 +308,8 @@ static int resume_body(lua_State *L)
             if (r->kind == R_BUFFERED) {
                 if (n)
                     in_consume(lc, used);
-            } else if (r->len > used && in_append(lc, r->p + used, r->len - used) < 0) {
+            } else if (r->len > used && !(lc->c.flags & CONN_DGRAM) &&
+                       in_append(lc, r->p + used, r->len - used) < 0) {
                 lua_pop(lc->co, n); /* torn down: nobody to hand them to */
                 n = 0;
             }
@@ -404,7 +408,11 @@ static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void op_data(struct conn *c, const char *buf, size_t len)
 {
     struct lconn *lc = lconn_of(c);
-    if (lc->co) {
+    if (lc->co && (c->flags & CONN_DGRAM) && lc->wait != WAIT_ANY) {
+        /* a flow's serve gets datagrams only while in receive() */
+        if (c->ctx->udp)
+            c->ctx->udp->stats.drop_unread++;
+    } else if (lc->co) {
         serve_input(lc, buf, len);
     } else if (lc->h->cb[CB_DATA] != LUA_NOREF) {
         dispatch(lc, lc->h->cb[CB_DATA], "on_data", ARGS_SELF_STR, buf, len);
@@ -668,6 +676,29 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const s
     start(lc);
 }
 
+struct conn *lconn_flow(struct script *S, struct udp_sock *sock, const struct net_addr *peer,
+                        const struct handler *h, int listener)
+{
+    struct conn *c = udp_flow_new(sock, sizeof(struct lconn), &lconn_ops, peer);
+    if (!c)
+        return NULL;
+    struct lconn *lc = lconn_of(c);
+    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
+    lc->listener = listener;
+    metrics_add(&metrics_me->accepted, 1);
+    metrics_gauge_add(&metrics_me->open, 1);
+    struct accepting a = {lc, h};
+    if (script_invoke(S, accept_body, &a, "accept", c) < 0)
+        return c; /* torn down with the error */
+    start(lc);
+    return c; /* torn down if on_connect failed or closed it: the caller looks */
+}
+
+int lconn_wants_datagrams(const struct script *S)
+{
+    return S && S->handler.cb[CB_DATAGRAM] != LUA_NOREF;
+}
+
 static void resolved(struct resolve_req *req)
 {
     struct lconn *lc = req->data;
@@ -703,7 +734,10 @@ int lconn_connect(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
-    int tls = tls_scheme(&spec);
+    int udp = !strncmp(spec, "udp://", 6);
+    if (udp)
+        spec += 6;
+    int tls = !udp && tls_scheme(&spec);
     struct net_addr addr;
     char host[256], err[ECHOKIT_ERR_LEN];
     int port;
@@ -722,7 +756,10 @@ int lconn_connect(lua_State *L)
         tc = ltls_client(L, lua_gettop(L), host, port); /* raises on bad options */
         lua_pop(L, 1);
     }
-    struct conn *c = conn_new_outbound(S->ctx, sizeof(struct lconn), &lconn_ops);
+    if (udp && rc == 0 && addr.ss.ss_family == AF_UNIX)
+        return luaL_error(L, "echokit.connect: udp://%s: UDP needs an IP address", spec);
+    struct conn *c = udp ? conn_new_outbound_dgram(S->ctx, sizeof(struct lconn), &lconn_ops)
+                         : conn_new_outbound(S->ctx, sizeof(struct lconn), &lconn_ops);
     if (!c)
         return luaL_error(L, "echokit.connect: not enough memory");
     struct lconn *lc = lconn_of(c);
@@ -769,11 +806,26 @@ int lconn_connect(lua_State *L)
 
 /* ---- methods -------------------------------------------------------------- */
 
+/* Raises for a method a UDP flow does not have. */
+static void not_for_flows(lua_State *L, struct lconn *lc, const char *method, const char *why)
+{
+    if (lc && (lc->c.flags & CONN_DGRAM))
+        luaL_error(L, "%s: not supported on a UDP flow (%s)", method, why);
+}
+
+/* A flow's write is one datagram: it must fit in one. */
+static void check_datagram(lua_State *L, struct lconn *lc, size_t len)
+{
+    if (lc && (lc->c.flags & CONN_DGRAM) && len >= UDP_MAX_DGRAM)
+        luaL_argerror(L, 2, "a UDP datagram holds at most 65535 bytes");
+}
+
 static int m_write(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    check_datagram(L, lc, len);
     if (!lc)
         return closed(L);
     int rc = conn_write_fair(&lc->c, data, len);
@@ -797,6 +849,7 @@ static int m_send(lua_State *L)
     struct lconn *lc = check_conn(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    check_datagram(L, lc, len);
     if (!lc)
         return closed(L);
     int rc = conn_write_fair(&lc->c, data, len);
@@ -819,6 +872,8 @@ static int start_receive(lua_State *L, struct lconn *lc, enum wait w, size_t wan
         return luaL_error(L, "receive: call it from this connection's serve coroutine");
     lc->wait = w;
     lc->want = want;
+    if (lc->c.flags & CONN_DGRAM)
+        return lua_yield(L, 0); /* datagrams are never buffered: the next one */
     size_t used;
     int n = satisfy(lc, L, lc->in ? lc->in + lc->in_off : "", unread(lc), &used);
     if (n) {
@@ -836,6 +891,13 @@ static int m_receive(lua_State *L)
     struct lconn *lc = check_conn(L, 1);
     enum wait w = WAIT_LINE;
     size_t want = 0;
+    if (lc && (lc->c.flags & CONN_DGRAM)) {
+        /* a flow's receive() is its next datagram, whole */
+        if (!lua_isnoneornil(L, 2))
+            not_for_flows(L, lc, "receive",
+                          "a flow receives whole datagrams: call receive() without a pattern");
+        return start_receive(L, lc, WAIT_ANY, SIZE_MAX);
+    }
     if (lua_type(L, 2) == LUA_TNUMBER) {
         lua_Integer n = luaL_checkinteger(L, 2);
         luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
@@ -909,6 +971,7 @@ static int m_reset(lua_State *L)
 static int m_shutdown(lua_State *L)
 {
     struct lconn *lc = check_conn(L, 1);
+    not_for_flows(L, lc, "shutdown", "datagrams have no half-close: use close");
     if (!lc)
         return closed(L);
     conn_shutdown(&lc->c);
@@ -1036,6 +1099,9 @@ static int m_pipe(lua_State *L)
         script_unref(L, &tap_ref);
         if (rc == -2)
             return closed(L);
+        if (rc == -3)
+            return luaL_error(L, "pipe: not supported between a UDP flow and a stream "
+                                 "connection (pipe flow to flow, or write each datagram)");
         return luaL_error(L, "pipe: the destination already has another connection piped into it");
     }
     drop_taps(L, lc);

@@ -8,6 +8,7 @@
 #include "hexdump.h"
 #include "log.h"
 #include "script.h"
+#include "udp.h"
 #include "util.h"
 
 static int e_now(lua_State *L)
@@ -101,7 +102,7 @@ static int e_stats(lua_State *L)
 {
     struct script *S = script_of(L);
     const struct conn_stats *st = &S->ctx->stats;
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 13);
     set_int(L, "connections_open", (lua_Integer)st->open);
     set_int(L, "connections_total", (lua_Integer)st->total);
     set_int(L, "bytes_in", (lua_Integer)st->bytes_in);
@@ -109,6 +110,18 @@ static int e_stats(lua_State *L)
     set_int(L, "errors", (lua_Integer)st->errors);
     set_int(L, "refs", (lua_Integer)S->refs);
     set_int(L, "lua_memory", (lua_Integer)S->mem_used);
+    /* UDP: zeros until a datagram socket is in use */
+    const struct udp_ctx *u = S->ctx->udp;
+    struct udp_stats none = {0};
+    const struct udp_stats *us = u ? &u->stats : &none;
+    set_int(L, "udp_flows", u ? (lua_Integer)u->nflows : 0);
+    set_int(L, "datagrams_in", (lua_Integer)us->dgrams_in);
+    set_int(L, "datagrams_out", (lua_Integer)us->dgrams_out);
+    set_int(L, "datagrams_dropped",
+            (lua_Integer)(us->drop_send + us->drop_trunc + us->drop_flows + us->drop_rcvbuf +
+                          us->drop_unread));
+    set_int(L, "datagrams_dropped_flows", (lua_Integer)us->drop_flows);
+    set_int(L, "datagrams_dropped_rcvbuf", (lua_Integer)us->drop_rcvbuf);
     return 1;
 }
 

@@ -1,5 +1,7 @@
 /* echokit.listen(addr, handler): listeners opened at run time, each with its
- * own callback table (a runtime-created proxy, the control API).
+ * own callback table (a runtime-created proxy, the control API). A udp://
+ * listener makes flows (connections in datagram mode) running that table;
+ * closing it ends its flows, which share its socket.
  *
  * A listener is a full userdata holding a struct server (accept loop, EMFILE
  * back-off) with one listening socket. While open it holds a registry
@@ -25,7 +27,8 @@ struct llisten {
     int self_ref;
     int open;
     int adopted;    /* the socket is another process's too: never unlink it */
-    char name[200]; /* as bound: "127.0.0.1:8474", "unix:/path" */
+    char name[200]; /* as bound: "127.0.0.1:8474", "unix:/path", "udp://..." */
+    ev_prepare release; /* UDP: drops self_ref once the socket's batch is over */
     struct llisten *next, **pprev; /* S->listeners while open */
 };
 
@@ -46,6 +49,26 @@ static void ll_accept(struct server *srv, struct listener *l, int fd, const stru
     lua_settop(L, top);
 }
 
+/* server on_flow: a UDP listener's new peer gets a flow running this
+ * listener's callbacks; the userdata stays on the stack as in ll_accept. */
+static struct conn *ll_flow(struct server *srv, struct listener *l, const struct net_addr *peer)
+{
+    struct llisten *ll = container_of(srv, struct llisten, srv);
+    lua_State *L = ll->S->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ll->self_ref);
+    struct conn *c = lconn_flow(ll->S, &l->sock, peer, &ll->h, -1);
+    lua_settop(L, top);
+    return c;
+}
+
+static void release_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct llisten *ll = container_of(w, struct llisten, release);
+    ev_prepare_stop(loop, w);
+    script_unref(ll->S->L, &ll->self_ref); /* the userdata may go now */
+}
+
 /* Releases the references a listener took (its callbacks, itself); after
  * it the userdata may be collected. */
 static void ll_unref(lua_State *L, struct llisten *ll)
@@ -62,7 +85,7 @@ static void ll_close(lua_State *L, struct llisten *ll)
     if (!ll->open)
         return;
     ll->open = 0;
-    server_stop(&ll->srv);
+    server_stop(&ll->srv); /* a UDP listener's flows end ("shutdown") */
     if (!ll->adopted)
         server_unlink_unix(&ll->srv);
     if (ll->pprev) {
@@ -72,7 +95,16 @@ static void ll_close(lua_State *L, struct llisten *ll)
         ll->next = NULL;
         ll->pprev = NULL;
     }
-    ll_unref(L, ll);
+    if (!ll->srv.ls[0].udp) {
+        ll_unref(L, ll);
+        return;
+    }
+    /* Closed from a flow's callback, the socket's reading loop still runs
+     * (udp.c looks at the closed socket after the callback): the userdata
+     * holding it is kept until the loop turns. */
+    for (int i = 0; i < CB_COUNT; i++)
+        script_unref(L, &ll->h.cb[i]);
+    ev_prepare_start(ll->S->ctx->loop, &ll->release);
 }
 
 static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls);
@@ -90,15 +122,24 @@ int llisten_listen(lua_State *L)
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
+    const char *scheme = "";
+    if (!strncmp(spec, "udp://", 6)) {
+        scheme = "udp://";
+        spec += 6;
+        if (lua_getfield(L, 2, "on_datagram") != LUA_TNIL)
+            return luaL_error(L, "echokit.listen: on_datagram is for --listen udp:// "
+                                 "listeners; here datagrams come as flows (on_data)");
+        lua_pop(L, 1);
+    }
     struct tls_server *tls = NULL;
-    if (tls_scheme(&spec)) {
+    if (!*scheme && tls_scheme(&spec)) {
         /* opts.tls: conn:starttls's server options; else the --tls-* ones */
         lua_getfield(L, 3, "tls");
         tls = ltls_server(L, lua_gettop(L), "echokit.listen");
         lua_pop(L, 1);
     }
     struct net_addr probe;
-    char err[ECHOKIT_ERR_LEN], host[256], mapped[64];
+    char err[ECHOKIT_ERR_LEN], host[256], mapped[300];
     int port;
     int rc = net_parse_addr2(spec, 0, &probe, host, sizeof host, &port, err);
     if (rc < 0)
@@ -107,7 +148,10 @@ int llisten_listen(lua_State *L)
         if (strcmp(host, "localhost") != 0)
             return luaL_error(L, "echokit.listen: %s: '%s' is not a numeric address (names are "
                               "not looked up here: give an IP address, or localhost)", spec, host);
-        snprintf(mapped, sizeof mapped, "127.0.0.1:%d", port);
+        snprintf(mapped, sizeof mapped, "%s127.0.0.1:%d", scheme, port);
+        spec = mapped;
+    } else if (*scheme) {
+        snprintf(mapped, sizeof mapped, "%s%s", scheme, spec);
         spec = mapped;
     }
     script_check_handler(L, 2, "echokit.listen"); /* raises on misuse */
@@ -130,6 +174,8 @@ static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls
     /* stack: addr, handler, ..., listener */
     server_init(&ll->srv, S->ctx);
     ll->srv.on_accept = ll_accept;
+    ll->srv.on_flow = ll_flow;
+    ev_prepare_init(&ll->release, release_cb);
     ll->srv.reuseport = S->reuseport; /* with --workers, each worker its own socket */
     /* The references first: they may raise (memory), and nothing would close
      * a socket bound before that (__gc only closes an open listener). */
@@ -144,7 +190,9 @@ static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls
     }
     ll->adopted = fd >= 0;
     ll->srv.ls[0].data = tls;
-    server_listener_name(&ll->srv, 0, ll->name, sizeof ll->name);
+    snprintf(ll->name, sizeof ll->name, "%s", ll->srv.ls[0].udp ? "udp://" : "");
+    server_listener_name(&ll->srv, 0, ll->name + strlen(ll->name),
+                         sizeof ll->name - strlen(ll->name));
     ll->open = 1;
     ll->next = S->listeners;
     if (ll->next)
@@ -201,6 +249,7 @@ static int m_gc(lua_State *L)
         ll->open = 0;
         server_stop(&ll->srv);
     }
+    ev_prepare_stop(ll->S->ctx->loop, &ll->release);
     return 0;
 }
 

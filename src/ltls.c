@@ -182,6 +182,8 @@ static int m_starttls(lua_State *L)
         lua_pushliteral(L, "closed");
         return 2;
     }
+    if (c->flags & CONN_DGRAM)
+        return luaL_error(L, "starttls: not supported on a UDP flow (no DTLS)");
     if (c->ssl)
         return luaL_error(L, "starttls: the connection is already TLS");
     int server = !lconn_is_outbound(c);

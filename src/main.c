@@ -165,6 +165,19 @@ static void on_accept(struct server *srv, struct listener *l, int fd, const stru
     lconn_accept(a->S, fd, peer, NULL, l->data, (int)(l - srv->ls));
 }
 
+static struct conn *on_flow(struct server *srv, struct listener *l, const struct net_addr *peer)
+{
+    struct app *a = srv->data;
+    return lconn_flow(a->S, &l->sock, peer, NULL, (int)(l - srv->ls));
+}
+
+static void on_datagram(struct server *srv, struct listener *l, const char *buf, size_t len,
+                        const struct net_addr *peer)
+{
+    struct app *a = srv->data;
+    ludp_datagram(a->S, &l->sock, buf, len, peer);
+}
+
 /* Every chunk a handler sees is a fresh Lua string of up to 256 KiB; the
  * collector frees them in batches. With glibc's default (dynamic) trim
  * threshold each batch shrank the heap with brk and the next one grew it
@@ -524,6 +537,8 @@ int main(int argc, char **argv)
     a.ctx.connect_timeout = o.connect_timeout;
     a.ctx.handshake_timeout = o.handshake_timeout;
     a.ctx.splice = !o.no_splice;
+    a.ctx.udp_idle_timeout = o.udp_idle_timeout;
+    a.ctx.max_flows = o.max_flows;
     a.ctx.on_reaped = on_reaped;
 
     if (tls_setup(&a, &o) < 0)
@@ -547,6 +562,7 @@ int main(int argc, char **argv)
     server_init(&a.srv, &a.ctx);
     a.srv.data = &a;
     a.srv.on_accept = on_accept;
+    a.srv.on_flow = on_flow;
     a.srv.max_conns = o.max_conns;
     a.srv.max_conns_per_ip = o.max_conns_per_ip;
     a.srv.reuseport = o.master;
@@ -556,7 +572,8 @@ int main(int argc, char **argv)
         struct net_addr probe;
         char perr[ECHOKIT_ERR_LEN];
         const char *spec = o.listen[i];
-        tls_scheme(&spec);
+        if (!tls_scheme(&spec) && !strncmp(spec, "udp://", 6))
+            spec += 6;
         if (net_parse_addr(spec, 1, &probe, perr) < 0) {
             fprintf(stderr, "echokit: --listen %s (see echokit --help)\n", perr);
             return early_exit(&a, rbuf, 2);
@@ -655,7 +672,11 @@ int main(int argc, char **argv)
         }
         a.srv.ls[i].data = tls ? a.tls : NULL;
         if (a.mpage) {
-            server_listener_name(&a.srv, i, a.mpage->listener[i], sizeof a.mpage->listener[i]);
+            /* a UDP listener's label says so: it may share a port with a TCP one */
+            char *label = a.mpage->listener[i];
+            size_t cap = sizeof a.mpage->listener[i];
+            snprintf(label, cap, "%s", a.srv.ls[i].udp ? "udp://" : "");
+            server_listener_name(&a.srv, i, label + strlen(label), cap - strlen(label));
             a.mpage->nlisteners = i + 1;
         }
     }
@@ -666,7 +687,8 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < o.nlisten; i++) {
         char name[200];
-        printf("listening on %s%s\n", a.srv.ls[i].data ? "tls://" : "",
+        printf("listening on %s%s\n",
+               a.srv.ls[i].data ? "tls://" : a.srv.ls[i].udp ? "udp://" : "",
                server_listener_name(&a.srv, i, name, sizeof name));
     }
     fflush(stdout);
@@ -679,6 +701,9 @@ int main(int argc, char **argv)
 
     if (o.workers <= 1)
         metrics_begin(&a, 1);
+    /* a handler with on_datagram takes UDP listeners' datagrams raw */
+    if (lconn_wants_datagrams(a.S))
+        a.srv.on_datagram = on_datagram;
     server_start(&a.srv);
     background_timer_start(a.loop, &a.trim_timer, trim_cb, TRIM_INTERVAL);
     ev_run(a.loop, 0);

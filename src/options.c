@@ -49,7 +49,9 @@ static void usage(FILE *f)
 "Options:\n"
 "  -l, --listen ADDR       where to listen; repeatable. HOST:PORT, [V6]:PORT,\n"
 "                          unix:/path, or PORT (on 127.0.0.1). Port 0 picks a free\n"
-"                          port. tls://ADDR serves TLS (see TLS below).\n"
+"                          port. tls://ADDR serves TLS (see TLS below);\n"
+"                          udp://HOST:PORT (or udp://[V6]:PORT) takes UDP\n"
+"                          datagrams: one flow per peer address (see UDP below).\n"
 "                          Default 127.0.0.1:7000\n"
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name, one of\n"
 "%s"
@@ -107,6 +109,14 @@ static void usage(FILE *f)
 "                          \"not enough memory\" in the callback. 0 = none.\n"
 "                          Default 1g\n"
 "\n"
+"UDP (udp:// listeners, echokit.connect(\"udp://HOST:PORT\")):\n"
+"      --udp-idle-timeout SECONDS  close a flow with no datagram either way for\n"
+"                          this long, reason \"timeout\". 0 = none. Default 60\n"
+"      --max-flows N       at most N flows of UDP listeners open (per worker);\n"
+"                          datagrams from new peers past it are dropped, counted\n"
+"                          and logged at most once a second. 0 = no limit.\n"
+"                          Default 10000\n"
+"\n"
 "TLS (tls:// listeners, and conn:starttls without certificates of its own):\n"
 "      --tls-cert FILE     PEM certificate (then its chain); repeatable: the one\n"
 "                          whose names match the client's SNI is served, the first\n"
@@ -158,7 +168,7 @@ enum {
     OPT_CHECK = 256, OPT_LOGFMT, OPT_IDLE, OPT_GRACE, OPT_HIGH, OPT_MAXBUF, OPT_MAXCONNS,
     OPT_BUDGET, OPT_LUAMEM, OPT_VERSION, OPT_CONNTO, OPT_NOSPLICE, OPT_ADMIN, OPT_METRICS, OPT_PERIP,
     OPT_TLSCERT, OPT_TLSKEY, OPT_TLSSELF, OPT_TLSALPN, OPT_TLSCLIENTCA, OPT_HSTO, OPT_MAKECA,
-    OPT_MASTER,
+    OPT_MASTER, OPT_UDPIDLE, OPT_MAXFLOWS,
 };
 
 /* A count >= 0 for --name, or a usage error. */
@@ -214,6 +224,8 @@ void options_parse(int argc, char **argv, struct options *o)
         {"max-buffer", required_argument, NULL, OPT_MAXBUF},
         {"max-conns", required_argument, NULL, OPT_MAXCONNS},
         {"max-conns-per-ip", required_argument, NULL, OPT_PERIP},
+        {"udp-idle-timeout", required_argument, NULL, OPT_UDPIDLE},
+        {"max-flows", required_argument, NULL, OPT_MAXFLOWS},
         {"cpu-budget", required_argument, NULL, OPT_BUDGET},
         {"lua-memory", required_argument, NULL, OPT_LUAMEM},
         {"tls-cert", required_argument, NULL, OPT_TLSCERT},
@@ -238,6 +250,8 @@ void options_parse(int argc, char **argv, struct options *o)
     o->high_water = 256 * 1024;
     o->max_buffer = 64u * 1024 * 1024;
     o->lua_memory = 1024u * 1024 * 1024;
+    o->udp_idle_timeout = 60;
+    o->max_flows = 10000;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":l:H:w:vqh", longs, NULL)) != -1) {
@@ -290,6 +304,8 @@ void options_parse(int argc, char **argv, struct options *o)
         case OPT_LUAMEM: o->lua_memory = parse_size("--lua-memory", optarg); break;
         case OPT_MAXCONNS: o->max_conns = parse_count("--max-conns", optarg); break;
         case OPT_PERIP: o->max_conns_per_ip = parse_count("--max-conns-per-ip", optarg); break;
+        case OPT_UDPIDLE: o->udp_idle_timeout = parse_seconds("--udp-idle-timeout", optarg); break;
+        case OPT_MAXFLOWS: o->max_flows = parse_count("--max-flows", optarg); break;
         case OPT_TLSCERT:
             if (o->ntls_cert == TLS_MAX_CERTS)
                 die_usage("at most 16 --tls-cert files%s", "");

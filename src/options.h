@@ -27,6 +27,8 @@ struct options {
     int tls_self_signed;
     const char *tls_alpn, *tls_client_ca;
     double handshake_timeout;
+    double udp_idle_timeout; /* --udp-idle-timeout */
+    size_t max_flows;        /* --max-flows */
     const char *make_ca; /* --make-ca DIR: write a CA and exit */
     char **hargv; /* handler arguments (after --) */
     int hargc;

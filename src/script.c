@@ -25,7 +25,8 @@
 static struct script *budget_owner; /* the one script the signal handler sees */
 
 const char *const script_cb_names[CB_COUNT] = {"on_connect", "on_data",  "on_eof", "on_drain",
-                                               "on_close",   "serve",    "on_tls"};
+                                               "on_close",   "serve",    "on_tls",
+                                               "on_datagram"};
 
 struct script *script_of(lua_State *L)
 {
@@ -553,7 +554,7 @@ static void install_searcher(lua_State *L)
 /* Every binding, in one table: metatables registered at start-up, and the
  * modules require finds in package.preload. */
 static void (*const classes[])(lua_State *L) = {
-    lconn_open, ltls_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
+    lconn_open, ludp_open, ltls_open, ltimer_open, lpcap_open_lib, llisten_open, lwriter_open,
     lmetrics_open, lcapread_open,
 };
 
@@ -814,7 +815,7 @@ static int load_body(lua_State *L)
             known |= !strcmp(k, script_cb_names[i]);
         if (!known && !strncmp(k, "on_", 3))
             log_msg(LOG_WARN, "%s: unknown callback '%s' is never called (known: on_connect, "
-                              "on_data, on_eof, on_drain, on_close, serve)", where, k);
+                              "on_data, on_eof, on_drain, on_close, serve, on_tls, on_datagram)", where, k);
     }
     return 0;
 }

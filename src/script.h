@@ -14,7 +14,11 @@
 struct tls_server;
 struct tls_client;
 
-enum script_cb { CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_TLS, CB_COUNT };
+enum script_cb {
+    CB_CONNECT, CB_DATA, CB_EOF, CB_DRAIN, CB_CLOSE, CB_SERVE, CB_TLS,
+    CB_DATAGRAM, /* a UDP listener's datagrams, raw (ludp.c) */
+    CB_COUNT
+};
 
 /* The callbacks' names, indexed by enum script_cb: the one list. */
 extern const char *const script_cb_names[CB_COUNT];
@@ -175,6 +179,22 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer,
 /* With tls (a TLS listener's), the handshake comes first: on_connect (and
  * serve) wait for it, and a client that fails it never reaches Lua (one
  * log line says why). */
+
+/* A UDP listener's datagram from a new peer (server.h's on_flow): the flow
+ * for it, running h (taking references of its own, as lconn_accept) or the
+ * script's handler if h is NULL, on_connect done; NULL (datagram dropped)
+ * when out of memory (lconn.c). */
+struct conn *lconn_flow(struct script *S, struct udp_sock *sock, const struct net_addr *peer,
+                        const struct handler *h, int listener);
+
+/* The handler has on_datagram: UDP listeners hand it every datagram raw. */
+int lconn_wants_datagrams(const struct script *S);
+
+/* Raw UDP (ludp.c): the "echokit.udp" socket handle, sock:sendto. */
+void ludp_open(lua_State *L);
+/* Calls the handler's on_datagram(sock, data, peer). */
+void ludp_datagram(struct script *S, struct udp_sock *sock, const char *buf, size_t len,
+                   const struct net_addr *peer);
 
 /* The connection behind handle idx, NULL if it is closed; raises if idx is
  * not a connection handle (lconn.c). */

@@ -282,6 +282,13 @@ static void conn_gone(struct server *srv, const struct conn *c)
         uncount(srv, key, c->id);
 }
 
+/* A listener's socket at l->addr, with SO_REUSEPORT if reuseport. */
+static int open_socket(struct listener *l, int reuseport, char *err)
+{
+    return l->udp ? udp_bind(&l->addr, reuseport, err)
+                  : net_listen_opt(&l->addr, 1024, reuseport, err);
+}
+
 int server_listen(struct server *srv, const char *spec, char *err)
 {
     if (srv->nls == SERVER_MAX_LISTENERS) {
@@ -289,18 +296,21 @@ int server_listen(struct server *srv, const char *spec, char *err)
         return -1;
     }
     struct listener *l = &srv->ls[srv->nls];
+    memset(l, 0, sizeof *l);
+    l->sock.fd = -1;
+    if (!strncmp(spec, "udp://", 6)) {
+        l->udp = 1;
+        spec += 6;
+    }
     if (net_parse_addr(spec, 1, &l->addr, err) < 0)
         return -1;
-    int fd = net_listen_opt(&l->addr, 1024, srv->reuseport, err);
+    int fd = open_socket(l, srv->reuseport, err);
     if (fd < 0)
         return -1;
     if (l->addr.ss.ss_family != AF_UNIX)
         net_local_addr(fd, &l->addr);
     l->fd = fd;
     l->srv = srv;
-    l->data = NULL;
-    l->copies = NULL;
-    l->ncopies = 0;
     ev_io_init(&l->io, accept_cb, fd, EV_READ);
     srv->nls++;
     return 0;
@@ -320,6 +330,7 @@ int server_adopt(struct server *srv, int fd, char *err)
     }
     l->fd = fd;
     l->srv = srv;
+    l->sock.fd = -1;
     ev_io_init(&l->io, accept_cb, fd, EV_READ);
     srv->nls++;
     return 0;
@@ -338,7 +349,7 @@ int server_copy_listeners(struct server *srv, int n, char *err)
         }
         l->copies[0] = l->fd;
         for (l->ncopies = 1; l->ncopies < n; l->ncopies++) {
-            int fd = net_listen_opt(&l->addr, 1024, 1, err);
+            int fd = open_socket(l, 1, err);
             if (fd < 0)
                 return -1;
             l->copies[l->ncopies] = fd;
@@ -375,8 +386,8 @@ static void set_accepting(struct server *srv, int on)
     if (on == srv->accepting)
         return;
     for (int i = 0; i < srv->nls; i++) {
-        if (srv->ls[i].fd < 0)
-            continue;
+        if (srv->ls[i].fd < 0 || srv->ls[i].udp)
+            continue; /* UDP listeners read from server_start on */
         if (on)
             ev_io_start(srv->ctx->loop, &srv->ls[i].io);
         else
@@ -390,8 +401,34 @@ static int below_limit(const struct server *srv)
     return !srv->max_conns || srv->ctx->stats.open < srv->max_conns;
 }
 
+static struct conn *flow_cb(struct udp_sock *s, const struct net_addr *peer)
+{
+    struct listener *l = container_of(s, struct listener, sock);
+    return l->srv->on_flow ? l->srv->on_flow(l->srv, l, peer) : NULL;
+}
+
+static void datagram_cb(struct udp_sock *s, const char *buf, size_t len,
+                        const struct net_addr *peer)
+{
+    struct listener *l = container_of(s, struct listener, sock);
+    l->srv->on_datagram(l->srv, l, buf, len, peer);
+}
+
 void server_start(struct server *srv)
 {
+    for (int i = 0; i < srv->nls; i++) {
+        struct listener *l = &srv->ls[i];
+        if (!l->udp || l->fd < 0)
+            continue;
+        char err[ECHOKIT_ERR_LEN];
+        l->sock.on_flow = flow_cb;
+        l->sock.on_datagram = srv->on_datagram ? datagram_cb : NULL;
+        if (udp_sock_start(&l->sock, srv->ctx, l->fd, err) < 0) {
+            log_msg(LOG_ERROR, "%s", err);
+            continue;
+        }
+        l->fd = -1; /* the socket's now */
+    }
     srv->running = 1;
     set_accepting(srv, below_limit(srv));
 }
@@ -403,7 +440,7 @@ void server_drain_backlog(struct server *srv)
      * get the grace period instead of a reset from close(). */
     for (int i = 0; i < srv->nls; i++) {
         struct listener *l = &srv->ls[i];
-        for (int n = 0; l->fd >= 0 && n < 4096 && below_limit(srv); n++) {
+        for (int n = 0; l->fd >= 0 && !l->udp && n < 4096 && below_limit(srv); n++) {
             struct net_addr peer;
             int fd = net_accept(l->fd, &peer);
             if (fd < 0)
@@ -424,6 +461,8 @@ void server_stop(struct server *srv)
     tables_free(srv);
     for (int i = 0; i < srv->nls; i++) {
         struct listener *l = &srv->ls[i];
+        if (l->udp)
+            udp_sock_close(&l->sock); /* its flows end ("shutdown") */
         if (l->copies) { /* copies[0] is fd */
             for (int j = 0; j < l->ncopies; j++)
                 close(l->copies[j]);

@@ -7,6 +7,7 @@
 
 #include "conn.h"
 #include "net.h"
+#include "udp.h"
 
 #define SERVER_MAX_LISTENERS 16
 
@@ -22,6 +23,9 @@ struct listener {
      * server_keep_copy picks one; NULL for a listener that is shared. */
     int *copies;
     int ncopies;
+    /* udp://: a datagram socket (fd until server_start hands it to sock) */
+    int udp;
+    struct udp_sock sock;
 };
 
 /* Open connections from one client address (IPv4, or one IPv6 address;
@@ -61,12 +65,20 @@ struct server {
      * count knows its connection by the next id. */
     void (*on_accept)(struct server *srv, struct listener *l, int fd,
                       const struct net_addr *peer);
+    /* A UDP listener's datagram from a new peer: returns the flow made for
+     * it with udp_flow_new (see struct udp_sock), or NULL. */
+    struct conn *(*on_flow)(struct server *srv, struct listener *l, const struct net_addr *peer);
+    /* If set when server_start runs: UDP listeners hand every datagram here
+     * and make no flows (raw mode). */
+    void (*on_datagram)(struct server *srv, struct listener *l, const char *buf, size_t len,
+                        const struct net_addr *peer);
     void *data;
 };
 
 void server_init(struct server *srv, struct conn_ctx *ctx);
 
-/* Binds and listens on spec; returns 0, or -1 with err filled. */
+/* Binds and listens on spec ("udp://HOST:PORT" for datagrams); returns 0,
+ * or -1 with err filled. */
 int server_listen(struct server *srv, const char *spec, char *err);
 
 /* Takes a socket already listening (bound by another process, e.g. the
@@ -87,7 +99,7 @@ int server_copy_listeners(struct server *srv, int n, char *err);
  * dead worker's socket wait there for its replacement). */
 void server_keep_copy(struct server *srv, int i);
 
-/* "127.0.0.1:7000" for listener i, as bound. */
+/* "127.0.0.1:7000" for listener i, as bound (no scheme: see l->udp). */
 char *server_listener_name(const struct server *srv, int i, char *buf, size_t cap);
 
 void server_start(struct server *srv);

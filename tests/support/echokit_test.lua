@@ -172,6 +172,13 @@ function parse_listen_line(line)
     if a then a.tls, a.text = true, rest end
     return a
   end
+  -- a UDP listener: kind "udp" (srv:udp() gives a client)
+  local udp_rest = rest:match("^udp://(.+)$")
+  if udp_rest then
+    local a = parse_listen_line("listening on " .. udp_rest)
+    if a then a.kind, a.text = "udp", rest end
+    return a
+  end
   local path = rest:match("^unix:(.+)$")
   if path then return { kind = "unix", path = path, text = rest } end
   local h6, p6 = rest:match("^%[(.+)%]:(%d+)$")

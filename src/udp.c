@@ -1,0 +1,600 @@
+#include "udp.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+/* The output arena: a full batch of small datagrams, or a few large ones;
+ * a datagram that does not fit sends what is queued first. */
+#define UDP_ARENA (256 * 1024)
+/* Datagrams dropped (socket buffer full, oversized): one line this often. */
+#define UDP_LOG_SECONDS 1.0
+/* recvmmsg calls per readiness event: a flooded socket yields to the loop. */
+#define UDP_ROUNDS 8
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    udp_flush(container_of(w, struct udp_ctx, flush));
+    ev_prepare_stop(loop, w);
+}
+
+/* What each kind of drop is, for the log lines. */
+static const char *const drop_what[UDP_DROP_KINDS] = {
+    [UDP_DROP_SEND] = "socket buffer full on sending",
+    [UDP_DROP_TRUNC] = "over 65535 bytes",
+    [UDP_DROP_FLOWS] = "new peers over --max-flows",
+    [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
+};
+
+/* A second after a line about drops: one more line if more came. */
+static void drop_log_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct udp_drops *d = container_of(w, struct udp_drops, log);
+    if (!d->n)
+        return;
+    log_msg(LOG_WARN, "udp: dropped %llu more datagram(s) in the last %gs: %s (%zu flows open)",
+            (unsigned long long)d->n, UDP_LOG_SECONDS, drop_what[d->kind], d->u->nflows);
+    d->n = 0;
+    ev_timer_set(w, UDP_LOG_SECONDS, 0);
+    ev_timer_start(loop, w);
+}
+
+/* n datagrams of a kind dropped (already counted in the stats): a line now
+ * if none was written in the last second (naming peer if given), else they
+ * wait for the next one. */
+static void note_drop(struct udp_ctx *u, int kind, uint64_t n, const struct net_addr *peer)
+{
+    struct udp_drops *d = &u->drops[kind];
+    if (ev_is_active(&d->log)) {
+        d->n += n;
+        return;
+    }
+    char name[160] = "";
+    if (peer) {
+        name[0] = ' ';
+        net_addr_format((const struct sockaddr *)&peer->ss, peer->len, name + 1, sizeof name - 1);
+    }
+    log_msg(LOG_WARN, "udp: dropped %llu datagram(s)%s%s: %s (%zu flows open)",
+            (unsigned long long)n, peer ? " from" : "", name, drop_what[kind], u->nflows);
+    ev_timer_set(&d->log, UDP_LOG_SECONDS, 0);
+    ev_timer_start(u->ctx->loop, &d->log);
+}
+
+struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx)
+{
+    if (ctx->udp)
+        return ctx->udp;
+    struct udp_ctx *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->rbuf = malloc((size_t)UDP_BATCH * UDP_MAX_DGRAM);
+    u->arena = malloc(UDP_ARENA);
+    if (!u->rbuf || !u->arena) {
+        free(u->rbuf);
+        free(u->arena);
+        free(u);
+        return NULL;
+    }
+    u->ctx = ctx;
+    ev_prepare_init(&u->flush, flush_cb);
+    /* after the reaper (priority 0): datagrams on_close writes go too */
+    ev_set_priority(&u->flush, EV_MINPRI);
+    for (int k = 0; k < UDP_DROP_KINDS; k++) {
+        ev_init(&u->drops[k].log, drop_log_cb);
+        u->drops[k].u = u;
+        u->drops[k].kind = k;
+    }
+    ctx->udp = u;
+    return u;
+}
+
+void udp_ctx_free(struct conn_ctx *ctx)
+{
+    struct udp_ctx *u = ctx->udp;
+    if (!u)
+        return;
+    udp_flush(u);
+    ev_prepare_stop(ctx->loop, &u->flush);
+    for (int k = 0; k < UDP_DROP_KINDS; k++)
+        ev_timer_stop(ctx->loop, &u->drops[k].log);
+    free(u->rbuf);
+    free(u->arena);
+    free(u);
+    ctx->udp = NULL;
+}
+
+int udp_bind(const struct net_addr *addr, int reuseport, char *err)
+{
+    char name[160];
+    net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
+    int family = addr->ss.ss_family;
+    if (family != AF_INET && family != AF_INET6) {
+        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: UDP needs an IP address", name);
+        return -1;
+    }
+    int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: socket: %s", name, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: SO_REUSEPORT: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
+        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: bind: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int udp_connect_fd(const struct net_addr *addr)
+{
+    int family = addr->ss.ss_family;
+    if (family != AF_INET && family != AF_INET6) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+/* ---- the flow table ------------------------------------------------------ */
+
+/* FNV-1a over the peer's family, port and address, from a random seed: a
+ * client cannot pick source ports that collide on purpose. */
+static size_t peer_hash(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    const unsigned char *p;
+    size_t n;
+    uint16_t port;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        p = (const unsigned char *)&in->sin_addr;
+        n = 4;
+        port = in->sin_port;
+    } else {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        p = (const unsigned char *)&in6->sin6_addr;
+        n = 16;
+        port = in6->sin6_port;
+    }
+    uint64_t h = 0xcbf29ce484222325ULL ^ s->seed;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    h = (h ^ port) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    return (size_t)(h * 0xbf58476d1ce4e5b9ULL >> 17);
+}
+
+static int peer_eq(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port &&
+           !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) &&
+           x->sin6_scope_id == y->sin6_scope_id;
+}
+
+/* The slot of peer, or the free slot where it would go. */
+static struct conn **flow_slot(const struct udp_sock *s, const struct sockaddr *peer)
+{
+    size_t mask = s->cap - 1;
+    for (size_t i = peer_hash(s, peer) & mask;; i = (i + 1) & mask) {
+        struct conn *c = s->flows[i];
+        if (!c || peer_eq(&c->peer.sa, peer))
+            return &s->flows[i];
+    }
+}
+
+static struct conn *flow_find(const struct udp_sock *s, const struct sockaddr *peer)
+{
+    return s->cap ? *flow_slot(s, peer) : NULL;
+}
+
+static int flows_reserve(struct udp_sock *s)
+{
+    if ((s->used + 1) * 2 <= s->cap)
+        return 0;
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    struct conn **old = s->flows, **t = calloc(cap, sizeof *t);
+    if (!t)
+        return -1;
+    size_t oldcap = s->cap;
+    s->flows = t;
+    s->cap = cap;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i])
+            *flow_slot(s, &old[i]->peer.sa) = old[i];
+    free(old);
+    return 0;
+}
+
+/* Linear probing without tombstones: the entries after the hole that would
+ * no longer be found move back into it. */
+static void flow_remove(struct udp_sock *s, struct conn **e)
+{
+    size_t mask = s->cap - 1, hole = (size_t)(e - s->flows);
+    for (size_t i = (hole + 1) & mask; s->flows[i]; i = (i + 1) & mask) {
+        size_t home = peer_hash(s, &s->flows[i]->peer.sa) & mask;
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            s->flows[hole] = s->flows[i];
+            hole = i;
+        }
+    }
+    s->flows[hole] = NULL;
+    s->used--;
+}
+
+struct conn *udp_flow_new(struct udp_sock *s, size_t size, const struct conn_ops *ops,
+                          const struct net_addr *peer)
+{
+    if (flows_reserve(s) < 0)
+        return NULL;
+    struct conn *c = conn_new_dgram(s->u->ctx, s->fd, size, ops, peer, s);
+    if (!c)
+        return NULL;
+    *flow_slot(s, &c->peer.sa) = c;
+    s->used++;
+    s->u->nflows++;
+    return c;
+}
+
+void udp_conn_detach(struct conn *c)
+{
+    struct udp_sock *s = c->usock;
+    if (s) {
+        struct conn **e = s->cap ? flow_slot(s, &c->peer.sa) : NULL;
+        if (e && *e == c) {
+            flow_remove(s, e);
+            s->u->nflows--;
+        }
+        c->usock = NULL;
+    } else if (c->fd >= 0) {
+        /* what this flow wrote goes out before its socket closes */
+        if (c->ctx->udp)
+            udp_flush(c->ctx->udp);
+        close(c->fd);
+    }
+    c->fd = -1;
+}
+
+/* ---- input --------------------------------------------------------------- */
+
+/* One recvmmsg into the loop's batch buffer. Returns how many arrived, 0
+ * when none (or an error was handled), -1 with errno for the caller. */
+static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
+                      struct sockaddr_storage *from, uint32_t *ovfl)
+{
+    struct iovec iov[UDP_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint32_t))];
+        struct cmsghdr align;
+    } ctl[UDP_BATCH];
+    for (int i = 0; i < UDP_BATCH; i++) {
+        iov[i].iov_base = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
+        iov[i].iov_len = UDP_MAX_DGRAM;
+        memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
+        m[i].msg_hdr.msg_iov = &iov[i];
+        m[i].msg_hdr.msg_iovlen = 1;
+        if (from) {
+            m[i].msg_hdr.msg_name = &from[i];
+            m[i].msg_hdr.msg_namelen = sizeof from[i];
+        }
+        if (ovfl) {
+            m[i].msg_hdr.msg_control = ctl[i].buf;
+            m[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+        }
+    }
+    int n = recvmmsg(fd, m, UDP_BATCH, MSG_DONTWAIT, NULL);
+    /* SO_RXQ_OVFL: each datagram carries the socket's count of datagrams
+     * the kernel dropped before it (when not 0); the last one's is newest */
+    for (int i = n - 1; ovfl && i >= 0; i--) {
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m[i].msg_hdr);
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
+            memcpy(ovfl, CMSG_DATA(cm), sizeof *ovfl);
+            break;
+        }
+    }
+    return n;
+}
+
+/* A datagram that did not fit: dropped, counted, reported. */
+static int truncated(struct udp_ctx *u, const struct mmsghdr *m)
+{
+    if (!(m->msg_hdr.msg_flags & MSG_TRUNC))
+        return 0;
+    u->stats.drop_trunc++;
+    note_drop(u, UDP_DROP_TRUNC, 1, NULL);
+    return 1;
+}
+
+static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct udp_sock *s = container_of(w, struct udp_sock, io);
+    struct udp_ctx *u = s->u;
+    struct mmsghdr m[UDP_BATCH];
+    struct sockaddr_storage from[UDP_BATCH];
+    for (int round = 0; round < UDP_ROUNDS && s->fd >= 0; round++) {
+        uint32_t ovfl = s->rxq_ovfl;
+        int n = recv_batch(u, s->fd, m, from, &ovfl);
+        if (ovfl != s->rxq_ovfl) {
+            uint32_t lost = ovfl - s->rxq_ovfl; /* the kernel's count wraps */
+            s->rxq_ovfl = ovfl;
+            u->stats.drop_rcvbuf += lost;
+            note_drop(u, UDP_DROP_RCVBUF, lost, NULL);
+        }
+        if (n < 0) {
+            /* EAGAIN: drained. An unconnected socket reports no ICMP error
+             * (no IP_RECVERR), but a stray one must not stop the reading. */
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNREFUSED)
+                log_msg(LOG_WARN, "udp: recvmmsg: %s", strerror(errno));
+            return;
+        }
+        for (int i = 0; i < n && s->fd >= 0; i++) {
+            if (truncated(u, &m[i]))
+                continue;
+            const char *buf = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
+            size_t len = m[i].msg_len;
+            struct net_addr peer;
+            memcpy(&peer.ss, &from[i], sizeof peer.ss);
+            peer.len = m[i].msg_hdr.msg_namelen;
+            u->stats.dgrams_in++;
+            if (s->on_datagram) {
+                s->on_datagram(s, buf, len, &peer);
+                continue;
+            }
+            struct conn *c = flow_find(s, (const struct sockaddr *)&peer.ss);
+            if (!c) {
+                if (u->ctx->max_flows && u->nflows >= u->ctx->max_flows) {
+                    u->stats.drop_flows++;
+                    note_drop(u, UDP_DROP_FLOWS, 1, &peer);
+                    continue;
+                }
+                c = s->on_flow(s, &peer);
+                if (!c || (c->flags & CONN_DEAD))
+                    continue;
+            }
+            if (c->flags & CONN_PAUSED) {
+                u->stats.drop_unread++; /* a paused flow of a listener: dropped */
+                continue;
+            }
+            conn_dgram_input(c, buf, len); /* may free c */
+        }
+        if (n < UDP_BATCH)
+            return;
+    }
+}
+
+int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
+{
+    struct udp_ctx *u = udp_ctx_get(ctx);
+    if (!u) {
+        snprintf(err, ECHOKIT_ERR_LEN, "udp: out of memory");
+        return -1;
+    }
+    s->u = u;
+    s->fd = fd;
+    struct net_addr self;
+    s->family = net_local_addr(fd, &self) == 0 ? self.ss.ss_family : AF_INET;
+    if (!s->seed) {
+        if (getrandom(&s->seed, sizeof s->seed, GRND_NONBLOCK) != sizeof s->seed)
+            s->seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(ev_time() * 1e6);
+    }
+    /* the kernel counts what it drops for want of room: told with each datagram */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
+    s->rxq_ovfl = 0;
+    ev_io_init(&s->io, sock_readable, fd, EV_READ);
+    ev_io_start(ctx->loop, &s->io);
+    return 0;
+}
+
+void udp_sock_close(struct udp_sock *s)
+{
+    if (!s->u || s->fd < 0)
+        return;
+    ev_io_stop(s->u->ctx->loop, &s->io);
+    udp_flush(s->u);
+    /* Aborting a flow removes it (moving others back): look at a slot again
+     * until it is empty. */
+    for (size_t i = 0; i < s->cap;) {
+        if (s->flows[i])
+            conn_abort(s->flows[i], "shutdown", 0);
+        else
+            i++;
+    }
+    free(s->flows);
+    s->flows = NULL;
+    s->cap = s->used = 0;
+    close(s->fd);
+    s->fd = -1;
+}
+
+void udp_conn_readable(struct conn *c)
+{
+    struct udp_ctx *u = udp_ctx_get(c->ctx);
+    if (!u)
+        return;
+    struct mmsghdr m[UDP_BATCH];
+    conn_ref(c); /* on_data may reap it */
+    for (int round = 0; round < UDP_ROUNDS && !(c->flags & CONN_DEAD); round++) {
+        int n = recv_batch(u, c->fd, m, NULL, NULL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                conn_dgram_failed(c, errno); /* ECONNREFUSED: "refused" */
+            break;
+        }
+        for (int i = 0; i < n && !(c->flags & CONN_DEAD); i++) {
+            if (truncated(u, &m[i]))
+                continue;
+            u->stats.dgrams_in++;
+            conn_dgram_input(c, u->rbuf + (size_t)i * UDP_MAX_DGRAM, m[i].msg_len);
+        }
+        if (n < UDP_BATCH)
+            break;
+    }
+    conn_unref(c);
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+/* Sends the queue if a datagram of len bytes would not fit. The flush may
+ * tear flows down (an ICMP error): callers look at their flow and its fd
+ * after it. */
+static void make_room(struct udp_ctx *u, size_t len)
+{
+    if (u->nout == UDP_BATCH || u->arena_used + len > UDP_ARENA)
+        udp_flush(u);
+}
+
+/* Queues a datagram (room made). Returns 1. */
+static int enqueue(struct udp_ctx *u, int fd, struct conn *c, const struct net_addr *to,
+                   const void *data, size_t len)
+{
+    struct udp_out *o = &u->out[u->nout++];
+    o->fd = fd;
+    o->c = c;
+    if (c)
+        conn_ref(c);
+    if (to)
+        o->to = *to;
+    else
+        o->to.len = 0;
+    o->off = u->arena_used;
+    o->len = len;
+    if (len)
+        memcpy(u->arena + u->arena_used, data, len);
+    u->arena_used += len;
+    ev_prepare_start(u->ctx->loop, &u->flush);
+    return 1;
+}
+
+void udp_flush(struct udp_ctx *u)
+{
+    int n = u->nout;
+    if (!n)
+        return;
+    struct mmsghdr m[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    int err[UDP_BATCH];
+    for (int i = 0; i < n; i++) {
+        struct udp_out *o = &u->out[i];
+        iov[i].iov_base = u->arena + o->off;
+        iov[i].iov_len = o->len;
+        memset(&m[i], 0, sizeof m[i]);
+        m[i].msg_hdr.msg_iov = &iov[i];
+        m[i].msg_hdr.msg_iovlen = 1;
+        if (o->to.len) {
+            m[i].msg_hdr.msg_name = &o->to.ss;
+            m[i].msg_hdr.msg_namelen = o->to.len;
+        }
+        err[i] = 0;
+    }
+    /* runs of the same socket, one sendmmsg each (until it refuses one) */
+    for (int i = 0; i < n;) {
+        int j = i + 1;
+        while (j < n && u->out[j].fd == u->out[i].fd)
+            j++;
+        for (int k = i; k < j;) {
+            int r = sendmmsg(u->out[i].fd, m + k, (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (r > 0) {
+                u->stats.dgrams_out += (uint64_t)r;
+                k += r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR)
+                continue;
+            err[k] = r < 0 ? errno : EIO;
+            u->stats.drop_send++;
+            if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS)
+                note_drop(u, UDP_DROP_SEND, 1, NULL);
+            k++;
+        }
+        i = j;
+    }
+    u->nout = 0;
+    u->arena_used = 0;
+    /* A connected socket's ICMP error (ECONNREFUSED...) ends its flow; the
+     * queue is empty by now, so the teardown's own flush finds nothing. */
+    struct udp_out out[UDP_BATCH];
+    memcpy(out, u->out, (size_t)n * sizeof *out);
+    for (int i = 0; i < n; i++) {
+        struct conn *c = out[i].c;
+        if (!c)
+            continue;
+        if (err[i] && err[i] != EAGAIN && err[i] != EWOULDBLOCK && err[i] != ENOBUFS &&
+            !c->usock && !(c->flags & CONN_DEAD))
+            conn_dgram_failed(c, err[i]);
+        conn_unref(c);
+    }
+}
+
+int udp_conn_write(struct conn *c, const void *data, size_t len)
+{
+    if (c->flags & (CONN_DEAD | CONN_CLOSING))
+        return -1;
+    struct udp_ctx *u = udp_ctx_get(c->ctx);
+    if (u && len < UDP_MAX_DGRAM) {
+        make_room(u, len);
+        if (c->flags & CONN_DEAD)
+            return -1;
+    }
+    int fd = c->usock ? c->usock->fd : c->fd;
+    if (!u || fd < 0 || len >= UDP_MAX_DGRAM) {
+        /* no socket yet (resolving), out of memory, or too big to send */
+        if (u)
+            u->stats.drop_send++;
+        return 1;
+    }
+    c->bytes_out += len;
+    c->ctx->stats.bytes_out += len;
+    c->last_active = ev_now(c->ctx->loop);
+    struct net_addr to;
+    if (c->usock) {
+        memcpy(&to.ss, &c->peer, c->peer_len);
+        to.len = c->peer_len;
+    }
+    return enqueue(u, fd, c, c->usock ? &to : NULL, data, len);
+}
+
+int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct net_addr *peer)
+{
+    if (!s->u || s->fd < 0)
+        return -1;
+    if (len >= UDP_MAX_DGRAM) {
+        s->u->stats.drop_send++;
+        return 1;
+    }
+    make_room(s->u, len);
+    if (s->fd < 0)
+        return -1;
+    return enqueue(s->u, s->fd, NULL, peer, data, len);
+}

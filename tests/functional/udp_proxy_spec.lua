@@ -1,0 +1,148 @@
+-- The proxy handler with udp:// upstreams: datagrams relayed flow to flow in
+-- C, replies routed to the right client, idle expiry, an upstream port that
+-- answers with ICMP port unreachable, and real DNS (dig -> echokit -> dnsmasq).
+local t = require "echokit_test"
+local socket = require "socket"
+local peers = require "peers"
+
+local PEERS = t.src .. "/tests/support/udp_peers.py"
+
+-- A UDP port on 127.0.0.1 where nothing listens (bound once, then released).
+local function closed_udp_port()
+  local s = assert(socket.udp())
+  assert(s:setsockname("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local function client(srv)
+  local a = srv:addr()
+  local u = assert(socket.udp())
+  assert(u:setpeername(a.host, a.port))
+  u:settimeout(t.T(5))
+  srv.clients[#srv.clients + 1] = u
+  return u
+end
+
+local function ask(u, d)
+  assert(u:send(d))
+  local r, err = u:receive()
+  assert(r, string.format("no answer to %q: %s", d, tostring(err)))
+  return r
+end
+
+local function proxy_to(upstream, opts)
+  return peers.front(t.start{ handler = "proxy", listen = { "udp://127.0.0.1:0" },
+                              args = { upstream = upstream }, opts = opts })
+end
+
+local function udp_echo()
+  return t.start{ listen = { "udp://127.0.0.1:0" } }
+end
+
+describe("udp proxy", function()
+  after_each(peers.teardown)
+
+  it("relays 10 clients x 1,000 datagrams, each reply to its own client", function()
+    local up = udp_echo()
+    local px = proxy_to("udp://127.0.0.1:" .. up:addr().port)
+    local r = peers.run({ "/usr/bin/python3", PEERS, "many", "127.0.0.1",
+      tostring(px:addr().port), "10", "1000", "8", tostring(t.T(5)) }, 120)
+    peers.assert_ok(r, "udp_peers many")
+    assert.equal("ok replies=10000\n", r.out)
+  end)
+
+  it("keeps datagram boundaries, empty and 65,507-byte ones included", function()
+    local up = udp_echo()
+    local px = proxy_to("udp://127.0.0.1:" .. up:addr().port)
+    local r = peers.run({ "/usr/bin/python3", "-c", [[
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[2]))
+s.connect(("127.0.0.1", int(sys.argv[1])))
+for d in (b"a", b"", os.urandom(65507), b"bc"):
+    s.send(d)
+    r = s.recv(70000)
+    assert r == d, "%d bytes came back as %d" % (len(d), len(r))
+print("ok")
+]], tostring(px:addr().port), tostring(t.T(5)) }, 30)
+    peers.assert_ok(r, "python through the proxy")
+  end)
+
+  it("taps see each datagram relayed either way, with its size", function()
+    local up = udp_echo()
+    local px = peers.front(t.start{ handler = "tests/handlers/udp_tap_proxy.lua",
+      listen = { "udp://127.0.0.1:0" }, args = { upstream = "127.0.0.1:" .. up:addr().port } })
+    local a = client(px)
+    assert.equal("", ask(a, ""))
+    assert.equal("hello", ask(a, "hello"))
+    assert.equal(string.rep("z", 1000), ask(a, string.rep("z", 1000)))
+    for _, n in ipairs({ 0, 5, 1000 }) do
+      px:await_log("tap up " .. n .. " bytes from %d+")
+      px:await_log("tap down " .. n .. " bytes from %d+")
+    end
+    assert.equal(3, #px:log_matching("tap up"))
+    assert.equal(3, #px:log_matching("tap down"))
+  end)
+
+  it("closes both flows when they have been idle for --udp-idle-timeout", function()
+    local up = udp_echo()
+    local px = proxy_to("udp://127.0.0.1:" .. up:addr().port,
+      { "--udp-idle-timeout", "0.3", "--verbose" })
+    local a = client(px)
+    assert.equal("x", ask(a, "x"))
+    px:await_log("closed %(timeout%)")
+    t.eventually(function()
+      return #px:log_matching("%] closed %(") == 2
+    end, 5, "both flows closed")
+    -- a new pair of flows for the next datagram
+    assert.equal("y", ask(a, "y"))
+  end)
+
+  it("an upstream port that answers with ICMP port unreachable: logged, flow closed, serving on", function()
+    local port = closed_udp_port()
+    local px = proxy_to("udp://127.0.0.1:" .. port, { "--verbose" })
+    local a = client(px)
+    assert(a:send("anyone?"))
+    px:await_log("upstream udp://127%.0%.0%.1:" .. port .. ": refused")
+    px:await_log("127%.0%.0%.1:%d+%] closed %(clean%)") -- the client's flow
+    assert(a:send("again?"))
+    t.eventually(function()
+      return #px:log_matching(": refused") >= 2
+    end, 5, "a second refusal")
+    assert(px:alive())
+  end)
+
+  it("answers dig through the proxy to dnsmasq", function()
+    local function dig(port)
+      return peers.run({ "dig", "@127.0.0.1", "-p", tostring(port), "example.test", "A",
+        "+short", "+tries=1", "+time=" .. math.ceil(t.T(1)) }, 30)
+    end
+    local user = peers.run({ "id", "-un" }, 5).out:match("^(%S+)")
+    -- dnsmasq binds TCP too: a port taken for TCP meanwhile makes it exit,
+    -- and another port is tried
+    local dport, why
+    for _ = 1, 5 do
+      local port = closed_udp_port()
+      local h = peers.spawn({ "dnsmasq", "--no-daemon", "--port=" .. port,
+        "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        "--conf-file=/dev/null", "--pid-file", "--user=" .. user,
+        "--address=/example.test/192.0.2.1" })
+      local ok = pcall(t.eventually, function()
+        if h.p:wait(0) then return "exited" end
+        return dig(port).out == "192.0.2.1\n"
+      end, 10, "dnsmasq answers")
+      why = peers.helper_stderr(h)
+      if ok and not h.p:wait(0) then
+        dport = port
+        break
+      end
+    end
+    assert(dport, "dnsmasq did not start: " .. tostring(why))
+    local px = proxy_to("udp://127.0.0.1:" .. dport)
+    local r = dig(px:addr().port)
+    peers.assert_ok(r, "dig through the proxy")
+    assert.equal("192.0.2.1\n", r.out)
+  end)
+end)
