@@ -287,8 +287,9 @@ void udp_conn_detach(struct conn *c)
 
 /* ---- input --------------------------------------------------------------- */
 
-/* One recvmmsg into the loop's batch buffer. Returns how many arrived, 0
- * when none (or an error was handled), -1 with errno for the caller. */
+/* One recvmmsg into the loop's batch buffer: how many arrived, or -1 with
+ * errno (EAGAIN: none). With ovfl, *ovfl is updated to the newest count of
+ * the kernel's drops the datagrams carried (SO_RXQ_OVFL). */
 static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
                       struct sockaddr_storage *from, uint32_t *ovfl)
 {
