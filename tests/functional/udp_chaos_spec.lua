@@ -64,7 +64,7 @@ describe("chaos over UDP", function()
   it("loss=0.5: about half of 200 queries are answered", function()
     local port = dns.start()
     local px = chaos("udp://127.0.0.1:" .. port, { loss = 0.5 })
-    local n = dns.queries(px:addr().port, 200, 50, 1)
+    local n = dns.queries(px:addr().port, 200, 100, 1)
     -- binomial(200, 0.5): mean 100, sd 7.07; 5 sd either way
     assert(n.answered >= 65 and n.answered <= 135,
       "answered " .. n.answered .. " of 200 (expected 100 +- 35)")
@@ -102,6 +102,31 @@ describe("chaos over UDP", function()
       assert(u:send(d))
       assert.equal(d, u:receive())
     end
+  end)
+
+  it("truncate, corrupt and reorder act on each datagram", function()
+    local up = udp_echo()
+    local cut = client(chaos("udp://127.0.0.1:" .. up:addr().port, { truncate = 3 }))
+    assert(cut:send("hello")); assert.equal("hel", cut:receive())
+    assert(cut:send("hi")); assert.equal("hi", cut:receive())
+
+    local bad = client(chaos("udp://127.0.0.1:" .. up:addr().port, { corrupt = 1 }))
+    local d = string.rep("z", 64)
+    for _ = 1, 5 do
+      assert(bad:send(d))
+      local r = assert(bad:receive())
+      assert.equal(64, #r)
+      local diff = 0
+      for i = 1, 64 do if r:byte(i) ~= d:byte(i) then diff = diff + 1 end end
+      assert.equal(1, diff, "bytes flipped in " .. r)
+    end
+
+    -- each reply held back behind the next one (the last goes on alone)
+    local mix = client(chaos("udp://127.0.0.1:" .. up:addr().port, { reorder = 1, ["reorder.hold"] = t.T(0.5) }))
+    for _, x in ipairs({ "1", "2", "3" }) do assert(mix:send(x)) end
+    local got = {}
+    for i = 1, 3 do got[i] = assert(mix:receive()) end
+    assert.same({ "2", "1", "3" }, got)
   end)
 
   it("bandwidth paces whole datagrams, never cutting one", function()
