@@ -244,6 +244,48 @@ describe("control API, UDP proxies", function()
     assert.equal(dns.ADDRESS .. "\n", peers.assert_ok(dns.dig(pport)).out)
   end)
 
+  it("with --workers 2, a toxic added through the API acts in every worker", function()
+    local port = dns.start()
+    local srv = peers.front(t.start { listen = {}, opts = { "--admin", "127.0.0.1:0",
+                                                           "--workers", "2" } })
+    local line = srv.p:readline(t.T(5))
+    srv.admin = line and line:match("^admin listening on (.+)$")
+    assert(srv.admin, "expected the admin line, got " .. tostring(line))
+    local st, body, proxy = curl(srv, "POST", "/proxies", string.format(
+      '{"name":"dns","upstream":"udp://127.0.0.1:%d"}', port))
+    assert.equal(201, st, body)
+    local pport = tonumber(tostring(proxy.listen):match(":(%d+)$"))
+    -- 16 sockets, one query each: the kernel spreads their flows over the workers
+    local function answered()
+      local r = peers.assert_ok(peers.run({ "/usr/bin/python3", "-c", [[
+import socket, struct, sys, time
+port, wait = int(sys.argv[1]), float(sys.argv[2])
+q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\7example\4test\0" + struct.pack(">HH", 1, 1)
+socks = []
+for _ in range(16):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.send(q)
+    socks.append(s)
+n, end = 0, time.monotonic() + wait
+for s in socks:
+    s.settimeout(max(0.01, end - time.monotonic()))
+    try:
+        s.recv(512)
+        n += 1
+    except socket.timeout:
+        pass
+print(n)
+]], tostring(pport), tostring(t.T(1)) }, 30), "16 queries")
+      return tonumber(r.out)
+    end
+    -- the other worker applies a change within ~0.1 s: waited for, not assumed
+    t.eventually(function() return answered() == 16 end, 10, "16 answers without toxics")
+    st, body = curl(srv, "POST", "/proxies/dns/toxics", '{"type":"loss","attributes":{"probability":1}}')
+    assert.equal(200, st, body)
+    t.eventually(function() return answered() == 0 end, 10, "no answer through loss 1")
+  end)
+
   it("answers 400 to stream-only toxics on a UDP proxy and to mixed addresses", function()
     local srv = admin()
     local st, body = curl(srv, "POST", "/proxies",
