@@ -34,9 +34,8 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   test="$test nodejs npm"
 fi
 
-# dnsmasq-base (dnsmasq without its system service) + dnsutils (dig):
-# udp_proxy_spec resolves a local record through
-# the UDP proxy, with a real DNS server and client
+# dnsmasq-base (dnsmasq without its system service) + dnsutils (dig): a real DNS
+# server and client for udp_proxy_spec, which resolves through the UDP proxy
 test="$test dnsmasq-base dnsutils"
 
 # clang builds the harnesses with -fsanitize=fuzzer; libfuzzer-14-dev brings

@@ -42,9 +42,10 @@ static void usage(FILE *f)
     builtin_lines(names, sizeof names);
     fprintf(f,
 "Usage: echokit [options] [-H NAME|FILE] [-- key=value ...]\n"
+"       echokit replay --client FILE --to HOST:PORT [...]   (see echokit replay --help)\n"
 "\n"
-"A scriptable TCP echo server and proxy: a libev loop owns the sockets and calls\n"
-"a Lua 5.4 handler per connection.\n"
+"A scriptable TCP and UDP echo server and proxy: a libev loop owns the sockets\n"
+"and calls a Lua 5.4 handler per connection (or UDP flow).\n"
 "\n"
 "Options:\n"
 "  -l, --listen ADDR       where to listen; repeatable. HOST:PORT, [V6]:PORT,\n"

@@ -90,6 +90,13 @@ describe("start-up", function()
       assert.truthy(r.stdout:find("%-%-" .. name:gsub("%-", "%%-") .. "[ ,\n]"),
         "--help does not mention --" .. name)
     end
+    -- the subcommand, whose options its own --help describes
+    assert.truthy(r.stdout:find("echokit replay --client", 1, true), r.stdout)
+    local sub = t.run({ opts = { "replay", "--help" } })
+    assert.same({ "exited", 0 }, { sub.how, sub.code })
+    for _, name in ipairs { "client", "to", "server", "ignore", "timeout" } do
+      assert.truthy(sub.stdout:find("--" .. name, 1, true), "replay --help lacks --" .. name)
+    end
   end)
 
   it("exits 2 on a malformed listen address", function()

@@ -350,12 +350,13 @@ describe("TLS proxy", function()
       local slow = best(srv:port(), cli)
       local what = ("PING direct %.3fs, through chaos without toxics %.3fs, with latency=%g %.3fs")
                    :format(direct, untoxic, lat, slow)
-      -- the toxic's delay is a strict lower bound; the rest of a run varies
-      -- by a few hundredths (more in slow builds): the margin
-      local margin = t.T(0.05)
+      -- the toxic's delay is a strict lower bound. The rest of a run is a
+      -- redis-cli process's start and handshake, which a loaded machine
+      -- stretches by more than a few hundredths: the comparisons with the
+      -- other two runs allow half the toxic's delay for that.
       assert(slow >= lat, what)
-      assert(slow - direct >= lat - margin, what)
-      assert(slow - untoxic >= lat - margin, what)
+      assert(slow - direct >= lat / 2, what)
+      assert(slow - untoxic >= lat / 2, what)
       assert(slow < untoxic + lat + t.T(1), what)
       assert(untoxic < direct + t.T(0.25), what)
       -- the data went to redis and back in the clear on echokit's side only
