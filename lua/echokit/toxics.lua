@@ -14,6 +14,10 @@
 -- loop, never sleeps, and a stub's output leaves in the order it was sent.
 -- Changes to a set (add, update, remove) reach the connections already open.
 --
+-- Datagrams: a set made with toxics.set{ datagram = true } (a UDP proxy's)
+-- carries each datagram as one chunk, never cut or joined; it refuses the
+-- types whose def has `bytestream` (a reason) and protocol matchers.
+--
 -- Toxicity: when a connection starts (or a toxic is added or updated), each of
 -- its stubs draws once whether it applies; a stub that does not apply passes
 -- everything through.
