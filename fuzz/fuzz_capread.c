@@ -69,6 +69,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int dlt = links[data[0] & 7];
     struct capread *cr = capread_new();
     FUZZ_CHECK(cr, "capread_new");
+    if (data[0] & 0x40) /* a small memory cap: its paths, reached in a few packets */
+        capread_limit(cr, 512 + (size_t)(data[0] & 0x38) * 64);
     size_t i = 1;
     double t = 0;
     while (i + 2 <= size) {

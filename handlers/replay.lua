@@ -24,7 +24,8 @@
 --                round robin); roundrobin: each in turn. When every recorded
 --                conversation starts with the server speaking, round robin.
 --
--- A mismatch is logged (warn) with both sides in `hexdump -C` layout. Bytes
+-- A mismatch is logged (warn) with both sides in `hexdump -C` layout, at
+-- most 10 a second (then one line counts those not shown). Bytes
 -- sent after the recorded conversation has ended are a mismatch too; a
 -- client that closes between two messages, before the end, is only noted
 -- (info).
@@ -68,13 +69,44 @@ echokit.log("info", "replay: %d conversation%s with server %s from %s", #selecte
 local last = 0 -- the conversation served last (round robin)
 local TRIM = 64 * 1024
 
+-- At most REPORTS mismatch reports (each up to ~1 KB of hexdump) a second:
+-- a client that keeps reconnecting with the wrong bytes cannot flood the
+-- log. Those held back are counted in one line when the second is over.
+local REPORTS, shown, held = 10, 0, 0
 local function report(conn, text)
+  if shown >= REPORTS then held = held + 1; return end
+  if shown == 0 then
+    echokit.timer(1, function()
+      if held > 0 then
+        echokit.log("warn", "replay: %d more report%s not shown (at most %d a second)", held,
+                    held == 1 and "" or "s", REPORTS)
+      end
+      shown, held = 0, 0
+    end)
+  end
+  shown = shown + 1
   echokit.log("warn", "replay: %s %s", tostring(conn), text)
+end
+
+-- A recorded answer in slices, each sent once the queue is back under high
+-- water: an answer larger than --max-buffer goes out whole, and queues at
+-- most a slice more than high water.
+local SLICE = 16 * 1024
+local function send(conn, data)
+  for i = 1, #data, SLICE do
+    local ok, err = conn:send(#data <= SLICE and data or data:sub(i, i + SLICE - 1))
+    if not ok then
+      if err ~= "closed" then report(conn, "answer not sent: " .. tostring(err)) end
+      return false
+    end
+  end
+  return true
 end
 
 return {
   serve = function(conn)
     local buf, pos, eof = "", 1, false
+    local function receive() return (conn:receiveany()) end
     local function more()
       local d = conn:receiveany()
       if not d then eof = true; return false end
@@ -95,7 +127,7 @@ return {
       local wait = replay.delay(msgs, i, speed)
       if m.from == "server" then
         if wait > 0 and not echokit.sleep(wait) then return end
-        if not conn:send(m.data) then return end
+        if not send(conn, m.data) then return end
       else
         while true do
           local st, a, b = replay.consume(mode, m.data, buf, pos, eof)
@@ -103,7 +135,9 @@ return {
             pos = a
             break
           elseif st == "more" then
-            more()
+            -- joined once per decision, not once per chunk (see gather)
+            buf, eof = replay.gather(mode, m.data, buf:sub(pos), receive)
+            pos = 1
           elseif eof and pos > #buf then
             -- closed between two messages: it ended early, nothing differed
             echokit.log("info", "replay: %s closed after client message %d of %d",

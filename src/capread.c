@@ -28,7 +28,7 @@ enum { T_FIN = 0x01, T_SYN = 0x02, T_RST = 0x04, T_ACK = 0x10 };
 
 /* A segment waiting for the bytes before it. */
 struct seg {
-    struct seg *next;
+    uint64_t order; /* capture order: of equal starts the first wins */
     uint32_t seq;
     size_t len;
     double t;
@@ -40,8 +40,11 @@ struct dir {
     int started, syn;
     uint32_t isn;  /* the SYN's sequence number, when syn */
     uint32_t next; /* sequence number of the next byte to deliver */
-    struct seg *ooo; /* sorted by sequence number from next */
-    size_t ooo_bytes, ooo_segs;
+    /* Waiting segments: a binary heap, lowest start (from base) first, so
+     * that any arrival order costs O(log n) a segment. */
+    struct seg **ooo;
+    size_t ooo_segs, ooo_cap, ooo_bytes;
+    uint32_t base; /* next when the heap was last empty */
 };
 
 struct conv {
@@ -58,13 +61,32 @@ struct capread {
     struct conv *buckets[NBUCKETS];
     struct conv **all; /* every conversation, in order of creation */
     size_t nall, capall;
-    size_t bytes; /* in all messages */
+    size_t bytes; /* allocated for messages and waiting segments */
+    size_t limit; /* cap on bytes */
     uint64_t packets, skipped;
+    uint64_t order; /* segments buffered so far */
 };
 
 struct capread *capread_new(void)
 {
-    return calloc(1, sizeof(struct capread));
+    struct capread *cr = calloc(1, sizeof(struct capread));
+    if (cr)
+        cr->limit = CAPREAD_MAX_BYTES;
+    return cr;
+}
+
+void capread_limit(struct capread *cr, size_t max_bytes)
+{
+    cr->limit = max_bytes;
+}
+
+/* Whether n more bytes may be allocated; if so they are counted. */
+static int take(struct capread *cr, size_t n)
+{
+    if (cr->bytes > cr->limit || n > cr->limit - cr->bytes)
+        return 0;
+    cr->bytes += n;
+    return 1;
 }
 
 int capread_linktype_ok(int dlt)
@@ -166,16 +188,17 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
 {
     if (!len)
         return;
-    if (len > CAPREAD_MAX_BYTES - cr->bytes) {
-        c->truncated = 1;
-        return;
-    }
     struct capread_msg *m = c->nmsgs ? &c->msgs[c->nmsgs - 1] : NULL;
     if (!m || m->from != dir) {
         if (c->nmsgs == c->cap) {
             size_t n = c->cap ? c->cap * 2 : 8;
+            if (!take(cr, (n - c->cap) * sizeof *c->msgs)) {
+                c->truncated = 1;
+                return;
+            }
             struct capread_msg *a = realloc(c->msgs, n * sizeof *a);
             if (!a) {
+                cr->bytes -= (n - c->cap) * sizeof *c->msgs;
                 c->truncated = 1;
                 return;
             }
@@ -188,11 +211,20 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
         m->t = t;
     }
     if (m->len + len > m->cap) {
-        size_t n = m->cap ? m->cap : 256;
-        while (n < m->len + len)
+        /* doubling; exactly what is needed when the double is over the cap */
+        size_t need = m->len + len, n = m->cap ? m->cap : 64;
+        while (n < need)
             n *= 2;
+        if (!take(cr, n - m->cap)) {
+            n = need;
+            if (!take(cr, n - m->cap)) {
+                c->truncated = 1;
+                return;
+            }
+        }
         uint8_t *d = realloc(m->data, n);
         if (!d) {
+            cr->bytes -= n - m->cap;
             c->truncated = 1;
             return;
         }
@@ -201,7 +233,6 @@ static void append(struct capread *cr, struct conv *c, int dir, const uint8_t *p
     }
     memcpy(m->data + m->len, p, len);
     m->len += len;
-    cr->bytes += len;
 }
 
 /* Delivers what of [seq, seq+len) is new, when it starts at or before next.
@@ -221,22 +252,58 @@ static int deliver(struct capread *cr, struct conv *c, int dir, uint32_t seq, co
     return 1;
 }
 
+static int seg_before(const struct dir *d, const struct seg *a, const struct seg *b)
+{
+    uint32_t ka = a->seq - d->base, kb = b->seq - d->base;
+    return ka != kb ? ka < kb : a->order < b->order;
+}
+
+static void heap_push(struct dir *d, struct seg *s)
+{
+    size_t i = d->ooo_segs++;
+    while (i > 0 && seg_before(d, s, d->ooo[(i - 1) / 2])) {
+        d->ooo[i] = d->ooo[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    d->ooo[i] = s;
+}
+
+static struct seg *heap_pop(struct dir *d)
+{
+    struct seg *top = d->ooo[0], *last = d->ooo[--d->ooo_segs];
+    size_t n = d->ooo_segs, i = 0;
+    for (;;) {
+        size_t k = 2 * i + 1;
+        if (k >= n)
+            break;
+        if (k + 1 < n && seg_before(d, d->ooo[k + 1], d->ooo[k]))
+            k++;
+        if (!seg_before(d, d->ooo[k], last))
+            break;
+        d->ooo[i] = d->ooo[k];
+        i = k;
+    }
+    if (n)
+        d->ooo[i] = last;
+    return top;
+}
+
 /* Delivers the waiting segments that now follow on; with skip_holes, all
  * of them, jumping the gaps (the conversation is then truncated). */
 static void drain(struct capread *cr, struct conv *c, int dir, int skip_holes)
 {
     struct dir *d = &c->d[dir];
-    while (d->ooo) {
-        struct seg *s = d->ooo;
+    while (d->ooo_segs) {
+        struct seg *s = d->ooo[0];
         if ((int32_t)(s->seq - d->next) > 0) {
             if (!skip_holes)
                 return;
             c->truncated = 1;
             d->next = s->seq;
         }
-        d->ooo = s->next;
+        heap_pop(d);
         d->ooo_bytes -= s->len;
-        d->ooo_segs--;
+        cr->bytes -= sizeof *s + s->len; /* freed below: room for its bytes as a message */
         deliver(cr, c, dir, s->seq, s->data, s->len, s->t);
         free(s);
     }
@@ -244,12 +311,39 @@ static void drain(struct capread *cr, struct conv *c, int dir, int skip_holes)
 
 /* Keeps a segment that starts after next, in order; equal starts keep their
  * capture order (the first copy wins). */
+/* Room in d's heap for one more segment (counted against the cap). */
+static int heap_room(struct capread *cr, struct dir *d)
+{
+    if (d->ooo_segs < d->ooo_cap)
+        return 1;
+    size_t n = d->ooo_cap ? d->ooo_cap * 2 : 16, grow = (n - d->ooo_cap) * sizeof *d->ooo;
+    if (!take(cr, grow))
+        return 0;
+    struct seg **a = realloc(d->ooo, n * sizeof *a);
+    if (!a) {
+        cr->bytes -= grow;
+        return 0;
+    }
+    d->ooo = a;
+    d->ooo_cap = n;
+    return 1;
+}
+
+/* Keeps a segment that starts after next; equal starts keep their capture
+ * order (the first copy wins). */
 static void buffer(struct capread *cr, struct conv *c, int dir, uint32_t seq, const uint8_t *p,
                    size_t len, double t)
 {
     struct dir *d = &c->d[dir];
-    if (len > CAPREAD_OOO_BYTES - d->ooo_bytes || d->ooo_segs == CAPREAD_OOO_SEGS) {
-        /* Over the cap: give up waiting for the hole. */
+    struct seg *s = NULL;
+    if (len <= CAPREAD_OOO_BYTES - d->ooo_bytes && d->ooo_segs < CAPREAD_OOO_SEGS &&
+        heap_room(cr, d) && take(cr, sizeof *s + len)) {
+        s = malloc(sizeof *s + len);
+        if (!s)
+            cr->bytes -= sizeof *s + len;
+    }
+    if (!s) {
+        /* Over a cap: give up waiting for the hole. */
         drain(cr, c, dir, 1);
         if ((int32_t)(seq - d->next) > 0) {
             c->truncated = 1;
@@ -258,23 +352,15 @@ static void buffer(struct capread *cr, struct conv *c, int dir, uint32_t seq, co
         deliver(cr, c, dir, seq, p, len, t);
         return;
     }
-    struct seg *s = malloc(sizeof *s + len);
-    if (!s) {
-        c->truncated = 1;
-        return;
-    }
+    s->order = cr->order++;
     s->seq = seq;
     s->len = len;
     s->t = t;
     memcpy(s->data, p, len);
-    int32_t rel = (int32_t)(seq - d->next);
-    struct seg **pp = &d->ooo;
-    while (*pp && (int32_t)((*pp)->seq - d->next) <= rel)
-        pp = &(*pp)->next;
-    s->next = *pp;
-    *pp = s;
+    if (!d->ooo_segs)
+        d->base = d->next;
+    heap_push(d, s);
     d->ooo_bytes += len;
-    d->ooo_segs++;
 }
 
 static void segment(struct capread *cr, const struct capread_endpoint *src,
@@ -467,11 +553,9 @@ static void conv_free(struct conv *c)
         free(c->msgs[i].data);
     free(c->msgs);
     for (int i = 0; i < 2; i++) {
-        while (c->d[i].ooo) {
-            struct seg *s = c->d[i].ooo;
-            c->d[i].ooo = s->next;
-            free(s);
-        }
+        for (size_t k = 0; k < c->d[i].ooo_segs; k++)
+            free(c->d[i].ooo[k]);
+        free(c->d[i].ooo);
     }
     free(c);
 }

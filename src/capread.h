@@ -19,8 +19,9 @@
  *     the file, the hole is skipped and the conversation marked truncated
  *     (so is one with a segment cut short by the snapshot length);
  *   - all conversations together hold at most CAPREAD_MAX_BYTES bytes of
- *     messages and CAPREAD_MAX_CONVS conversations: past that, bytes are
- *     dropped and the conversation marked truncated;
+ *     memory (messages as allocated, bookkeeping included, and waiting
+ *     segments) and CAPREAD_MAX_CONVS conversations: past that, bytes are
+ *     dropped (a waiting hole skipped) and the conversation marked truncated;
  *   - the client is the sender of the SYN (or the receiver of the SYN-ACK);
  *     without either, the side with the higher port (the ephemeral one), and
  *     on equal ports the first sender;
@@ -39,7 +40,7 @@
 #include "util.h"
 
 #define CAPREAD_OOO_BYTES (4u << 20)
-#define CAPREAD_OOO_SEGS 4096
+#define CAPREAD_OOO_SEGS 131072
 #define CAPREAD_MAX_BYTES ((size_t)512 << 20)
 #define CAPREAD_MAX_CONVS 65536
 
@@ -88,6 +89,10 @@ struct capread;
 
 /* NULL when out of memory. */
 struct capread *capread_new(void);
+
+/* The cap on the memory held by messages and waiting segments (default
+ * CAPREAD_MAX_BYTES; the tests lower it). */
+void capread_limit(struct capread *cr, size_t max_bytes);
 
 /* Whether libpcap link type DLT is one capread_packet understands. */
 int capread_linktype_ok(int dlt);

@@ -30,7 +30,13 @@ static void push_endpoint(lua_State *L, const struct capread_endpoint *ep)
 /* echokit.capture(path) -> conversations | nil, err. [-1, +1|2, m] */
 int lcapread_capture(lua_State *L)
 {
-    const char *path = luaL_checkstring(L, 1);
+    size_t plen;
+    const char *path = luaL_checklstring(L, 1, &plen);
+    if (strlen(path) != plen) { /* the file opened would be another one */
+        luaL_pushfail(L);
+        lua_pushliteral(L, "the path contains a NUL byte");
+        return 2;
+    }
     struct capread_result *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     luaL_setmetatable(L, HOLD_MT);

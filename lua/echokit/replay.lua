@@ -147,6 +147,49 @@ function M.consume(mode, expected, buf, pos, eof)
   return "ok", pos + n
 end
 
+-- Reads (receive(): the next chunk, nil at the end) until consume() may
+-- decide on the recorded client message expected, rest being the unread
+-- input it last said "more" about. Returns the input joined (rest and what
+-- came) and whether it ended. The cost is linear in the bytes read however
+-- finely the peer cuts them: each chunk is checked on its own against the
+-- bytes it must agree with (exact, prefix; lines: the line it falls in) and
+-- the chunks are joined once, so a client sending a long message a byte at a
+-- time cannot make every byte cost the whole message. Stops at the first
+-- chunk that completes the message, differs, or (lines) ends a line.
+function M.gather(mode, expected, rest, receive)
+  local parts, have, eof = { rest }, #rest, false
+  -- want: what the bytes after rest's first `base` ones must agree with
+  local want, base = expected, 0
+  local stop_at = #expected -- enough bytes to decide in any case
+  if mode == "prefix" then
+    want = expected:sub(1, expected:find("\n", 1, true) or #expected)
+  elseif mode == "lines" then
+    local e, line_start = 1, 1
+    for nl in rest:gmatch("()\n") do -- lines already in: one recorded line each
+      line_start = nl + 1
+      e = (expected:find("\n", e, true) or #expected) + 1
+    end
+    local nl = expected:find("\n", e, true)
+    want = expected:sub(e, (nl or #expected + 1) - 1):gsub("\r$", "")
+    base = line_start - 1
+    stop_at = base + #want
+    -- a partial line that is not plainly a prefix (a CR in it): decide now
+    if rest:sub(line_start) ~= want:sub(1, #rest - base) then stop_at = 0 end
+  end
+  while true do
+    local d = receive()
+    if not d then eof = true; break end
+    parts[#parts + 1] = d
+    local lo = have + 1 - base
+    have = have + #d
+    if mode == "any" or have >= stop_at then break end
+    if mode == "lines" and d:find("[\r\n]") then break end
+    local hi = math.min(have - base, #want)
+    if lo <= hi and d:sub(1, hi - lo + 1) ~= want:sub(lo, hi) then break end
+  end
+  return table.concat(parts), eof
+end
+
 -- How many leading bytes a and b share.
 local function common(a, b)
   local n = math.min(#a, #b)

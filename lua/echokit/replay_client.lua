@@ -115,13 +115,20 @@ local function run_conv(conn, n, conv, o, out)
         return bad
       end
     elseif #o.ignore == 0 then
-      -- stream-wise: the next #m.data live bytes
-      while #buf - pos + 1 < #m.data do
-        local got = buf:sub(pos)
-        if got ~= m.data:sub(1, #got) then break end -- differs already
-        local ok, err = more()
-        if not ok then
-          differ(i, m.data, buf:sub(pos), err == "timeout" and "timed out" or "the server closed")
+      -- stream-wise: the next #m.data live bytes, read until they are all
+      -- there or one differs (gather: joined once, not once per chunk)
+      local got = buf:sub(pos)
+      if #got < #m.data and got == m.data:sub(1, #got) then
+        local err
+        local eof
+        buf, eof = replay.gather("exact", m.data, got, function()
+          local d, e = conn:receiveany()
+          err = e
+          return d
+        end)
+        pos = 1
+        if eof then -- it ended with every byte so far as recorded
+          differ(i, m.data, buf, err == "timeout" and "timed out" or "the server closed")
           return bad
         end
       end

@@ -198,6 +198,68 @@ describe("replay timing", function()
     t.expect_silence(cr, 0.5, "the real-time answer, 2 s after the request")
     t.assert_bytes(ans, t.recv_n(cr, #ans, t.T(10)), "the real-time answer")
   end)
+
+  it("waits out a recorded gap on a timer: another client is served meanwhile", function()
+    local path = peers.tmpdir() .. "/slow.pcap"
+    write_pcap(path, "slow")
+    local srv = t.start{ handler = "replay", args = { from = path, timing = "real" } }
+    local req = "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n"
+    local a, b = srv:connect(), srv:connect()
+    t.send_all(a, req) -- its answer is due 2 s later
+    t.send_all(b, "PUT /other HTTP/1.0\r\n\r\n") -- a mismatch: closed at once
+    assert.equal("", t.recv_until_closed(b, 10))
+    -- b's close came while a's answer was still due: the wait did not hold the loop
+    a:settimeout(0)
+    local d, err, partial = a:receive(1)
+    assert.is_nil(d)
+    assert.equal("timeout", err)
+    assert.equal("", partial)
+    local ans = "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    t.assert_bytes(ans, t.recv_n(a, #ans, 10), "the answer after the gap")
+  end)
+end)
+
+describe("replay's mismatch reports", function()
+  after_each(teardown)
+
+  it("are at most 10 a second, and those held back are counted", function()
+    local path = peers.tmpdir() .. "/flood.pcap"
+    write_pcap(path, "slow")
+    local srv = t.start{ handler = "replay", args = { from = path } }
+    local sent = 25
+    for _ = 1, sent do
+      local c = srv:connect()
+      t.send_all(c, "PUT /other HTTP/1.0\r\n\r\n")
+      t.recv_until_closed(c, 10)
+      c:close()
+    end
+    srv:await_log("more reports? not shown %(at most 10 a second%)", 5)
+    -- every mismatch is either reported in full or counted, once its second is over
+    t.eventually(function()
+      local full, heldback = #srv:log_matching("replay: %[conn"), 0
+      for _, l in ipairs(srv:log_matching("more reports? not shown")) do
+        heldback = heldback + tonumber(l:match("(%d+) more report"))
+      end
+      return full + heldback == sent and full < sent, ("%d full, %d counted"):format(full, heldback)
+    end, 5, "every mismatch reported or counted")
+  end)
+end)
+
+describe("replay of a large answer", function()
+  after_each(teardown)
+
+  it("sends an answer larger than --max-buffer in slices, all of it", function()
+    local path = peers.tmpdir() .. "/big.pcap"
+    write_pcap(path, "big")
+    local srv = t.start{ handler = "replay", args = { from = path },
+                         opts = { "--high-water", "16384", "--max-buffer", "65536" } }
+    local c = srv:connect()
+    t.send_all(c, "GET /reorder HTTP/1.0\r\nHost: x\r\n\r\n")
+    local bytes = {}
+    for i = 0, 250 do bytes[#bytes + 1] = string.char(i) end
+    local want = string.rep(table.concat(bytes), 16000):sub(1, 4000000)
+    t.assert_bytes(want, t.recv_n(c, #want, 20), "the recorded answer")
+  end)
 end)
 
 describe("echokit.capture", function()
@@ -223,6 +285,21 @@ describe("echokit.capture", function()
       "editcap")
     local out = dump(dir .. "/a.pcapng")
     assert.matches("  client " .. hex(REQ) .. "\n  server " .. hex(ANS) .. "\n", out, 1, true)
+  end)
+
+  it("refuses a path with a NUL in it instead of reading the file named by its start", function()
+    local dir = peers.tmpdir()
+    write_pcap(dir .. "/a.pcap", "reorder", "raw")
+    local h = dir .. "/nul.lua"
+    peers.write_file(h, string.format([[
+local echokit = require "echokit"
+local convs, err = echokit.capture(%q .. "\0.junk")
+print(convs and ("read " .. #convs) or ("error: " .. err))
+return {}
+]], dir .. "/a.pcap"))
+    local r = t.run({ handler = h, opts = { "--check" }, listen = {} }, t.T(20))
+    assert(r.how == "exited" and r.code == 0, r.stdout .. r.stderr)
+    assert.matches("error: the path contains a NUL byte", r.stdout, 1, true)
   end)
 
   it("keeps what precedes the cut of a truncated file, with a warning", function()

@@ -17,11 +17,35 @@ local function run(mode, expected, input, cut)
   end
 end
 
+-- The same as the mock server reads: on "more", gather() until consume()
+-- may decide. Returns as run() does, and how many times consume ran.
+local function run_gather(mode, expected, input, cut)
+  local i = 1
+  local function receive()
+    if i > #input then return nil end
+    local d = input:sub(i, i + cut - 1)
+    i = i + cut
+    return d
+  end
+  local buf, pos, eof, calls = "", 1, false, 0
+  while true do
+    calls = calls + 1
+    local st, a, b = replay.consume(mode, expected, buf, pos, eof)
+    if st == "ok" then return st, a - 1, nil, calls end
+    if st == "mismatch" then return st, b - 1, a, calls end
+    if eof then error("more after eof") end
+    buf, eof = replay.gather(mode, expected, buf:sub(pos), receive)
+    pos = 1
+  end
+end
+
 local function all_cuts(mode, expected, input, want, taken)
   for cut = 1, #input + 1 do
-    local st, n = run(mode, expected, input, cut)
-    assert.equal(want, st, ("mode %s, cut %d"):format(mode, cut))
-    if taken then assert.equal(taken, n, ("mode %s, cut %d"):format(mode, cut)) end
+    for _, f in ipairs({ run, run_gather }) do
+      local st, n = f(mode, expected, input, cut)
+      assert.equal(want, st, ("mode %s, cut %d"):format(mode, cut))
+      if taken then assert.equal(taken, n, ("mode %s, cut %d"):format(mode, cut)) end
+    end
   end
 end
 
@@ -46,6 +70,35 @@ describe("echokit.replay.consume", function()
     all_cuts("lines", "HELO a\nMAIL b\n", "HELO a\r\nMAIL b\r\nRCPT", "ok", 16)
     all_cuts("lines", "HELO a\nMAIL b\n", "HELO a\nMAIL c\n", "mismatch")
     all_cuts("lines", "HELO a\nEND", "HELO a\r\nENDx", "ok", 11)
+  end)
+
+  it("lines: a line that differs is seen before the line ends, a CR alone decides nothing", function()
+    all_cuts("lines", "HELO a\nMAIL b\n", "HELO a\nMXYZ", "mismatch")
+    all_cuts("lines", "HELO a\nMAIL b\n", "HELO a\rx\nMAIL b\n", "mismatch")
+    all_cuts("lines", "HELO a\nMAIL b\n", "HELO a\r\r\n", "mismatch")
+    all_cuts("lines", "HELO\r\nEND", "HELO\nEN", "mismatch") -- the client stopped short
+  end)
+
+  it("gather: a message sent a byte at a time is joined once, not once per byte", function()
+    -- 1-byte chunks of a 100 kB message: consume runs a bounded number of
+    -- times (joining per chunk would copy the whole input per byte)
+    local big = string.rep("0123456789abcdef", 6400) .. "\n"
+    for _, mode in ipairs({ "exact", "prefix", "lines" }) do
+      local st, n, _, calls = run_gather(mode, big, big .. "next", 1)
+      assert.equal("ok", st, mode)
+      assert.equal(#big, n, mode)
+      assert.is_true(calls <= 4, mode .. ": consume ran " .. calls .. " times")
+    end
+    -- and a byte that differs still stops it at once
+    local received = 0
+    local wrong = "0123456789abcdeX" .. string.rep("z", 1000)
+    local buf, eof = replay.gather("exact", big, "", function()
+      received = received + 1
+      return wrong:sub(received, received)
+    end)
+    assert.equal(16, received)
+    assert.equal("0123456789abcdeX", buf)
+    assert.is_false(eof)
   end)
 
   it("any: whatever has arrived", function()

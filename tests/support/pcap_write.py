@@ -81,6 +81,14 @@ def main():
         ]
         write(out, link, pk, [0, 0.001, 0.002, 2.002])
         return
+    if scenario == "big":  # a 4000000-byte answer (bytes 0..250 over and over), 1400 a segment
+        big = (bytes(range(251)) * 16000)[:4000000]
+        pk = [tcp(c, s, cp, sp, ci, 0, S), tcp(s, c, sp, cp, si, ci + 1, SA),
+              tcp(c, s, cp, sp, ci + 1, si + 1, PA, r)]
+        for o in range(0, len(big), 1400):
+            pk.append(tcp(s, c, sp, cp, si + 1 + o, ci + 1 + len(r), A, big[o:o + 1400]))
+        write(out, link, pk)
+        return
     pk = [
         tcp(c, s, cp, sp, ci, 0, S),
         tcp(s, c, sp, cp, si, ci + 1, SA),

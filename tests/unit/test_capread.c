@@ -348,6 +348,96 @@ static void test_holes_and_caps(void)
     capread_free(&r);
 }
 
+/* Many small segments in any order: 100000 one-byte segments in reverse
+ * order, then shuffled with duplicates and overlaps, come out whole and in
+ * order (the waiting segments are a heap: no walk of a list per segment,
+ * and room for that many). */
+static void test_many_segments(void)
+{
+    enum { N = 100000 };
+    static char want[N + 1];
+    for (int i = 0; i < N; i++)
+        want[i] = (char)('a' + i % 26);
+    struct capread *cr = capread_new();
+    feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 0xffff0000u, SYN, ""); /* wraps on the way */
+    char one[2] = {0};
+    for (int i = N - 1; i >= 0; i--) {
+        one[0] = want[i];
+        feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 0xffff0001u + (uint32_t)i, ACK, one);
+    }
+    struct capread_result r = {0};
+    capread_finish(cr, &r);
+    CHECK(r.nconvs == 1 && !r.convs[0].truncated && r.convs[0].nmsgs == 1 &&
+          r.convs[0].msgs[0].len == N && !memcmp(r.convs[0].msgs[0].data, want, N));
+    capread_free(&r);
+
+    /* shuffled 4-byte segments at every 3 bytes (each overlaps the next),
+     * every one sent twice */
+    enum { M = 20000 };
+    static uint32_t idx[2 * M];
+    for (uint32_t i = 0; i < 2 * M; i++)
+        idx[i] = i % M;
+    uint32_t x = 12345;
+    for (uint32_t i = 2 * M - 1; i > 0; i--) {
+        x = x * 1103515245u + 12345u;
+        uint32_t j = (x >> 8) % (i + 1), tmp = idx[i];
+        idx[i] = idx[j];
+        idx[j] = tmp;
+    }
+    cr = capread_new();
+    feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 0, SYN, "");
+    char four[5] = {0};
+    for (uint32_t i = 0; i < 2 * M; i++) {
+        uint32_t k = idx[i] * 3;
+        memcpy(four, want + k, 4);
+        feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 1 + k, ACK, four);
+    }
+    capread_finish(cr, &r);
+    CHECK(r.nconvs == 1 && !r.convs[0].truncated && r.convs[0].nmsgs == 1 &&
+          r.convs[0].msgs[0].len == 3 * (M - 1) + 4 &&
+          !memcmp(r.convs[0].msgs[0].data, want, 3 * (M - 1) + 4));
+    capread_free(&r);
+}
+
+/* The memory cap counts what is allocated, not only payload bytes: many
+ * one-byte messages (each with its bookkeeping) and many waiting segments
+ * hit it long before their payload does, in one conversation or spread
+ * over many. */
+static void test_memory_cap(void)
+{
+    struct capread *cr = capread_new();
+    capread_limit(cr, 64 * 1024);
+    feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 0, SYN, "");
+    feed(cr, DLT_RAW, 0, 2, 80, 1, 40000, 0, SYN | ACK, "");
+    for (uint32_t i = 0; i < 4000; i++) { /* 8000 payload bytes */
+        feed(cr, DLT_RAW, 0, 1, 40000, 2, 80, 1 + i, ACK, "q");
+        feed(cr, DLT_RAW, 0, 2, 80, 1, 40000, 1 + i, ACK, "a");
+    }
+    struct capread_result r = {0};
+    capread_finish(cr, &r);
+    CHECK(r.nconvs == 1 && r.convs[0].truncated && r.convs[0].nmsgs < 8000);
+    capread_free(&r);
+
+    /* 200 conversations, each with 1000 bytes waiting behind a hole (well
+     * within the per-direction caps): the cap bounds them all together. */
+    cr = capread_new();
+    capread_limit(cr, 64 * 1024);
+    char kb[1001];
+    memset(kb, 'w', 1000);
+    kb[1000] = 0;
+    for (int c = 0; c < 200; c++) {
+        feed(cr, DLT_RAW, 0, 1, 1000 + c, 2, 80, 0, SYN, "");
+        feed(cr, DLT_RAW, 0, 1, 1000 + c, 2, 80, 10, ACK, kb);
+    }
+    capread_finish(cr, &r);
+    size_t total = 0;
+    for (size_t i = 0; i < r.nconvs; i++)
+        for (size_t k = 0; k < r.convs[i].nmsgs; k++)
+            total += r.convs[i].msgs[k].cap;
+    CHECK(r.nconvs == 200 && total <= 64 * 1024);
+    capread_free(&r);
+}
+
 int main(void)
 {
     CHECK(mkdtemp(tmpdir) != NULL);
@@ -355,6 +445,8 @@ int main(void)
     test_files();
     test_direction_and_reuse();
     test_holes_and_caps();
+    test_memory_cap();
+    test_many_segments();
     rmdir(tmpdir);
     return check_done("capread");
 }
