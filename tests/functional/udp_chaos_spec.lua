@@ -196,6 +196,33 @@ describe("chaos over UDP", function()
   end)
 end)
 
+describe("the default listener", function()
+  after_each(t.teardown)
+
+  it("is udp://127.0.0.1:7000 when the upstream is udp:// (in a network namespace of its own)",
+     function()
+    -- port 7000 is fixed here, so the server runs where nothing else can hold it
+    local ns = { "unshare", "-n" }
+    if peers.run({ "id", "-u" }, 5).out ~= "0\n" then ns = { "unshare", "-rn" } end
+    local probe = peers.run({ ns[1], ns[2], "true" }, 5)
+    if probe.code ~= 0 then
+      print("skipped: no network namespace here (" .. probe.err .. ")")
+      return
+    end
+    local wrap = { ns[1], ns[2], "sh", "-c", 'ip link set lo up && exec "$0" "$@"' }
+    for _, case in ipairs {
+      { args = { upstream = "udp://127.0.0.1:5353", loss = "0.3" },
+        want = "listening on udp://127.0.0.1:7000" },
+      { args = { upstream = "127.0.0.1:5353", latency = "0.1" }, want = "listening on 127.0.0.1:7000" },
+    } do
+      local srv = t.start{ handler = "chaos", listen = {}, wrap = wrap, args = case.args }
+      local line = srv.p:readline(t.T(10))
+      assert.equal(case.want, line)
+      srv:stop()
+    end
+  end)
+end)
+
 describe("control API, UDP proxies", function()
   after_each(peers.teardown)
 
