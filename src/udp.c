@@ -501,24 +501,38 @@ void udp_flush(struct udp_ctx *u)
     int n = u->nout;
     if (!n)
         return;
+    /* The queue in the order of its sockets (a stable insertion sort: each
+     * socket's datagrams keep theirs), so every socket takes one sendmmsg:
+     * a proxy's requests interleave its outbound flows' sockets. A queue of
+     * one socket (a listener's echoes) is already in order. */
+    int ord[UDP_BATCH];
+    for (int i = 0; i < n; i++) {
+        int fd = u->out[i].fd, j = i;
+        for (; j > 0 && u->out[ord[j - 1]].fd > fd; j--)
+            ord[j] = ord[j - 1];
+        ord[j] = i;
+    }
     struct mmsghdr m[UDP_BATCH];
     struct iovec iov[UDP_BATCH];
-    int err[UDP_BATCH];
+    int err[UDP_BATCH], fds[UDP_BATCH];
+    struct conn *cs[UDP_BATCH];
     for (int i = 0; i < n; i++) {
-        struct udp_out *o = &u->out[i];
+        const struct udp_out *o = &u->out[ord[i]];
         iov[i].iov_base = u->arena + o->off;
         iov[i].iov_len = o->len;
         m[i].msg_hdr = (struct msghdr){.msg_iov = &iov[i], .msg_iovlen = 1,
                                        .msg_name = (void *)o->to, .msg_namelen = o->tolen};
+        fds[i] = o->fd;
+        cs[i] = o->c;
         err[i] = 0;
     }
     /* runs of the same socket, one sendmmsg each (until it refuses one) */
     for (int i = 0; i < n;) {
         int j = i + 1;
-        while (j < n && u->out[j].fd == u->out[i].fd)
+        while (j < n && fds[j] == fds[i])
             j++;
         for (int k = i; k < j;) {
-            int r = sendmmsg(u->out[i].fd, m + k, (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
+            int r = sendmmsg(fds[i], m + k, (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
             if (r > 0) {
                 u->stats.dgrams_out += (uint64_t)r;
                 k += r;
@@ -536,9 +550,6 @@ void udp_flush(struct udp_ctx *u)
     }
     /* A connected socket's ICMP error (ECONNREFUSED...) ends its flow; the
      * queue is emptied first, so the teardown's own flush finds nothing. */
-    struct conn *cs[UDP_BATCH];
-    for (int i = 0; i < n; i++)
-        cs[i] = u->out[i].c;
     u->nout = 0;
     u->arena_used = 0;
     for (int i = 0; i < n; i++) {

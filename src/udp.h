@@ -11,8 +11,9 @@
  * connected socket of its own.
  *
  * Output: datagrams written during a loop turn are queued (copied into one
- * per-loop arena) and sent with sendmmsg, a run of the same socket per call,
- * when the queue fills and before the loop polls again. A datagram the
+ * per-loop arena) and sent with sendmmsg, one call per socket (the queue
+ * grouped by socket, each socket's datagrams in their order), when the queue
+ * fills and before the loop polls again. A datagram the
  * kernel refuses (EAGAIN, ENOBUFS: the socket buffer is full) is dropped and
  * counted, never fatal. */
 #include <ev.h>
