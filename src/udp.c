@@ -474,9 +474,9 @@ static void make_room(struct udp_ctx *u, size_t len)
 }
 
 /* Queues a datagram (room made) to the address at to (tolen bytes; NULL: a
- * connected socket), which stays valid until it is sent. Returns its slot. */
-static struct udp_out *enqueue(struct udp_ctx *u, int fd, struct conn *c, const void *to,
-                               socklen_t tolen, const void *data, size_t len)
+ * connected socket), which stays valid until it is sent. */
+static void enqueue(struct udp_ctx *u, int fd, struct conn *c, const void *to, socklen_t tolen,
+                    const void *data, size_t len)
 {
     /* the prepare runs whenever the queue holds something */
     if (!u->nout)
@@ -493,7 +493,6 @@ static struct udp_out *enqueue(struct udp_ctx *u, int fd, struct conn *c, const 
     if (len)
         memcpy(u->arena + u->arena_used, data, len);
     u->arena_used += len;
-    return o;
 }
 
 void udp_flush(struct udp_ctx *u)
