@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "inetsum.h"
 #include "pcap.h"
 
 #define NSTREAMS 4
@@ -81,34 +82,6 @@ static void append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p, si
     *len += n;
 }
 
-/* RFC 1071 as a receiver checks it, written apart from pcap.c's: bytes at
- * even offsets weigh 256, bytes at odd offsets 1 (each piece starts at an
- * even offset); a header with a right checksum sums to 0xffff once folded. */
-static uint64_t sum_bytes(uint64_t acc, const uint8_t *p, size_t len)
-{
-    uint64_t even = 0, odd = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (i & 1)
-            odd += p[i];
-        else
-            even += p[i];
-    }
-    return acc + (even << 8) + odd;
-}
-
-static int sums_right(uint64_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return acc == 0xffff;
-}
-
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void make_endpoint(struct pcap_endpoint *ep, uint8_t seed, int v6, uint16_t port)
 {
     char text[INET6_ADDRSTRLEN];
@@ -139,24 +112,8 @@ static void check_udp(struct uexpect *ux, int v6, const uint8_t *src, const uint
     FUZZ_CHECK(get16(udp + 4) == udplen, "UDP length %u, %zu in the packet", get16(udp + 4),
                udplen);
     FUZZ_CHECK(get16(udp + 6) != 0, "UDP checksum left out");
-    uint8_t pseudo[40] = {0};
-    size_t plen;
-    if (v6) {
-        memcpy(pseudo, src, 16);
-        memcpy(pseudo + 16, dst, 16);
-        pseudo[34] = (uint8_t)(udplen >> 8);
-        pseudo[35] = (uint8_t)udplen;
-        pseudo[39] = IPPROTO_UDP;
-        plen = 40;
-    } else {
-        memcpy(pseudo, src, 4);
-        memcpy(pseudo + 4, dst, 4);
-        pseudo[9] = IPPROTO_UDP;
-        pseudo[10] = (uint8_t)(udplen >> 8);
-        pseudo[11] = (uint8_t)udplen;
-        plen = 12;
-    }
-    FUZZ_CHECK(sums_right(sum_bytes(sum_bytes(0, pseudo, plen), udp, udplen)), "UDP checksum");
+    FUZZ_CHECK(sums_right(sum_bytes(pseudo_sum(v6, src, dst, IPPROTO_UDP, udplen), udp, udplen)),
+               "UDP checksum");
     uint16_t sport = get16(udp), dport = get16(udp + 2);
     int si = -1, side = -1;
     for (int i = 0; i < NSTREAMS; i++)
@@ -245,28 +202,7 @@ static void check_file(struct expect *ex, struct uexpect *ux, uint64_t records)
         FUZZ_CHECK(tcplen >= 20, "TCP segment of %zu", tcplen);
         size_t doff = (size_t)(tcp[12] >> 4) * 4;
         FUZZ_CHECK(doff >= 20 && doff <= tcplen, "data offset %zu of %zu", doff, tcplen);
-        uint8_t pseudo[40];
-        size_t plen;
-        if (v6) {
-            memcpy(pseudo, src, 16);
-            memcpy(pseudo + 16, dst, 16);
-            pseudo[32] = (uint8_t)(tcplen >> 24);
-            pseudo[33] = (uint8_t)(tcplen >> 16);
-            pseudo[34] = (uint8_t)(tcplen >> 8);
-            pseudo[35] = (uint8_t)tcplen;
-            pseudo[36] = pseudo[37] = pseudo[38] = 0;
-            pseudo[39] = IPPROTO_TCP;
-            plen = 40;
-        } else {
-            memcpy(pseudo, src, 4);
-            memcpy(pseudo + 4, dst, 4);
-            pseudo[8] = 0;
-            pseudo[9] = IPPROTO_TCP;
-            pseudo[10] = (uint8_t)(tcplen >> 8);
-            pseudo[11] = (uint8_t)tcplen;
-            plen = 12;
-        }
-        FUZZ_CHECK(sums_right(sum_bytes(sum_bytes(0, pseudo, plen), tcp, tcplen)),
+        FUZZ_CHECK(sums_right(sum_bytes(pseudo_sum(v6, src, dst, IPPROTO_TCP, tcplen), tcp, tcplen)),
                    "TCP checksum of record %llu", (unsigned long long)nrec);
 
         /* Which stream and side: ports are unique per stream. */
