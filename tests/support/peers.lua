@@ -134,6 +134,41 @@ local function closed_port()
   return tonumber(port)
 end
 
+-- Connects from `src` (default 127.0.0.1) to 127.0.0.1:port with Python,
+-- sends `data` (default "hi\n"), reads until the peer ends the stream and
+-- returns how it ended: "EOF" or "ECONNRESET" (luasocket reports a reset as
+-- "closed"; Python tells them apart), the seconds from the connect, and for
+-- an EOF the bytes read.
+local STREAM_END = [[
+import socket, sys, time
+s = socket.socket()
+s.settimeout(float(sys.argv[3]))
+s.bind((sys.argv[1], 0))
+t0 = time.monotonic()
+n = 0
+try:
+    # a reset at once may come before connect() returns
+    s.connect(("127.0.0.1", int(sys.argv[2])))
+    s.sendall(sys.argv[4].encode())
+    while True:
+        d = s.recv(65536)
+        if not d: print("EOF %d after %.3f" % (n, time.monotonic() - t0)); break
+        n += len(d)
+except ConnectionResetError:
+    print("ECONNRESET after %.3f" % (time.monotonic() - t0))
+except socket.timeout:
+    print("TIMEOUT")
+]]
+local function stream_end(port, src, data)
+  local path = tmpfile(STREAM_END)
+  local r = run({ PYTHON, path, src or "127.0.0.1", tostring(port), tostring(t.T(5)),
+                  data or "hi\n" }, 15)
+  assert_ok(r, "python client")
+  local how, n, after = r.out:match("^(%u+) ?(%d*) after ([%d.]+)")
+  assert(how, "python client printed: " .. r.out)
+  return how, tonumber(after), tonumber(n)
+end
+
 local function addr_of(srv) return "127.0.0.1:" .. srv:port() end
 
 ---------------------------------------------------------------------------
@@ -171,6 +206,25 @@ local function start_http(dir, cert, key)
   return h
 end
 
+-- start_http serving a directory that holds only /static/y ("static file\n"),
+-- for the aimed-fault tests that hit /api/* and let /static/y pass.
+local function start_static_http()
+  local dir = tmpdir()
+  os.execute("mkdir -p " .. shq(dir .. "/static"))
+  write_file(dir .. "/static/y", "static file\n")
+  return start_http(dir)
+end
+
+-- Waits (bounded) until h (start_static_http) has logged GET /static/y, then
+-- checks that no /api/ request ever reached it.
+local function assert_no_api_request(h)
+  local log = t.eventually(function()
+    local l = helper_stderr(h)
+    return l:find("GET /static/y", 1, true) and l, l
+  end, 5, "the upstream logging GET /static/y")
+  assert(not log:find("/api/", 1, true), "the upstream saw an /api/ request:\n" .. log)
+end
+
 return {
   tmpdir = tmpdir,
   write_file = write_file,
@@ -187,6 +241,9 @@ return {
   teardown = teardown,
   closed_port = closed_port,
   addr_of = addr_of,
+  stream_end = stream_end,
   start_redis = start_redis,
   start_http = start_http,
+  start_static_http = start_static_http,
+  assert_no_api_request = assert_no_api_request,
 }
