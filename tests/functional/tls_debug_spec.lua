@@ -63,15 +63,6 @@ local function fetch(port, ca, what)
   assert.equal(BODY, r.out)
 end
 
-local function tshark(argv)
-  local cmd = { "tshark" }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-  local r = peers.assert_ok(peers.run(cmd, 60), "tshark " .. table.concat(argv, " "))
-  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
-  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
-  return r.out
-end
-
 -- The events file, decoded: a list of tables.
 local function events(path)
   local out = {}
@@ -125,7 +116,7 @@ describe("debug proxy, tls=mitm", function()
     assert.equal("text", data[1].encoding)
     assert.matches("^GET / HTTP/1%.1\r\nHost: localhost:%d+\r\n", data[1].data)
 
-    local out = tshark({ "-r", dir .. "/plain.pcap", "-d", "tcp.port==" .. up.port .. ",http",
+    local out = peers.tshark({ "-r", dir .. "/plain.pcap", "-d", "tcp.port==" .. up.port .. ",http",
                          "-Y", "http", "-T", "fields", "-e", "http.request.method",
                          "-e", "http.request.uri", "-e", "http.response.code" })
     assert.matches("GET\t/\t\n", out)
@@ -221,7 +212,7 @@ describe("debug proxy, tls=mitm", function()
                            "-e", "http.request.method", "-e", "http.request.uri" }) do
         argv[#argv + 1] = a
       end
-      return tshark(argv)
+      return peers.tshark(argv)
     end
     -- the wire carried ciphertext: no HTTP without the keys, the request with them
     assert.equal("", get({}))

@@ -82,6 +82,19 @@ local function assert_ok(r, what)
   return r
 end
 
+-- Runs tshark with argv (bounded: timeout, default 60 s) and returns its
+-- output; it must exit 0 and write nothing to stderr but its one remark
+-- when run as root.
+local function tshark(argv, timeout)
+  local cmd = { "tshark" }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  local r = run(cmd, timeout or 60)
+  assert_ok(r, "tshark " .. table.concat(argv, " "))
+  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
+  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
+  return r.out
+end
+
 local function sha256(path)
   local r = run({ "sha256sum", path }, 30)
   assert_ok(r, "sha256sum " .. path)
@@ -235,6 +248,7 @@ return {
   wait_helper = wait_helper,
   run = run,
   assert_ok = assert_ok,
+  tshark = tshark,
   sha256 = sha256,
   cleanup = cleanup,
   front = front,
