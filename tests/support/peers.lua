@@ -95,6 +95,18 @@ local function tshark(argv, timeout)
   return r.out
 end
 
+-- Runs a bench/ load generator (loadgen, udp_loadgen: `bin`) with args;
+-- returns its exit code, its "label=..." result line parsed, the line and
+-- its stderr.
+local function loadgen(bin, args, timeout)
+  local name = bin:match("[^/]*$")
+  local r = run({ bin, table.unpack(args) }, timeout or 30)
+  assert(r.how == "exited", name .. ": " .. tostring(r.how) .. "\n" .. t.clip(r.err))
+  local line = r.out:match("label=[^\n]*")
+  assert(line, name .. " printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
+  return r.code, t.parse_kv(line), line, r.err
+end
+
 local function sha256(path)
   local r = run({ "sha256sum", path }, 30)
   assert_ok(r, "sha256sum " .. path)
@@ -249,6 +261,7 @@ return {
   run = run,
   assert_ok = assert_ok,
   tshark = tshark,
+  loadgen = loadgen,
   sha256 = sha256,
   cleanup = cleanup,
   front = front,
