@@ -8,12 +8,7 @@ local t = require "echokit_test"
 local socket = require "socket"
 local peers = require "peers"
 
-local function chaos(args, o)
-  o = o or {}
-  o.handler = "chaos"
-  o.args = args
-  return peers.front(t.start(o))
-end
+local chaos = peers.start_chaos
 
 local function curl(port, path)
   local r = peers.run({ "curl", "-s", "-S", "-i", "--max-time", tostring(t.T(10)),

@@ -13,10 +13,7 @@ end
 -- before the upstream (peers.front).
 local function chaos(up, args, o)
   args.upstream = "127.0.0.1:" .. up:port()
-  o = o or {}
-  o.handler = "chaos"
-  o.args = args
-  return peers.front(t.start(o))
+  return peers.start_chaos(args, o)
 end
 
 -- Waits (bounded) until c is readable, then takes what has arrived: a

@@ -135,6 +135,15 @@ local function front(srv)
   return srv
 end
 
+-- echokit -H chaos with handler arguments `args` (upstream= and the
+-- toxics) and t.start options `o`, stopped before its upstream (front).
+local function start_chaos(args, o)
+  o = o or {}
+  o.handler = "chaos"
+  o.args = args
+  return front(t.start(o))
+end
+
 -- The servers marked with front first, then t.teardown (stops the other
 -- echokit servers, checks every exit and log), then the helpers; a failure of
 -- any is reported.
@@ -265,6 +274,7 @@ return {
   sha256 = sha256,
   cleanup = cleanup,
   front = front,
+  start_chaos = start_chaos,
   teardown = teardown,
   closed_port = closed_port,
   addr_of = addr_of,
