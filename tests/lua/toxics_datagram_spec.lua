@@ -14,6 +14,13 @@ local function open(set)
                  rt:conn("client", true))
 end
 
+-- A pair through a datagram set holding the one toxic `def` (set:add's).
+local function open_with(def)
+  local set = toxics.set { datagram = true }
+  assert(set:add(def))
+  return open(set)
+end
+
 local function sizes(flow)
   local out = {}
   for i, w in ipairs(flow.writes) do out[i] = #w.data end
@@ -54,9 +61,7 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("empty datagrams pass, also when delayed", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "latency", attributes = { latency = 0.1 } })
-    local client, server = open(set)
+    local client, server = open_with { type = "latency", attributes = { latency = 0.1 } }
     server.handler.on_data(server, "")
     server.handler.on_data(server, "a")
     rt:advance(1)
@@ -64,9 +69,7 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("bandwidth paces whole datagrams, each #d / rate after the one before", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "bandwidth", attributes = { rate = 1 } }) -- 1000 bytes/s
-    local client, server = open(set)
+    local client, server = open_with { type = "bandwidth", attributes = { rate = 1 } } -- 1000 bytes/s
     for _ = 1, 3 do server.handler.on_data(server, string.rep("x", 300)) end
     rt:advance(5)
     assert.same({ 300, 300, 300 }, sizes(client))
@@ -74,9 +77,7 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("limit_data passes the datagrams that fit, drops the next and closes both flows", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "limit_data", stream = "upstream", attributes = { bytes = 100 } })
-    local client, server, h = open(set)
+    local client, server, h = open_with { type = "limit_data", stream = "upstream", attributes = { bytes = 100 } }
     h.on_data(client, string.rep("a", 40))
     h.on_data(client, string.rep("b", 40))
     assert.is_nil(client.ended)
@@ -87,9 +88,7 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("a datagram pair closes, never shuts down, when a direction ends", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "latency", attributes = { latency = 0.01 } })
-    local client, server = open(set)
+    local client, server = open_with { type = "latency", attributes = { latency = 0.01 } }
     server.handler.on_data(server, "x")
     server.handler.on_close(server, nil) -- the upstream flow was closed cleanly
     rt:advance(1)
