@@ -5,13 +5,6 @@
 local t = require "echokit_test"
 local peers = require "peers"
 local dns = require "dnsmasq"
-local cjson = require "cjson"
-
-local function events_of(path)
-  local list = {}
-  for line in t.read_file(path):gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
-  return list
-end
 
 describe("debug proxy over UDP", function()
   after_each(peers.teardown)
@@ -31,7 +24,7 @@ describe("debug proxy over UDP", function()
     px:stop()
 
     -- the JSON events: open, 5 datagrams each way, numbered, with their size
-    local ev = events_of(events)
+    local ev = peers.debug_events(events)
     local open = ev[1]
     assert.equal("open", open.event)
     local cport = tonumber(open.client:match("^127%.0%.0%.1:(%d+)$"))

@@ -107,6 +107,16 @@ local function loadgen(bin, args, timeout)
   return r.code, t.parse_kv(line), line, r.err
 end
 
+-- The debug handler's events file (events=, one JSON object a line),
+-- decoded: a list of tables; fails if there is none.
+local function debug_events(path)
+  local cjson = require "cjson"
+  local out = {}
+  for line in t.read_file(path):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  assert(#out > 0, "no events in " .. path)
+  return out
+end
+
 local function sha256(path)
   local r = run({ "sha256sum", path }, 30)
   assert_ok(r, "sha256sum " .. path)
@@ -270,6 +280,7 @@ return {
   run = run,
   assert_ok = assert_ok,
   tshark = tshark,
+  debug_events = debug_events,
   loadgen = loadgen,
   sha256 = sha256,
   cleanup = cleanup,
