@@ -3,7 +3,7 @@
  *
  *   op byte: low 3 bits the operation, bits 3-4 the stream, bit 5 the side
  *     0 open   then 1 byte of families/address seed and 4 bytes of ISN seed
- *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 70 000
+ *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 65,535
  *              when bit 6 is set, from a fixed pattern at an offset bit 7
  *              picks) and the payload, taken from the input unless bit 6
  *     2 fin    3 rst    4 flush
@@ -284,6 +284,22 @@ static void check_file(struct expect *ex, struct uexpect *ux, uint64_t records)
     free(buf);
 }
 
+/* The bytes of a data or datagram operation, n of them: with bit 6 of op
+ * from the fixed pattern (at an offset bit 7 picks), otherwise up to
+ * max_input - 1 taken from the input at *i, which moves past them. */
+static const uint8_t *payload(uint8_t op, const uint8_t *data, size_t size, size_t *i, size_t *n,
+                              size_t max_input)
+{
+    if (op & 0x40)
+        return big + (op & 0x80 ? 255 : 0);
+    *n %= max_input;
+    if (*n > size - *i)
+        *n = size - *i;
+    const uint8_t *p = data + *i;
+    *i += *n;
+    return p;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > 16384)
@@ -328,17 +344,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             size_t n = (size_t)(data[i] | data[i + 1] << 8);
             i += 2;
-            const uint8_t *p;
-            if (op & 0x40) {
-                n %= 70000;
-                p = big + (op & 0x80 ? 255 : 0);
-            } else {
-                n %= 8192;
-                if (n > size - i)
-                    n = size - i;
-                p = data + i;
-                i += n;
-            }
+            const uint8_t *p = payload(op, data, size, &i, &n, 8192);
             /* bounded, but past the 256 KiB buffer so that it fills up */
             if (!e->open || (total += n) > 400000)
                 break;
@@ -377,16 +383,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 pcap_udp_open(&u->u, &c, &s);
                 u->open = 1;
             }
-            const uint8_t *p;
-            if (op & 0x40) {
-                p = big + (op & 0x80 ? 255 : 0);
-            } else {
-                n %= 1024;
-                if (n > size - i)
-                    n = size - i;
-                p = data + i;
-                i += n;
-            }
+            const uint8_t *p = payload(op, data, size, &i, &n, 1024);
             if ((total += n) > 400000)
                 break;
             int r = pcap_udp_datagram(&f, &u->u, side, p, n);
