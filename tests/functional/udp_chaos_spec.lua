@@ -11,8 +11,7 @@ local cjson = require "cjson"
 local function chaos(upstream, toxic_args, opts)
   local args = { upstream = upstream }
   for k, v in pairs(toxic_args or {}) do args[k] = v end
-  return peers.front(t.start{ handler = "chaos", listen = { "udp://127.0.0.1:0" },
-                              args = args, opts = opts })
+  return peers.start_chaos(args, { listen = { "udp://127.0.0.1:0" }, opts = opts })
 end
 
 local function udp_echo()

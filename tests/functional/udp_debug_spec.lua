@@ -5,22 +5,6 @@
 local t = require "echokit_test"
 local peers = require "peers"
 local dns = require "dnsmasq"
-local cjson = require "cjson"
-
-local function tshark(argv)
-  local cmd = { "tshark" }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-  local r = peers.assert_ok(peers.run(cmd, 60), "tshark " .. table.concat(argv, " "))
-  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
-  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
-  return r.out
-end
-
-local function events_of(path)
-  local list = {}
-  for line in t.read_file(path):gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
-  return list
-end
 
 describe("debug proxy over UDP", function()
   after_each(peers.teardown)
@@ -40,7 +24,7 @@ describe("debug proxy over UDP", function()
     px:stop()
 
     -- the JSON events: open, 5 datagrams each way, numbered, with their size
-    local ev = events_of(events)
+    local ev = peers.debug_events(events)
     local open = ev[1]
     assert.equal("open", open.event)
     local cport = tonumber(open.client:match("^127%.0%.0%.1:(%d+)$"))
@@ -78,7 +62,7 @@ describe("debug proxy over UDP", function()
                    5 * qlen .. " bytes%) client %-> upstream, 5 datagrams", err)
 
     -- the pcap: 10 DNS packets, both ways, the real addresses and ports
-    local out = tshark({ "-r", pcap, "-Y", "dns", "-o", "udp.check_checksum:TRUE",
+    local out = peers.tshark({ "-r", pcap, "-Y", "dns", "-o", "udp.check_checksum:TRUE",
       "-o", "ip.check_checksum:TRUE", "-T", "fields", "-E", "separator=|",
       "-e", "ip.src", "-e", "ip.dst", "-e", "udp.srcport", "-e", "udp.dstport",
       "-e", "ip.checksum.status", "-e", "udp.checksum.status", "-e", "dns.flags.response",

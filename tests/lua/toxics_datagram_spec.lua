@@ -4,64 +4,21 @@
 -- cut or joined, what each type means on them, and what a datagram set
 -- refuses.
 
-local clock, timers = 0, {}
-
-local fake = {}
-function fake.now() return clock end
-function fake.log() end
-function fake.timer(seconds, fn)
-  local t = { at = clock + seconds, fn = fn }
-  function t.cancel(self) self.done = true end
-  timers[#timers + 1] = t
-  return t
-end
-
--- Runs timers in time order until the clock reaches `to` (bounded).
-local function advance(to)
-  for _ = 1, 100000 do
-    local best
-    for _, t in ipairs(timers) do
-      if not t.done and t.at <= to and (not best or t.at < best.at) then best = t end
-    end
-    if not best then break end
-    clock = math.max(clock, best.at)
-    best.done = true
-    best.fn(best)
-  end
-  clock = math.max(clock, to)
-end
-
-local function new_flow(name)
-  local c = { name = name, writes = {} }
-  function c.write(self, data)
-    self.writes[#self.writes + 1] = { data = data, at = clock }
-    return true
-  end
-  function c.pause() end
-  function c.resume() end
-  function c.shutdown() error("shutdown: not supported on a UDP flow") end
-  function c.close(self) self.ended = self.ended or "close" end
-  function c.reset(self) self.ended = "reset" end
-  return c
-end
-
-local last_server
-function fake.connect(_, handler)
-  local s = new_flow("server")
-  s.handler = handler
-  last_server = s
-  return s
-end
-
-package.loaded["echokit"] = fake
+local fakes = require "fakes"
+local rt = fakes.proxy_runtime()
+package.loaded["echokit"] = rt.echokit
 local toxics = require "echokit.toxics"
 
 local function open(set)
-  timers = {}
-  local h = toxics.handler { upstream = "udp://127.0.0.1:1", toxics = set }
-  local client = new_flow("client")
-  h.on_connect(client)
-  return client, last_server, h
+  return rt:open(toxics.handler { upstream = "udp://127.0.0.1:1", toxics = set },
+                 rt:conn("client", true))
+end
+
+-- A pair through a datagram set holding the one toxic `def` (set:add's).
+local function open_with(def)
+  local set = toxics.set { datagram = true }
+  assert(set:add(def))
+  return open(set)
 end
 
 local function sizes(flow)
@@ -71,7 +28,7 @@ local function sizes(flow)
 end
 
 describe("echokit.toxics on datagrams", function()
-  before_each(function() clock, timers = 0, {} end)
+  before_each(function() rt:reset() end)
 
   it("a datagram set refuses the types that need a byte stream and protocol matchers", function()
     local set = toxics.set { datagram = true }
@@ -104,29 +61,23 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("empty datagrams pass, also when delayed", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "latency", attributes = { latency = 0.1 } })
-    local client, server = open(set)
+    local client, server = open_with { type = "latency", attributes = { latency = 0.1 } }
     server.handler.on_data(server, "")
     server.handler.on_data(server, "a")
-    advance(1)
+    rt:advance(1)
     assert.same({ 0, 1 }, sizes(client))
   end)
 
   it("bandwidth paces whole datagrams, each #d / rate after the one before", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "bandwidth", attributes = { rate = 1 } }) -- 1000 bytes/s
-    local client, server = open(set)
+    local client, server = open_with { type = "bandwidth", attributes = { rate = 1 } } -- 1000 bytes/s
     for _ = 1, 3 do server.handler.on_data(server, string.rep("x", 300)) end
-    advance(5)
+    rt:advance(5)
     assert.same({ 300, 300, 300 }, sizes(client))
     for i, w in ipairs(client.writes) do assert.near(0.3 * i, w.at, 1e-9) end
   end)
 
   it("limit_data passes the datagrams that fit, drops the next and closes both flows", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "limit_data", stream = "upstream", attributes = { bytes = 100 } })
-    local client, server, h = open(set)
+    local client, server, h = open_with { type = "limit_data", stream = "upstream", attributes = { bytes = 100 } }
     h.on_data(client, string.rep("a", 40))
     h.on_data(client, string.rep("b", 40))
     assert.is_nil(client.ended)
@@ -137,12 +88,10 @@ describe("echokit.toxics on datagrams", function()
   end)
 
   it("a datagram pair closes, never shuts down, when a direction ends", function()
-    local set = toxics.set { datagram = true }
-    assert(set:add { type = "latency", attributes = { latency = 0.01 } })
-    local client, server = open(set)
+    local client, server = open_with { type = "latency", attributes = { latency = 0.01 } }
     server.handler.on_data(server, "x")
     server.handler.on_close(server, nil) -- the upstream flow was closed cleanly
-    advance(1)
+    rt:advance(1)
     assert.equal("close", client.ended)
   end)
 end)
