@@ -3,7 +3,7 @@
  *
  *   op byte: low 3 bits the operation, bits 3-4 the stream, bit 5 the side
  *     0 open   then 1 byte of families/address seed and 4 bytes of ISN seed
- *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 70 000
+ *     1 data   then 2 bytes of length (little-endian, up to 8 KiB, or 65,535
  *              when bit 6 is set, from a fixed pattern at an offset bit 7
  *              picks) and the payload, taken from the input unless bit 6
  *     2 fin    3 rst    4 flush
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "inetsum.h"
 #include "pcap.h"
 
 #define NSTREAMS 4
@@ -81,34 +82,6 @@ static void append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p, si
     *len += n;
 }
 
-/* RFC 1071 as a receiver checks it, written apart from pcap.c's: bytes at
- * even offsets weigh 256, bytes at odd offsets 1 (each piece starts at an
- * even offset); a header with a right checksum sums to 0xffff once folded. */
-static uint64_t sum_bytes(uint64_t acc, const uint8_t *p, size_t len)
-{
-    uint64_t even = 0, odd = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (i & 1)
-            odd += p[i];
-        else
-            even += p[i];
-    }
-    return acc + (even << 8) + odd;
-}
-
-static int sums_right(uint64_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return acc == 0xffff;
-}
-
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static void make_endpoint(struct pcap_endpoint *ep, uint8_t seed, int v6, uint16_t port)
 {
     char text[INET6_ADDRSTRLEN];
@@ -139,24 +112,8 @@ static void check_udp(struct uexpect *ux, int v6, const uint8_t *src, const uint
     FUZZ_CHECK(get16(udp + 4) == udplen, "UDP length %u, %zu in the packet", get16(udp + 4),
                udplen);
     FUZZ_CHECK(get16(udp + 6) != 0, "UDP checksum left out");
-    uint8_t pseudo[40] = {0};
-    size_t plen;
-    if (v6) {
-        memcpy(pseudo, src, 16);
-        memcpy(pseudo + 16, dst, 16);
-        pseudo[34] = (uint8_t)(udplen >> 8);
-        pseudo[35] = (uint8_t)udplen;
-        pseudo[39] = IPPROTO_UDP;
-        plen = 40;
-    } else {
-        memcpy(pseudo, src, 4);
-        memcpy(pseudo + 4, dst, 4);
-        pseudo[9] = IPPROTO_UDP;
-        pseudo[10] = (uint8_t)(udplen >> 8);
-        pseudo[11] = (uint8_t)udplen;
-        plen = 12;
-    }
-    FUZZ_CHECK(sums_right(sum_bytes(sum_bytes(0, pseudo, plen), udp, udplen)), "UDP checksum");
+    FUZZ_CHECK(sums_right(sum_bytes(pseudo_sum(v6, src, dst, IPPROTO_UDP, udplen), udp, udplen)),
+               "UDP checksum");
     uint16_t sport = get16(udp), dport = get16(udp + 2);
     int si = -1, side = -1;
     for (int i = 0; i < NSTREAMS; i++)
@@ -245,28 +202,7 @@ static void check_file(struct expect *ex, struct uexpect *ux, uint64_t records)
         FUZZ_CHECK(tcplen >= 20, "TCP segment of %zu", tcplen);
         size_t doff = (size_t)(tcp[12] >> 4) * 4;
         FUZZ_CHECK(doff >= 20 && doff <= tcplen, "data offset %zu of %zu", doff, tcplen);
-        uint8_t pseudo[40];
-        size_t plen;
-        if (v6) {
-            memcpy(pseudo, src, 16);
-            memcpy(pseudo + 16, dst, 16);
-            pseudo[32] = (uint8_t)(tcplen >> 24);
-            pseudo[33] = (uint8_t)(tcplen >> 16);
-            pseudo[34] = (uint8_t)(tcplen >> 8);
-            pseudo[35] = (uint8_t)tcplen;
-            pseudo[36] = pseudo[37] = pseudo[38] = 0;
-            pseudo[39] = IPPROTO_TCP;
-            plen = 40;
-        } else {
-            memcpy(pseudo, src, 4);
-            memcpy(pseudo + 4, dst, 4);
-            pseudo[8] = 0;
-            pseudo[9] = IPPROTO_TCP;
-            pseudo[10] = (uint8_t)(tcplen >> 8);
-            pseudo[11] = (uint8_t)tcplen;
-            plen = 12;
-        }
-        FUZZ_CHECK(sums_right(sum_bytes(sum_bytes(0, pseudo, plen), tcp, tcplen)),
+        FUZZ_CHECK(sums_right(sum_bytes(pseudo_sum(v6, src, dst, IPPROTO_TCP, tcplen), tcp, tcplen)),
                    "TCP checksum of record %llu", (unsigned long long)nrec);
 
         /* Which stream and side: ports are unique per stream. */
@@ -348,6 +284,22 @@ static void check_file(struct expect *ex, struct uexpect *ux, uint64_t records)
     free(buf);
 }
 
+/* The bytes of a data or datagram operation, n of them: with bit 6 of op
+ * from the fixed pattern (at an offset bit 7 picks), otherwise up to
+ * max_input - 1 taken from the input at *i, which moves past them. */
+static const uint8_t *payload(uint8_t op, const uint8_t *data, size_t size, size_t *i, size_t *n,
+                              size_t max_input)
+{
+    if (op & 0x40)
+        return big + (op & 0x80 ? 255 : 0);
+    *n %= max_input;
+    if (*n > size - *i)
+        *n = size - *i;
+    const uint8_t *p = data + *i;
+    *i += *n;
+    return p;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > 16384)
@@ -392,17 +344,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             size_t n = (size_t)(data[i] | data[i + 1] << 8);
             i += 2;
-            const uint8_t *p;
-            if (op & 0x40) {
-                n %= 70000;
-                p = big + (op & 0x80 ? 255 : 0);
-            } else {
-                n %= 8192;
-                if (n > size - i)
-                    n = size - i;
-                p = data + i;
-                i += n;
-            }
+            const uint8_t *p = payload(op, data, size, &i, &n, 8192);
             /* bounded, but past the 256 KiB buffer so that it fills up */
             if (!e->open || (total += n) > 400000)
                 break;
@@ -441,16 +383,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 pcap_udp_open(&u->u, &c, &s);
                 u->open = 1;
             }
-            const uint8_t *p;
-            if (op & 0x40) {
-                p = big + (op & 0x80 ? 255 : 0);
-            } else {
-                n %= 1024;
-                if (n > size - i)
-                    n = size - i;
-                p = data + i;
-                i += n;
-            }
+            const uint8_t *p = payload(op, data, size, &i, &n, 1024);
             if ((total += n) > 400000)
                 break;
             int r = pcap_udp_datagram(&f, &u->u, side, p, n);

@@ -3,6 +3,7 @@
 --   echokit -H chaos -- upstream=127.0.0.1:6379 latency=0.1 jitter=0.02
 --   echokit -H chaos -- upstream=127.0.0.1:80 bandwidth=64 stream=downstream
 --   echokit -H chaos -- upstream=127.0.0.1:6379 reset_peer=0.5 toxicity=0.3
+--   echokit -H chaos -l udp://127.0.0.1:5300 -- upstream=udp://127.0.0.1:53 loss=0.3
 --
 -- One toxic per TYPE=VALUE argument, VALUE being its main attribute (seconds
 -- for durations, like every echokit option):
@@ -29,6 +30,17 @@
 --      latency=0.2 latency.stream=upstream latency.client=127.0.0.2/32
 -- With --admin, the toxics can be changed at run time through the
 -- control API, where this proxy is named `name=` (default "chaos").
+--
+-- UDP (upstream=udp://, with -l udp://...): each client flow gets its own
+-- upstream flow, and every datagram goes through the toxics whole, as one
+-- chunk; replies go back to the flow they answer. latency/jitter may
+-- reorder datagrams, bandwidth paces whole ones, limit_data passes the
+-- datagrams that fit and then closes the flows, timeout, reset_peer,
+-- limit_time and down close them; the types that need a byte stream
+-- (slicer, slow_close, http_status, resp_error, slow_open) and the
+-- protocol aims (method, path, header, command, key, opcode, line) are a
+-- start-up error. Either flow's idle timeout (--udp-idle-timeout) closes
+-- both.
 local toxics = require "echokit.toxics"
 local args = ...
 local upstream = args.upstream
@@ -129,7 +141,7 @@ for _, k in ipairs(keys) do
   end
 end
 
-local set = toxics.set()
+local set = toxics.set{ datagram = upstream:match("^udp://") ~= nil }
 for _, ty in ipairs(order) do
   local t = wanted[ty]
   if not toxics.types[ty].def.stream then t.stream = t.stream or args.stream end

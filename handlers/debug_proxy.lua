@@ -5,6 +5,7 @@
 --                       [queue=BYTES]
 --   echokit -H debug -- upstream=tls://HOST:PORT ca_cert=FILE ca_key=FILE
 --                       [keylog=FILE] [ca=FILE sni=NAME alpn=LIST cert= key= insecure=1]
+--   echokit -H debug -l udp://127.0.0.1:5300 -- upstream=udp://127.0.0.1:53 [pcap=...]
 --
 -- Relays every client to the upstream like the `proxy` handler (in C, with
 -- back-pressure and half-close) and, on stderr, prints a line per connection
@@ -51,6 +52,16 @@
 -- when ca_cert= is given; otherwise it is a start-up error, as are tls=mitm
 -- without ca_cert=/ca_key= and the mitm-only options with passthrough.
 --
+-- UDP (upstream=udp://, with -l udp://...): each client flow gets its own
+-- upstream flow, relayed in C as by `proxy`. Each datagram is shown whole
+-- as `client -> upstream datagram 5 (42 bytes)` (its number in that
+-- direction, its size; hexdump offsets from 0), is a `datagram` event
+-- ({"event":"datagram","id","dir","seq","bytes","data","encoding"}: no
+-- offset, datagrams are not a stream) and one UDP packet in the pcap,
+-- between the client's and the upstream's addresses. A flow has no EOF;
+-- its close event gives the reason ("timeout" after --udp-idle-timeout)
+-- and the datagrams and bytes each way. No TLS over UDP (no DTLS).
+--
 -- The dump and the events never block the loop: they go through
 -- echokit.writer, and while stderr (or the events file) is not read fast
 -- enough, whole chunks and events past queue= are dropped, not waited for.
@@ -84,6 +95,9 @@ elseif color == "always" or color == "never" then
 else
   error("debug: color must be auto, always or never (got " .. color .. ")")
 end
+
+local udp = upstream:match("^udp://") ~= nil
+if udp and args.tls == "mitm" then error("debug: tls=mitm needs a TCP upstream (there is no DTLS)") end
 
 -- TLS: mitm (decrypt) or passthrough (relay as is); see the header.
 local tls_upstream = upstream:match("^tls://") ~= nil
@@ -187,13 +201,15 @@ local function printable(data)
   return (data:gsub("\r\n", "\n"):gsub("[^\n\t\32-\126]", "."))
 end
 
-local function show_chunk(s, dir, data, offset)
+-- A chunk of a stream at offset, or (udp) datagram number seq.
+local function show_chunk(s, dir, data, offset, seq)
   local now = echokit.time()
   local label = dir == "up" and "client -> upstream" or "upstream -> client"
   local shown = #data > max and data:sub(1, max) or data
-  local text = { stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", #data, " bytes\n" }
+  local size = seq and ("datagram " .. seq .. " (" .. #data .. " bytes)") or (#data .. " bytes")
+  local text = { stamp(now), " [conn ", s.id, "] ", paint(dir, label), " ", size, "\n" }
   if dump == "hex" then
-    text[#text + 1] = echokit.hexdump(shown, offset)
+    text[#text + 1] = echokit.hexdump(shown, seq and 0 or offset)
   elseif dump == "text" then
     local t = printable(shown)
     text[#text + 1] = t:sub(-1) == "\n" and t or t .. "\n"
@@ -204,8 +220,9 @@ local function show_chunk(s, dir, data, offset)
   put(out, table.concat(text), dump_note) -- one write: a chunk is shown whole or dropped whole
   if events then
     local encoding = utf8.len(shown) and "text" or "base64"
-    emit({ "ts", "event", "id", "dir", "bytes", "offset", "data", "encoding",
-           ts = now, event = "data", id = s.id, bytes = #data, offset = offset,
+    emit({ "ts", "event", "id", "dir", "seq", "bytes", "offset", "data", "encoding",
+           ts = now, event = seq and "datagram" or "data", id = s.id, bytes = #data,
+           offset = not seq and offset or nil, seq = seq,
            dir = dir == "up" and "client->upstream" or "upstream->client",
            data = encoding == "text" and shown or codec.base64(shown), encoding = encoding })
   end
@@ -257,8 +274,9 @@ local function tap(s, dir)
   return function(data)
     local offset = s.bytes[dir]
     s.bytes[dir] = offset + #data
+    s.count[dir] = s.count[dir] + 1
     if dir == "up" and s.hello then show_hello(s, data) end
-    show_chunk(s, dir, data, offset)
+    show_chunk(s, dir, data, offset, udp and s.count[dir] or nil)
     record(s, dir, data)
   end
 end
@@ -278,16 +296,22 @@ local function finish(s, side, reason)
   s.closed = true
   local now = echokit.time()
   local why = reason and ((side == "client" and "client " or "upstream ") .. reason) or nil
-  note(s, reason and "err" or "close",
-       string.format("close %s after %.3f s: %d bytes client -> upstream, %d bytes upstream -> client%s",
-                     s.client_addr, now - s.start, s.bytes.up, s.bytes.down,
+  local function way(dir)
+    if not udp then return s.bytes[dir] .. " bytes" end
+    return string.format("%d datagrams (%d bytes)", s.count[dir], s.bytes[dir])
+  end
+  note(s, (reason and reason ~= "timeout") and "err" or "close",
+       string.format("close %s after %.3f s: %s client -> upstream, %s upstream -> client%s",
+                     s.client_addr, now - s.start, way("up"), way("down"),
                      why and (", " .. why) or ""),
-       { "ts", "event", "id", "client", "upstream", "duration", "bytes_up", "bytes_down", "reason",
+       { "ts", "event", "id", "client", "upstream", "duration", "bytes_up", "bytes_down",
+         "datagrams_up", "datagrams_down", "reason",
          event = "close", client = s.client_addr, upstream = s.upstream_addr,
          duration = now - s.start, bytes_up = s.bytes.up, bytes_down = s.bytes.down,
+         datagrams_up = udp and s.count.up or nil, datagrams_down = udp and s.count.down or nil,
          reason = why })
   if s.stream then
-    if reason == "reset" then
+    if reason == "reset" and not udp then
       s.stream:reset(side)
     else
       s.stream:close()
@@ -298,6 +322,7 @@ end
 return {
   on_connect = function(client)
     local s = { id = client.id, start = echokit.time(), bytes = { up = 0, down = 0 },
+                count = { up = 0, down = 0 },
                 pending = pcap and {}, fin = {}, client_addr = addr(client:peer()),
                 upstream_addr = upstream }
     client.debug = s
@@ -306,7 +331,7 @@ return {
            event = "open", client = s.client_addr, upstream = upstream })
     if mitm then
       client:starttls(mitm) -- reads and writes wait for the handshake
-    else
+    elseif not udp then
       s.hello = tlsinfo.hello_reader()
     end
     local up = echokit.connect(upstream, {
@@ -322,7 +347,7 @@ return {
           local pending = s.pending
           s.pending = nil
           -- nil once the capture has failed (logged once by echokit.pcap)
-          s.stream = pcap:stream(chost, cport, uhost, uport)
+          s.stream = pcap:stream(chost, cport, uhost, uport, udp and "udp" or "tcp")
           if s.stream then
             for _, p in ipairs(pending) do record(s, p[1], p[2]) end
             if s.fin.client then s.stream:fin("client") end

@@ -485,7 +485,7 @@ void capread_packet(struct capread *cr, int dlt, const uint8_t *pkt, size_t capl
     (void)wirelen; /* the IP header's lengths say what was cut */
     cr->packets++;
     size_t off;
-    int type = 0; /* ethertype, 0: read the IP version */
+    int type = -1; /* ethertype, -1: none, read the IP version */
     switch (dlt) {
     case DLT_EN10MB:
         if (caplen < 14)
@@ -498,24 +498,18 @@ void capread_packet(struct capread *cr, int dlt, const uint8_t *pkt, size_t capl
             type = get16(pkt + 16);
             off = 18;
         }
-        if (type != 0x0800 && type != 0x86dd)
-            goto skip;
         break;
     case DLT_LINUX_SLL:
         if (caplen < 16)
             goto skip;
         type = get16(pkt + 14);
         off = 16;
-        if (type != 0x0800 && type != 0x86dd)
-            goto skip;
         break;
     case DLT_LINUX_SLL2:
         if (caplen < 20)
             goto skip;
         type = get16(pkt);
         off = 20;
-        if (type != 0x0800 && type != 0x86dd)
-            goto skip;
         break;
     case DLT_NULL:
     case DLT_LOOP:
@@ -530,6 +524,8 @@ void capread_packet(struct capread *cr, int dlt, const uint8_t *pkt, size_t capl
     default:
         goto skip;
     }
+    if (type != -1 && type != 0x0800 && type != 0x86dd) /* not IPv4 or IPv6 */
+        goto skip;
     if (caplen <= off)
         goto skip;
     const uint8_t *ip = pkt + off;

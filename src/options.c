@@ -53,7 +53,8 @@ static void usage(FILE *f)
 "                          port. tls://ADDR serves TLS (see TLS below);\n"
 "                          udp://HOST:PORT (or udp://[V6]:PORT) takes UDP\n"
 "                          datagrams: one flow per peer address (see UDP below).\n"
-"                          Default 127.0.0.1:7000\n"
+"                          Default 127.0.0.1:7000, or udp://127.0.0.1:7000 when\n"
+"                          the handler's arguments say upstream=udp://...\n"
 "  -H, --handler NAME|FILE a handler file (./mine.lua) or a built-in name, one of\n"
 "%s"
 "                          Default echo\n"
@@ -158,6 +159,16 @@ static void usage(FILE *f)
 "with --workers, if every worker keeps dying at start-up), 2 for a usage or\n"
 "handler-load error.\n",
             names);
+}
+
+/* Whether the handler's arguments name a UDP upstream (upstream=udp://...):
+ * a proxy of datagrams then listens for datagrams by default. */
+static int udp_upstream(const struct options *o)
+{
+    for (int i = 0; i < o->hargc; i++)
+        if (strncmp(o->hargv[i], "upstream=udp://", 15) == 0)
+            return 1;
+    return 0;
 }
 
 static void die_usage(const char *fmt, const char *arg)
@@ -354,5 +365,5 @@ void options_parse(int argc, char **argv, struct options *o)
     /* With --admin alone echokit is a fault-injection server like
      * toxiproxy-server: only the control API listens. */
     if (!o->nlisten && !o->admin)
-        o->listen[o->nlisten++] = "127.0.0.1:7000";
+        o->listen[o->nlisten++] = udp_upstream(o) ? "udp://127.0.0.1:7000" : "127.0.0.1:7000";
 }

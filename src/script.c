@@ -87,6 +87,8 @@ static void pool_drain(struct script *S)
     }
 }
 
+static void *l_alloc_any(struct script *S, void *ptr, size_t old, size_t nsize);
+
 /* Lua's allocator. Counts Lua's memory so --lua-memory can refuse
  * allocations past the cap; Lua turns the refusal into a "not enough memory"
  * error in the caller. Every message a handler reads becomes a Lua string
@@ -103,6 +105,26 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         S->mem_used -= old;
         return NULL;
     }
+    /* The common case (every string a message becomes): a new small block
+     * its class's free list has, within the cap. */
+    if (!ptr && nsize <= POOL_MAX_SIZE &&
+        (!S->mem_limit || S->mem_used + nsize <= S->mem_limit)) {
+        int k = pool_class(nsize);
+        void *p = S->pool.head[k];
+        if (p) {
+            S->pool.head[k] = *(void **)p;
+            S->pool.n[k]--;
+            S->mem_used += nsize;
+            return p;
+        }
+    }
+    return l_alloc_any(S, ptr, old, nsize);
+}
+
+/* l_alloc's other cases: a resize, a block from malloc, the cap. */
+static __attribute__((noinline)) void *l_alloc_any(struct script *S, void *ptr, size_t old,
+                                                   size_t nsize)
+{
     if (S->mem_limit && nsize > old && S->mem_used + (nsize - old) > S->mem_limit &&
         !S->uncapped)
         return NULL;

@@ -22,8 +22,10 @@
 
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    udp_flush(container_of(w, struct udp_ctx, flush));
+    /* stopped first: what a flow torn down by the flush (its on_close)
+     * writes starts it again */
     ev_prepare_stop(loop, w);
+    udp_flush(container_of(w, struct udp_ctx, flush));
 }
 
 /* What each kind of drop is, for the log lines. */
@@ -110,6 +112,15 @@ struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx)
         return NULL;
     }
     u->ctx = ctx;
+    for (int i = 0; i < UDP_BATCH; i++) {
+        u->riov[i].iov_base = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
+        u->riov[i].iov_len = UDP_MAX_DGRAM;
+        u->rm[i].msg_hdr = (struct msghdr){.msg_iov = &u->riov[i], .msg_iovlen = 1,
+                                           .msg_name = &u->from[i].ss,
+                                           .msg_namelen = sizeof u->from[i].ss,
+                                           .msg_control = u->rctl[i].buf,
+                                           .msg_controllen = sizeof u->rctl[i].buf};
+    }
     ev_prepare_init(&u->flush, flush_cb);
     /* after the reaper (priority 0): datagrams on_close writes go too */
     ev_set_priority(&u->flush, EV_MINPRI);
@@ -192,33 +203,34 @@ int udp_connect_fd(const struct net_addr *addr)
 
 /* ---- the flow table ------------------------------------------------------ */
 
-/* FNV-1a over the peer's family, port and address, from a random seed: a
- * client cannot pick source ports that collide on purpose. */
-static size_t peer_hash(const struct udp_sock *s, const struct sockaddr *sa)
+/* The finalizer of splitmix64: a bijection of 64 bits, every input bit
+ * reaching every output bit. */
+static inline uint64_t mix64(uint64_t k)
 {
-    const unsigned char *p;
-    size_t n;
-    uint16_t port;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const void *)sa;
-        p = (const unsigned char *)&in->sin_addr;
-        n = 4;
-        port = in->sin_port;
-    } else {
-        const struct sockaddr_in6 *in6 = (const void *)sa;
-        p = (const unsigned char *)&in6->sin6_addr;
-        n = 16;
-        port = in6->sin6_port;
-    }
-    uint64_t h = 0xcbf29ce484222325ULL ^ s->seed;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    h = (h ^ port) * 0x100000001b3ULL;
-    h ^= h >> 29;
-    return (size_t)(h * 0xbf58476d1ce4e5b9ULL >> 17);
+    k = (k ^ (k >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    k = (k ^ (k >> 27)) * 0x94d049bb133111ebULL;
+    return k ^ (k >> 31);
 }
 
-static int peer_eq(const struct sockaddr *a, const struct sockaddr *b)
+/* The peer's port and address mixed with a random seed: a client cannot pick
+ * source ports (or addresses) that collide on purpose without the seed. IPv4
+ * (the common case) is one 48-bit key, so distinct peers never share a
+ * hash; IPv6 goes in 64 bits at a time, each mixed into the state. */
+static inline size_t peer_hash(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        return (size_t)mix64(((uint64_t)in->sin_addr.s_addr << 16 | in->sin_port) ^ s->seed);
+    }
+    const struct sockaddr_in6 *in6 = (const void *)sa;
+    uint64_t w[2];
+    memcpy(w, &in6->sin6_addr, sizeof w);
+    uint64_t h = mix64(s->seed ^ w[0]);
+    h = mix64(h ^ w[1]);
+    return (size_t)mix64(h ^ in6->sin6_port);
+}
+
+static inline int peer_eq(const struct sockaddr *a, const struct sockaddr *b)
 {
     if (a->sa_family != b->sa_family)
         return 0;
@@ -317,37 +329,25 @@ void udp_conn_detach(struct conn *c)
 
 /* ---- input --------------------------------------------------------------- */
 
-/* One recvmmsg into the loop's batch buffer: how many arrived, or -1 with
- * errno (EAGAIN: none). With ovfl, *ovfl is updated to the newest count of
- * the kernel's drops the datagrams carried (SO_RXQ_OVFL). */
-static int recv_batch(struct udp_ctx *u, int fd, struct mmsghdr *m,
-                      struct sockaddr_storage *from, uint32_t *ovfl)
+/* One recvmmsg into the loop's batch buffer (u->rm: datagram i in rbuf's
+ * slot i, its sender in u->from[i] with .len set): how many arrived, or -1
+ * with errno (EAGAIN: none). With ovfl, *ovfl is updated to the newest count
+ * of the kernel's drops the datagrams carried (SO_RXQ_OVFL). */
+static int recv_batch(struct udp_ctx *u, int fd, uint32_t *ovfl)
 {
-    struct iovec iov[UDP_BATCH];
-    union {
-        char buf[CMSG_SPACE(sizeof(uint32_t))];
-        struct cmsghdr align;
-    } ctl[UDP_BATCH];
-    for (int i = 0; i < UDP_BATCH; i++) {
-        iov[i].iov_base = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
-        iov[i].iov_len = UDP_MAX_DGRAM;
-        memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
-        m[i].msg_hdr.msg_iov = &iov[i];
-        m[i].msg_hdr.msg_iovlen = 1;
-        if (from) {
-            m[i].msg_hdr.msg_name = &from[i];
-            m[i].msg_hdr.msg_namelen = sizeof from[i];
-        }
-        if (ovfl) {
-            m[i].msg_hdr.msg_control = ctl[i].buf;
-            m[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
-        }
+    /* only the headers the last call filled changed */
+    for (int i = 0; i < u->rused; i++) {
+        u->rm[i].msg_hdr.msg_namelen = sizeof u->from[i].ss;
+        u->rm[i].msg_hdr.msg_controllen = sizeof u->rctl[i].buf;
     }
-    int n = recvmmsg(fd, m, UDP_BATCH, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(fd, u->rm, UDP_BATCH, MSG_DONTWAIT, NULL);
+    u->rused = n > 0 ? n : 0;
+    for (int i = 0; i < n; i++)
+        u->from[i].len = u->rm[i].msg_hdr.msg_namelen;
     /* SO_RXQ_OVFL: each datagram carries the socket's count of datagrams
      * the kernel dropped before it (when not 0); the last one's is newest */
     for (int i = n - 1; ovfl && i >= 0; i--) {
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&m[i].msg_hdr);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&u->rm[i].msg_hdr);
         if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_RXQ_OVFL) {
             memcpy(ovfl, CMSG_DATA(cm), sizeof *ovfl);
             break;
@@ -407,11 +407,10 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct udp_sock *s = container_of(w, struct udp_sock, io);
     struct udp_ctx *u = s->u;
-    struct mmsghdr m[UDP_BATCH];
-    struct sockaddr_storage from[UDP_BATCH];
+    struct mmsghdr *m = u->rm;
     for (int round = 0; round < UDP_ROUNDS && s->fd >= 0; round++) {
         uint32_t ovfl = s->rxq_ovfl;
-        int n = recv_batch(u, s->fd, m, from, &ovfl);
+        int n = recv_batch(u, s->fd, &ovfl);
         if (ovfl != s->rxq_ovfl) {
             uint32_t lost = ovfl - s->rxq_ovfl; /* the kernel's count wraps */
             s->rxq_ovfl = ovfl;
@@ -431,27 +430,25 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             const char *buf = u->rbuf + (size_t)i * UDP_MAX_DGRAM;
             size_t len = m[i].msg_len;
-            struct net_addr peer;
-            memcpy(&peer.ss, &from[i], sizeof peer.ss);
-            peer.len = m[i].msg_hdr.msg_namelen;
+            const struct net_addr *peer = &u->from[i];
             u->stats.dgrams_in++;
-            if (reflected(s, (const struct sockaddr *)&peer.ss)) {
+            if (reflected(s, (const struct sockaddr *)&peer->ss)) {
                 u->stats.drop_loop++;
-                note_drop(u, UDP_DROP_LOOP, 1, &peer);
+                note_drop(u, UDP_DROP_LOOP, 1, peer);
                 continue;
             }
             if (s->on_datagram) {
-                s->on_datagram(s, buf, len, &peer);
+                s->on_datagram(s, buf, len, peer);
                 continue;
             }
-            struct conn *c = flow_find(s, (const struct sockaddr *)&peer.ss);
+            struct conn *c = flow_find(s, (const struct sockaddr *)&peer->ss);
             if (!c) {
                 if (u->ctx->max_flows && u->nflows >= u->ctx->max_flows) {
                     u->stats.drop_flows++;
-                    note_drop(u, UDP_DROP_FLOWS, 1, &peer);
+                    note_drop(u, UDP_DROP_FLOWS, 1, peer);
                     continue;
                 }
-                c = s->on_flow(s, &peer);
+                c = s->on_flow(s, peer);
                 if (!c || (c->flags & CONN_DEAD))
                     continue;
             }
@@ -531,10 +528,10 @@ void udp_conn_readable(struct conn *c)
     struct udp_ctx *u = udp_ctx_get(c->ctx);
     if (!u)
         return;
-    struct mmsghdr m[UDP_BATCH];
+    struct mmsghdr *m = u->rm;
     conn_ref(c); /* on_data may reap it */
     for (int round = 0; round < UDP_ROUNDS && !(c->flags & CONN_DEAD); round++) {
-        int n = recv_batch(u, c->fd, m, NULL, NULL);
+        int n = recv_batch(u, c->fd, NULL);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 conn_dgram_failed(c, errno); /* ECONNREFUSED: "refused" */
@@ -563,26 +560,26 @@ static void make_room(struct udp_ctx *u, size_t len)
         udp_flush(u);
 }
 
-/* Queues a datagram (room made). Returns 1. */
-static int enqueue(struct udp_ctx *u, int fd, struct conn *c, const struct net_addr *to,
-                   const void *data, size_t len)
+/* Queues a datagram (room made) to the address at to (tolen bytes; NULL: a
+ * connected socket), which stays valid until it is sent. */
+static void enqueue(struct udp_ctx *u, int fd, struct conn *c, const void *to, socklen_t tolen,
+                    const void *data, size_t len)
 {
+    /* the prepare runs whenever the queue holds something */
+    if (!u->nout)
+        ev_prepare_start(u->ctx->loop, &u->flush);
     struct udp_out *o = &u->out[u->nout++];
     o->fd = fd;
     o->c = c;
     if (c)
         conn_ref(c);
-    if (to)
-        o->to = *to;
-    else
-        o->to.len = 0;
+    o->to = to;
+    o->tolen = tolen;
     o->off = u->arena_used;
     o->len = len;
     if (len)
         memcpy(u->arena + u->arena_used, data, len);
     u->arena_used += len;
-    ev_prepare_start(u->ctx->loop, &u->flush);
-    return 1;
 }
 
 void udp_flush(struct udp_ctx *u)
@@ -590,29 +587,38 @@ void udp_flush(struct udp_ctx *u)
     int n = u->nout;
     if (!n)
         return;
+    /* The queue in the order of its sockets (a stable insertion sort: each
+     * socket's datagrams keep theirs), so every socket takes one sendmmsg:
+     * a proxy's requests interleave its outbound flows' sockets. A queue of
+     * one socket (a listener's echoes) is already in order. */
+    int ord[UDP_BATCH];
+    for (int i = 0; i < n; i++) {
+        int fd = u->out[i].fd, j = i;
+        for (; j > 0 && u->out[ord[j - 1]].fd > fd; j--)
+            ord[j] = ord[j - 1];
+        ord[j] = i;
+    }
     struct mmsghdr m[UDP_BATCH];
     struct iovec iov[UDP_BATCH];
-    int err[UDP_BATCH];
+    int err[UDP_BATCH], fds[UDP_BATCH];
+    struct conn *cs[UDP_BATCH];
     for (int i = 0; i < n; i++) {
-        struct udp_out *o = &u->out[i];
+        const struct udp_out *o = &u->out[ord[i]];
         iov[i].iov_base = u->arena + o->off;
         iov[i].iov_len = o->len;
-        memset(&m[i], 0, sizeof m[i]);
-        m[i].msg_hdr.msg_iov = &iov[i];
-        m[i].msg_hdr.msg_iovlen = 1;
-        if (o->to.len) {
-            m[i].msg_hdr.msg_name = &o->to.ss;
-            m[i].msg_hdr.msg_namelen = o->to.len;
-        }
+        m[i].msg_hdr = (struct msghdr){.msg_iov = &iov[i], .msg_iovlen = 1,
+                                       .msg_name = (void *)o->to, .msg_namelen = o->tolen};
+        fds[i] = o->fd;
+        cs[i] = o->c;
         err[i] = 0;
     }
     /* runs of the same socket, one sendmmsg each (until it refuses one) */
     for (int i = 0; i < n;) {
         int j = i + 1;
-        while (j < n && u->out[j].fd == u->out[i].fd)
+        while (j < n && fds[j] == fds[i])
             j++;
         for (int k = i; k < j;) {
-            int r = sendmmsg(u->out[i].fd, m + k, (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
+            int r = sendmmsg(fds[i], m + k, (unsigned)(j - k), MSG_DONTWAIT | MSG_NOSIGNAL);
             if (r > 0) {
                 u->stats.dgrams_out += (uint64_t)r;
                 k += r;
@@ -638,14 +644,12 @@ void udp_flush(struct udp_ctx *u)
         }
         i = j;
     }
+    /* A connected socket's ICMP error (ECONNREFUSED...) ends its flow; the
+     * queue is emptied first, so the teardown's own flush finds nothing. */
     u->nout = 0;
     u->arena_used = 0;
-    /* A connected socket's ICMP error (ECONNREFUSED...) ends its flow; the
-     * queue is empty by now, so the teardown's own flush finds nothing. */
-    struct udp_out out[UDP_BATCH];
-    memcpy(out, u->out, (size_t)n * sizeof *out);
     for (int i = 0; i < n; i++) {
-        struct conn *c = out[i].c;
+        struct conn *c = cs[i];
         if (!c)
             continue;
         if (err[i] && send_error_ends_flow(err[i]) && !c->usock && !(c->flags & CONN_DEAD))
@@ -738,12 +742,13 @@ int udp_conn_write(struct conn *c, const void *data, size_t len)
     c->bytes_out += len;
     c->ctx->stats.bytes_out += len;
     c->last_active = ev_now(c->ctx->loop);
-    struct net_addr to;
-    if (c->usock) {
-        memcpy(&to.ss, &c->peer, c->peer_len);
-        to.len = c->peer_len;
-    }
-    return enqueue(u, fd, c, c->usock ? &to : NULL, data, len);
+    /* a listener's flow: to its peer, whose address lives as long as the
+     * reference the queue holds */
+    if (c->usock)
+        enqueue(u, fd, c, &c->peer, c->peer_len, data, len);
+    else
+        enqueue(u, fd, c, NULL, 0, data, len);
+    return 1;
 }
 
 int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct net_addr *peer)
@@ -757,5 +762,10 @@ int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct ne
     make_room(s->u, len);
     if (s->fd < 0)
         return -1;
-    return enqueue(s->u, s->fd, NULL, peer, data, len);
+    struct udp_ctx *u = s->u;
+    struct net_addr *to = &u->raw[u->nout];
+    memcpy(&to->ss, &peer->ss, peer->len);
+    to->len = peer->len;
+    enqueue(u, s->fd, NULL, &to->ss, to->len, data, len);
+    return 1;
 }

@@ -11,8 +11,9 @@
  * connected socket of its own.
  *
  * Output: datagrams written during a loop turn are queued (copied into one
- * per-loop arena) and sent with sendmmsg, a run of the same socket per call,
- * when the queue fills and before the loop polls again. A datagram the
+ * per-loop arena) and sent with sendmmsg, one call per socket (the queue
+ * grouped by socket, each socket's datagrams in their order), when the queue
+ * fills and before the loop polls again. A datagram the
  * kernel refuses (EAGAIN, ENOBUFS: the socket buffer is full) is dropped and
  * counted with the rest of that socket's run, never fatal; one refused for
  * itself (EMSGSIZE, EPERM...) is dropped alone. */
@@ -72,13 +73,27 @@ struct udp_ctx {
     size_t nflows;         /* flows of listeners (outbound ones not counted) */
     struct udp_stats stats;
     char *rbuf;            /* UDP_BATCH slots of UDP_MAX_DGRAM */
+    /* recvmmsg's headers, set up once: slot i reads into rbuf's slot i, its
+     * sender's address into from[i]; the fields a call changed are reset
+     * before the next (rused of them) */
+    struct mmsghdr rm[UDP_BATCH];
+    struct iovec riov[UDP_BATCH];
+    struct net_addr from[UDP_BATCH];
+    union udp_ctl {
+        char buf[CMSG_SPACE(sizeof(uint32_t))];
+        struct cmsghdr align;
+    } rctl[UDP_BATCH];
+    int rused;
     /* the output queue */
     struct udp_out {
         int fd;
         struct conn *c;    /* the flow it is for (referenced), or NULL */
-        struct net_addr to;/* .len 0: a connected socket */
+        const void *to;    /* the peer: the flow's own address (it is
+                            * referenced), or raw[i]; NULL: a connected socket */
+        socklen_t tolen;
         size_t off, len;
     } out[UDP_BATCH];
+    struct net_addr raw[UDP_BATCH]; /* udp_sendto's peers */
     int nout;
     struct udp_sock *socks; /* the started sockets: closed by udp_ctx_free */
     char *arena;           /* the queued datagrams' bytes */

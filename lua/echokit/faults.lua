@@ -48,6 +48,7 @@ end
 -- never sees them. close=1 (or a request that does not keep the connection
 -- alive) closes the connection after the answer.
 T.http_status = {
+  bytestream = "answers HTTP requests",
   frame = { http = {} },
   stream = "upstream",
   attributes = { status = 503, body = "", headers = { default = {} }, delay = { default = 0, api = MS },
@@ -80,6 +81,7 @@ T.http_status = {
 -- answered with the error `-MESSAGE`, after delay seconds; the server never
 -- sees them.
 T.resp_error = {
+  bytestream = "answers Redis commands",
   frame = { resp = {} },
   stream = "upstream",
   attributes = { message = "ERR injected fault", delay = { default = 0, api = MS } },
@@ -225,6 +227,7 @@ T.refuse = {
 -- slow_open: a new connection is accepted, and its upstream connection made
 -- only `delay` seconds later; the client is paused meanwhile.
 T.slow_open = {
+  bytestream = "pauses the client until the upstream is connected",
   attributes = { delay = { default = 0, api = MS } },
   validate = nonneg("slow_open", "delay"),
   start = function(self)

@@ -393,6 +393,12 @@ local function glob_of(v, what)
   return f
 end
 
+-- glob_of for a field that may be absent: nil, nil when it is.
+local function optional_glob(v, what)
+  if v == nil then return nil end
+  return glob_of(v, what)
+end
+
 local function only(t, known, what)
   if type(t) ~= "table" then return what .. " must be a table" end
   for k in pairs(t) do
@@ -416,10 +422,8 @@ local function compile_http(s)
     return nil, "match.http.method must be a string"
   end
   local path
-  if s.path ~= nil then
-    path, err = glob_of(s.path, "match.http.path")
-    if not path then return nil, err end
-  end
+  path, err = optional_glob(s.path, "match.http.path")
+  if err then return nil, err end
   local headers = {}
   if s.header ~= nil then
     if type(s.header) ~= "table" then return nil, "match.http.header must be a table" end
@@ -450,10 +454,8 @@ local function compile_resp(s)
     return nil, "match.resp.command must be a string"
   end
   local key
-  if s.key ~= nil then
-    key, err = glob_of(s.key, "match.resp.key")
-    if not key then return nil, err end
-  end
+  key, err = optional_glob(s.key, "match.resp.key")
+  if err then return nil, err end
   local command = s.command and s.command:upper()
   return function(cmd)
     if type(cmd) ~= "table" then return false end

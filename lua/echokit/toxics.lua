@@ -14,6 +14,10 @@
 -- loop, never sleeps, and a stub's output leaves in the order it was sent.
 -- Changes to a set (add, update, remove) reach the connections already open.
 --
+-- Datagrams: a set made with toxics.set{ datagram = true } (a UDP proxy's)
+-- carries each datagram as one chunk, never cut or joined; it refuses the
+-- types whose def has `bytestream` (a reason) and protocol matchers.
+--
 -- Toxicity: when a connection starts (or a toxic is added or updated), each of
 -- its stubs draws once whether it applies; a stub that does not apply passes
 -- everything through.
@@ -89,6 +93,9 @@ function M.define(name, def)
   end
   if def.stream ~= nil and not STREAMS[def.stream] then
     error("toxics.define: def.stream must be upstream or downstream", 2)
+  end
+  if def.bytestream ~= nil and type(def.bytestream) ~= "string" then
+    error("toxics.define: def.bytestream must be a string (why the type needs a byte stream)", 2)
   end
   for _, k in ipairs { "start", "data", "eof", "stop", "cleanup", "validate" } do
     if def[k] ~= nil and type(def[k]) ~= "function" then
@@ -220,7 +227,8 @@ end
 -- Passes data on after `delay` seconds (default 0), after what is queued
 -- (unordered: only after what is due before it).
 function Stub:send(data, delay, unordered)
-  if self.dead or data == "" then return end
+  -- an empty chunk is nothing on a byte stream, but an empty datagram is one
+  if self.dead or (data == "" and not self.datagram) then return end
   local q = self.queue
   if (delay == nil or delay <= 0) and q.head > q.tail then
     -- nothing waits: on at once (the common case, without a clock read)
@@ -232,7 +240,7 @@ end
 -- Passes data on `gap` seconds after the previous item leaves (a link that is
 -- busy for `gap` seconds per item: bandwidth, slicer).
 function Stub:pace(data, gap)
-  if self.dead or data == "" then return end
+  if self.dead or (data == "" and not self.datagram) then return end
   enqueue(self, data, tail_at(self) + (gap or 0))
 end
 
@@ -415,7 +423,8 @@ function Dir:emit_eof(stub)
   if nxt then return nxt:_eof() end
   if self.eof_done then return end
   self.eof_done = true
-  if self.close_on_eof then return self.pair:close() end
+  -- datagrams have no half-close: the end of a direction ends the pair
+  if self.close_on_eof or self.pair.datagram then return self.pair:close() end
   local dst = self:dst()
   if not dst then
     local early = self.pair.early
@@ -571,9 +580,12 @@ end
 local Set = {}
 Set.__index = Set
 
--- toxics.set(): an empty set.
-function M.set()
-  return setmetatable({ chain = { upstream = {}, downstream = {} }, pairs = {} }, Set)
+-- toxics.set([{ datagram = true }]): an empty set. A datagram set (a UDP
+-- proxy's) refuses the types that need a byte stream (def.bytestream) and
+-- protocol matchers, which frame messages across chunks.
+function M.set(o)
+  return setmetatable({ chain = { upstream = {}, downstream = {} }, pairs = {},
+                        datagram = type(o) == "table" and o.datagram == true }, Set)
 end
 
 -- The toxics gauge of the set's --metrics handle, if it has one.
@@ -604,12 +616,17 @@ end
 -- The aim of a toxic from its attributes match, client and sni (see the
 -- header): sets toxic.matcher, toxic.client_ok, toxic.sni_ok. Returns true,
 -- or nil and why (nothing changed then).
-local function aim(toxic, ty, attrs, stream)
+local function aim(toxic, ty, attrs, stream, datagram)
   local def = ty.def
   local m, err
   if attrs.match ~= nil then
     m, err = match.compile(attrs.match)
     if not m then return nil, err end
+    if datagram and m.kind ~= "chunk" then
+      return nil, string.format("match: a %s matcher frames messages across a byte stream; " ..
+                                "on datagrams (a UDP proxy) only a function matcher works",
+                                m.kind)
+    end
     if def.frame_kind and m.kind ~= def.frame_kind then
       return nil, string.format("%s answers %s messages: its match must be a %s matcher",
                                 ty.name, def.frame_kind, def.frame_kind)
@@ -677,6 +694,10 @@ function Set:add(o)
   if ty.def.stream and stream ~= ty.def.stream then
     return nil, string.format("%s acts on the %s stream only", o.type, ty.def.stream), "bad"
   end
+  if self.datagram and ty.def.bytestream then
+    return nil, string.format("%s %s: it needs a byte stream, and this proxy relays datagrams (UDP)",
+                              o.type, ty.def.bytestream), "bad"
+  end
   local name = o.name
   if name == nil or name == "" then name = o.type .. "_" .. stream end
   if type(name) ~= "string" then return nil, "name must be a string", "bad" end
@@ -690,7 +711,7 @@ function Set:add(o)
   if not attrs then return nil, err, "bad" end
   local toxic = { name = name, type = o.type, stream = stream, toxicity = toxicity,
                   attributes = attrs, generation = 1 }
-  local ok, aerr = aim(toxic, ty, attrs, stream)
+  local ok, aerr = aim(toxic, ty, attrs, stream, self.datagram)
   if not ok then return nil, aerr, "bad" end
   table.insert(self.chain[stream], toxic)
   count_toxics(self)
@@ -720,7 +741,7 @@ function Set:update(name, o)
   end
   if reaim then
     local probe = {}
-    local ok, aerr = aim(probe, ty, attrs, stream)
+    local ok, aerr = aim(probe, ty, attrs, stream, self.datagram)
     if not ok then return nil, aerr, "bad" end
     toxic.matcher, toxic.client_ok, toxic.sni_ok = probe.matcher, probe.client_ok, probe.sni_ok
   end
@@ -813,7 +834,7 @@ function M.handler(o)
       on_close = function(server, reason)
         pair.server_gone = true
         if pair.dead then return end
-        if reason and not server.connected then
+        if reason and (not server.connected or reason == "refused") then
           echokit.log("warn", "%s: upstream %s: %s", tostring(client), addr, reason)
         end
         if reason or pair.client_gone then
@@ -850,7 +871,8 @@ function M.handler(o)
     if m then m:connection() end
     if o.down and o.down() then return client:reset() end
     local pair = setmetatable({ client = client, set = set, metrics = m,
-                                datagram = o.datagram or client.datagram == true }, Pair)
+                                datagram = o.datagram or set.datagram or client.datagram == true },
+                         Pair)
     pair.up = new_dir(pair, "upstream", "client", "server")
     pair.down = new_dir(pair, "downstream", "server", "client")
     client.toxic_pair = pair
@@ -926,12 +948,14 @@ M.define("latency", {
 })
 
 -- bandwidth: at most rate KB/s (1 KB = 1000 bytes, as toxiproxy), in pieces of
--- a tenth of a second's worth.
+-- a tenth of a second's worth; datagrams whole, each leaving once the link
+-- has carried the one before it.
 M.define("bandwidth", {
   attributes = { rate = 0 },
   data = function(self, data)
     local rate = self.attributes.rate * 1000
     if rate <= 0 then return self:send(data) end
+    if self.datagram then return self:pace(data, #data / rate) end
     local piece = math.max(1, math.floor(rate / 10))
     for i = 1, #data, piece do
       local p = data:sub(i, i + piece - 1)
@@ -943,6 +967,7 @@ M.define("bandwidth", {
 -- slicer: chunks cut into slices of average_size +- size_variation bytes,
 -- delay seconds apart.
 M.define("slicer", {
+  bytestream = "cuts chunks into slices",
   attributes = { average_size = 0, size_variation = 0, delay = { default = 0, api = US } },
   data = function(self, data)
     local a = self.attributes
@@ -961,6 +986,7 @@ M.define("slicer", {
 
 -- slow_close: the end of the stream waits delay seconds.
 M.define("slow_close", {
+  bytestream = "delays the end of a stream",
   attributes = { delay = { default = 0, api = MS } },
   eof = function(self) self:send_eof(self.attributes.delay) end,
 })
@@ -1000,13 +1026,23 @@ M.define("reset_peer", {
 })
 
 -- limit_data: bytes bytes get through, then the connection is closed (with
--- bytes = 0, at the first chunk: toxiproxy's limit_data).
+-- bytes = 0, at the first chunk: toxiproxy's limit_data). Datagrams are not
+-- cut: those that fit whole pass, the first that does not is dropped and
+-- the flows are closed.
 M.define("limit_data", {
   attributes = { bytes = 0 },
   start = function(self) self.passed = 0 end,
   data = function(self, data)
     if self.done then return end
     local left = self.attributes.bytes - self.passed
+    if self.datagram then
+      if #data <= left and left > 0 then
+        self.passed = self.passed + #data
+        return self:send(data)
+      end
+      self.done = true
+      return self:send_eof() -- on datagrams: closes both flows, after what is queued
+    end
     if #data < left then
       self.passed = self.passed + #data
       return self:send(data)

@@ -59,9 +59,20 @@ local E = {
 -- only (no name lookup blocks the loop) and "localhost" as 127.0.0.1. The
 -- same mapping here lets populate see "localhost:N" as the proxy's address.
 local function listen_spec(listen)
-  local host, port = listen:match("^(.*):(%d+)$")
-  if host == "localhost" then return "127.0.0.1:" .. port end
+  local scheme, rest = listen:match("^(udp://)(.*)$")
+  local host, port = (rest or listen):match("^(.*):(%d+)$")
+  if host == "localhost" then return (scheme or "") .. "127.0.0.1:" .. port end
   return listen
+end
+
+-- An extension: a proxy whose listen and upstream are udp:// relays
+-- datagrams (its toxics act on each one, echokit.toxics' datagram sets).
+local function is_udp(addr) return addr ~= nil and addr:sub(1, 6) == "udp://" end
+
+-- Where a proxy created without `listen` listens: loopback, a free port,
+-- UDP for a udp:// upstream.
+local function default_listen(upstream)
+  return is_udp(upstream) and "udp://127.0.0.1:0" or "127.0.0.1:0"
 end
 
 -- Opens a listener for proxy on listen (not attached to it). Returns the
@@ -145,7 +156,7 @@ end
 
 local function new_proxy(name, listen, upstream, tls)
   local proxy = { name = name, listen = listen, upstream = upstream, enabled = false,
-                  set = toxics.set(), tls = tls }
+                  set = toxics.set{ datagram = is_udp(upstream) }, tls = tls }
   proxy.handler = toxics.handler {
     upstream = function() return proxy.upstream end,
     connect_opts = function() return proxy.tls and { tls = proxy.tls } end,
@@ -277,6 +288,10 @@ end
 local function addr_problem(addr, listen)
   if addr:find("\0", 1, true) then return "contains a NUL byte" end
   if not listen and addr:sub(1, 6) == "tls://" then addr = addr:sub(7) end
+  if is_udp(addr) then
+    addr = addr:sub(7)
+    if addr:sub(1, 5) == "unix:" then return "UDP needs an IP address" end
+  end
   if addr:sub(1, 5) == "unix:" then
     local path = #addr - 5
     if path == 0 then return "empty unix socket path" end
@@ -323,6 +338,16 @@ local function proxy_input(t, what)
   return out
 end
 
+-- Datagrams in, datagrams out: a UDP proxy is udp:// on both sides.
+-- Returns nil or apierr.
+local function udp_mismatch(listen, upstream, what)
+  if upstream and is_udp(listen) ~= is_udp(upstream) then
+    return E.bad_body(string.format("%s: listen %q and upstream %q: a UDP proxy needs udp:// " ..
+                                    "on both (datagrams are not relayed to or from a stream)",
+                                    what, listen, upstream))
+  end
+end
+
 -- The addresses of a proxy_input (not for the main handler's proxy, whose
 -- listen reads "(--listen)"). Returns nil or apierr.
 local function addr_input(input, what)
@@ -335,6 +360,8 @@ local function addr_input(input, what)
       return E.bad_body(string.format("%s: upstream %q: %s", what, v, why))
     end
   end
+  local err = udp_mismatch(input.listen or default_listen(input.upstream), input.upstream, what)
+  if err then return err end
   local up, tls = input.upstream, input.upstream_tls
   if tls and not (up and up:sub(1, 6) == "tls://") then
     return E.bad_body(what .. ": upstream_tls needs a tls:// upstream")
@@ -464,7 +491,7 @@ local function add_proxy(input)
   if nproxies >= M.MAX_PROXIES then
     return nil, apierr(400, "too many proxies (at most " .. M.MAX_PROXIES .. ")")
   end
-  local proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream,
+  local proxy = new_proxy(input.name, input.listen or default_listen(input.upstream), input.upstream,
                           input.upstream_tls)
   if input.enabled ~= false then
     local ls, err = swap_listeners({}, { { proxy, proxy.listen } })
@@ -567,7 +594,8 @@ function H.populate(req)
       end
     else
       if old then close[#close + 1] = old end
-      step.proxy = new_proxy(input.name, input.listen or "127.0.0.1:0", input.upstream)
+      step.proxy = new_proxy(input.name, input.listen or default_listen(input.upstream),
+                             input.upstream)
       if input.enabled ~= false then
         open[#open + 1] = { step.proxy, step.proxy.listen }
         step.open = #open
@@ -630,6 +658,12 @@ function H.proxy_update(req, proxy)
   if err then return err end
   local listen = input.listen or proxy.listen
   local upstream = input.upstream or proxy.upstream
+  err = udp_mismatch(listen, upstream, "proxy")
+  if err then return err end
+  if is_udp(upstream) ~= proxy.set.datagram then
+    return E.bad_body("proxy " .. proxy.name .. ": a proxy stays UDP or stream as created " ..
+                      "(its toxics are of that kind); delete it and create it again")
+  end
   local enabled = input.enabled
   if enabled == nil then enabled = proxy.enabled end
   local moved = listen ~= proxy.listen and listen_spec(listen) ~= proxy.listen

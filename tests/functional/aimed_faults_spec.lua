@@ -8,12 +8,7 @@ local t = require "echokit_test"
 local socket = require "socket"
 local peers = require "peers"
 
-local function chaos(args, o)
-  o = o or {}
-  o.handler = "chaos"
-  o.args = args
-  return peers.front(t.start(o))
-end
+local chaos = peers.start_chaos
 
 local function curl(port, path)
   local r = peers.run({ "curl", "-s", "-S", "-i", "--max-time", tostring(t.T(10)),
@@ -51,45 +46,11 @@ local function await_end(c, t0, timeout)
   return "still open", t.now() - t0
 end
 
--- Connects from src to port with Python, sends a line, reads until the end
--- and prints how the stream ended: "EOF <n> after <s>" or "ECONNRESET after
--- <s>" (seconds from the connect).
-local PYCLIENT = [[
-import socket, sys, time
-s = socket.socket()
-s.settimeout(float(sys.argv[3]))
-s.bind((sys.argv[1], 0))
-t0 = time.monotonic()
-n = 0
-try:
-    # a reset at once may come before connect() returns
-    s.connect(("127.0.0.1", int(sys.argv[2])))
-    s.sendall(b"hi\n")
-    while True:
-        d = s.recv(65536)
-        if not d: print("EOF %d after %.3f" % (n, time.monotonic() - t0)); break
-        n += len(d)
-except ConnectionResetError:
-    print("ECONNRESET after %.3f" % (time.monotonic() - t0))
-except socket.timeout:
-    print("TIMEOUT")
-]]
-local function python_client(src, port)
-  local path = peers.tmpfile(PYCLIENT)
-  local r = peers.run({ "python3", path, src, tostring(port), tostring(t.T(5)) }, 15)
-  peers.assert_ok(r, "python client")
-  local how, n, after = r.out:match("^(%u+) ?(%d*) after ([%d.]+)")
-  return how, tonumber(after), tonumber(n)
-end
-
 describe("aimed faults", function()
   after_each(peers.teardown)
 
   it("http_status=503 on path=/api/*: curl gets 503, the upstream never sees it; /static/y passes", function()
-    local dir = peers.tmpdir()
-    os.execute("mkdir -p " .. peers.shq(dir .. "/static"))
-    peers.write_file(dir .. "/static/y", "static file\n")
-    local web = peers.start_http(dir)
+    local web = peers.start_static_http()
     local px = chaos { upstream = "127.0.0.1:" .. web.port, http_status = "503",
                        ["http_status.path"] = "/api/*", ["http_status.body"] = "injected\n",
                        ["http_status.set_header.Retry-After"] = "7" }
@@ -101,11 +62,7 @@ describe("aimed faults", function()
     assert.matches("^HTTP/1.0 200 OK\r\n", out)
     assert.matches("\r\n\r\nstatic file\n$", out)
     -- the upstream's request log: /static/y is there, /api/x never was
-    local log = t.eventually(function()
-      local l = peers.helper_stderr(web)
-      return l:find("GET /static/y", 1, true) and l, l
-    end, 5, "the upstream logging GET /static/y")
-    assert.is_nil(log:find("/api/", 1, true), "the upstream saw an /api/ request:\n" .. log)
+    peers.assert_no_api_request(web)
   end)
 
   it("resp_error on command=GET: redis-cli GET fails, SET works; redis never sees the GET", function()
@@ -173,7 +130,7 @@ describe("aimed faults", function()
 
     local rpx = chaos { upstream = "127.0.0.1:" .. up:port(), limit_time = "1",
                         ["limit_time.mode"] = "rst" }
-    local rhow, rafter, n = python_client("127.0.0.1", rpx:port())
+    local rhow, rafter, n = peers.stream_end(rpx:port(), "127.0.0.1")
     assert.equal("ECONNRESET", rhow)
     assert.is_nil(n)
     assert(rafter >= 0.9 and rafter <= 1.1 + 0.1 * (t.slow - 1),
@@ -184,7 +141,7 @@ describe("aimed faults", function()
     local up = t.start { handler = "echo" }
     local px = chaos { upstream = "127.0.0.1:" .. up:port(), refuse = "1",
                        ["refuse.client"] = "127.0.0.2" }
-    local how, after = python_client("127.0.0.2", px:port())
+    local how, after = peers.stream_end(px:port(), "127.0.0.2")
     assert.equal("ECONNRESET", how)
     assert(after < 1, "the reset came after " .. tostring(after) .. " s")
     local good = assert(px:connect_from("127.0.0.1"))

@@ -22,14 +22,7 @@ local function start_bare()
   return { h = h, port = port }
 end
 
--- Runs loadgen; returns its exit code and its key=value line parsed.
-local function loadgen(args, timeout)
-  local r = peers.run({ LOADGEN, table.unpack(args) }, timeout or 30)
-  assert(r.how == "exited", "loadgen: " .. tostring(r.how) .. "\n" .. t.clip(r.err))
-  local line = r.out:match("label=[^\n]*")
-  assert(line, "loadgen printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
-  return r.code, t.parse_kv(line), line
-end
+local function loadgen(args, timeout) return peers.loadgen(LOADGEN, args, timeout) end
 
 local function paired(a, a_pid, b, mode, pairs)
   local args = { "--mode", mode, "--port", tostring(a.port), "--pid", tostring(a_pid), "--label", "a",
@@ -113,13 +106,7 @@ describe("bench/tls_loadgen", function()
     return { h = h, port = port }
   end
 
-  local function tls_loadgen(args)
-    local r = peers.run({ TLS_LOADGEN, table.unpack(args) }, 30)
-    assert(r.how == "exited", "tls_loadgen: " .. tostring(r.how) .. "\n" .. t.clip(r.err))
-    local line = r.out:match("label=[^\n]*")
-    assert(line, "tls_loadgen printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
-    return r.code, t.parse_kv(line), line, r.err
-  end
+  local function tls_loadgen(args) return peers.loadgen(TLS_LOADGEN, args) end
 
   local MODES = {
     bulk = { "--conns", "2", "--size", "65536", "--inflight", "262144" },

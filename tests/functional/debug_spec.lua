@@ -36,17 +36,6 @@ local function exchange_eof(proxy, data, timeout)
   return tonumber(port)
 end
 
-local function tshark(argv, timeout)
-  local cmd = { "tshark" }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-  local r = peers.run(cmd, timeout or 60)
-  peers.assert_ok(r, "tshark " .. table.concat(argv, " "))
-  -- tshark's only remark when run as root; anything else is a warning.
-  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
-  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
-  return r.out
-end
-
 -- tshark reads the capture, and its expert analysis (retransmissions,
 -- missing segments, bad checksums, malformed packets) of the layers echokit
 -- writes (frame, IP, TCP) has nothing at warning level or above, except the
@@ -57,8 +46,8 @@ end
 local CAPTURE_LAYERS = { Frame = true, Raw = true, IPv4 = true, IPv6 = true, TCP = true }
 
 local function assert_clean_capture(path, allowed)
-  tshark({ "-r", path, "-q" })
-  local out = tshark({ "-r", path, "-q", "-o", "tcp.check_checksum:TRUE",
+  peers.tshark({ "-r", path, "-q" })
+  local out = peers.tshark({ "-r", path, "-q", "-o", "tcp.check_checksum:TRUE",
                        "-o", "ip.check_checksum:TRUE", "-z", "expert,warn" })
   local problems, seen = {}, 0
   for line in out:gmatch("[^\n]+") do
@@ -207,7 +196,7 @@ describe("debug proxy pcap", function()
         "server -> client bytes of the " .. #data .. "-byte stream")
     end
     -- segments are at most an MSS, and each stream ends with FINs
-    local out = tshark({ "-r", path, "-T", "fields", "-e", "tcp.len", "-e", "tcp.flags.fin" })
+    local out = peers.tshark({ "-r", path, "-T", "fields", "-e", "tcp.len", "-e", "tcp.flags.fin" })
     local max, fins = 0, 0
     for len, fin in out:gmatch("(%d+)\t(%S+)") do
       max = math.max(max, tonumber(len))
@@ -266,7 +255,7 @@ describe("debug proxy pcap", function()
     proxy:await_log("close 127%.0%.0%.1:" .. port .. " after .* client reset")
     proxy:stop()
     assert_clean_capture(path, { ["Connection reset (RST)"] = true })
-    local out = tshark({ "-r", path, "-Y", "tcp.flags.reset == 1", "-T", "fields",
+    local out = peers.tshark({ "-r", path, "-Y", "tcp.flags.reset == 1", "-T", "fields",
                          "-e", "tcp.srcport" })
     assert.equal(port .. "\n", out)
   end)
@@ -307,7 +296,7 @@ describe("debug proxy pcap", function()
     proxy:await_log("%] close 127")
     proxy:stop()
     assert_clean_capture(path)
-    local out = tshark({ "-r", path, "-d", "tcp.port==" .. http.port .. ",http",
+    local out = peers.tshark({ "-r", path, "-d", "tcp.port==" .. http.port .. ",http",
                          "-Y", "http", "-T", "fields", "-e", "http.request.method",
                          "-e", "http.request.uri", "-e", "http.response.code" })
     assert.matches("GET\t/hello.txt%?x=1\t\n", out)
@@ -326,7 +315,7 @@ describe("debug proxy pcap", function()
     proxy:await_log("%] close 127")
     proxy:stop()
     assert_clean_capture(path)
-    local out = tshark({ "-r", path, "-d", "tcp.port==1,resp", "-Y", "resp",
+    local out = peers.tshark({ "-r", path, "-d", "tcp.port==1,resp", "-Y", "resp",
                          "-T", "fields", "-e", "resp.bulk_string.value",
                          "-e", "resp.string" })
     assert.matches("534554,6b,7631", out) -- SET k v1, as hex bytes

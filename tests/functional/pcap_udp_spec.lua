@@ -10,16 +10,6 @@ local HANDLER = "tests/handlers/pcap_udp.lua"
 
 local function teardown() peers.teardown() end
 
-local function tshark(argv, timeout)
-  local cmd = { "tshark" }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-  local r = peers.run(cmd, timeout or 60)
-  peers.assert_ok(r, "tshark " .. table.concat(argv, " "))
-  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
-  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
-  return r.out
-end
-
 local CHECKSUMS = { "-o", "udp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE" }
 
 -- A DNS name in wire form.
@@ -104,7 +94,7 @@ describe("echokit.pcap UDP streams", function()
     assert.equal("after file close closed", answers[#want + 4])
 
     -- every packet, with its checksums verified
-    local out = tshark({ "-r", path, CHECKSUMS[1], CHECKSUMS[2], CHECKSUMS[3], CHECKSUMS[4],
+    local out = peers.tshark({ "-r", path, CHECKSUMS[1], CHECKSUMS[2], CHECKSUMS[3], CHECKSUMS[4],
       "-T", "fields", "-E", "separator=|", "-e", "frame.number", "-e", "ip.src",
       "-e", "ipv6.src", "-e", "ipv6.dst", "-e", "udp.srcport", "-e", "udp.dstport",
       "-e", "udp.length", "-e", "ip.len", "-e", "ipv6.plen", "-e", "ip.checksum.status",
@@ -143,7 +133,7 @@ describe("echokit.pcap UDP streams", function()
     assert.same({ "9", "8" }, { rows[8].ulen, rows[9].ulen })
 
     -- the payloads come back byte for byte (the echo dissector's data)
-    local hex = tshark({ "-r", path, "-Y", "frame.number == 1 || frame.number == 6", "-T", "fields",
+    local hex = peers.tshark({ "-r", path, "-Y", "frame.number == 1 || frame.number == 6", "-T", "fields",
                          "-e", "udp.payload" })
     local got = {}
     for h in hex:gmatch("(%x+)\n") do got[#got + 1] = (h:gsub("%x%x", function(x)
@@ -152,7 +142,7 @@ describe("echokit.pcap UDP streams", function()
     t.assert_bytes(big6, got[2], "65,527-byte datagram read back")
 
     -- nothing at warning level or above from the layers the writer makes
-    local expert = tshark({ "-r", path, "-q", CHECKSUMS[1], CHECKSUMS[2], CHECKSUMS[3],
+    local expert = peers.tshark({ "-r", path, "-q", CHECKSUMS[1], CHECKSUMS[2], CHECKSUMS[3],
                             CHECKSUMS[4], "-z", "expert,warn" })
     for line in expert:gmatch("[^\n]+") do
       local proto = line:match("^%s+%d+%s+%S+%s+(%S+)%s+")

@@ -27,6 +27,14 @@ local function write_pcap(path, ...)
     "pcap_write.py")
 end
 
+-- dir/cut.pcap: a capture of the "reorder" conversation with its last 30
+-- bytes cut off (dir/a.pcap holds it whole).
+local function cut_pcap(dir)
+  write_pcap(dir .. "/a.pcap", "reorder", "raw")
+  local data = t.read_file(dir .. "/a.pcap")
+  peers.write_file(dir .. "/cut.pcap", data:sub(1, #data - 30))
+end
+
 -- `echokit replay ARGS...` to completion.
 local function replay_client(argv, timeout)
   local cmd = {}
@@ -304,9 +312,7 @@ return {}
 
   it("keeps what precedes the cut of a truncated file, with a warning", function()
     local dir = peers.tmpdir()
-    write_pcap(dir .. "/a.pcap", "reorder", "raw")
-    local data = t.read_file(dir .. "/a.pcap")
-    peers.write_file(dir .. "/cut.pcap", data:sub(1, #data - 30))
+    cut_pcap(dir)
     local out = dump(dir .. "/cut.pcap")
     assert.matches("warning=.*truncated", out)
     assert.matches("  client " .. hex(REQ) .. "\n", out, 1, true)
@@ -341,9 +347,7 @@ describe("replay start-up errors", function()
 
   it("serves what a truncated capture holds, with a warning", function()
     local dir = peers.tmpdir()
-    write_pcap(dir .. "/a.pcap", "reorder", "raw")
-    local data = t.read_file(dir .. "/a.pcap")
-    peers.write_file(dir .. "/cut.pcap", data:sub(1, #data - 30))
+    cut_pcap(dir)
     local srv = t.start{ handler = "replay", args = { from = dir .. "/cut.pcap" } }
     srv:await_log("warn +replay: .*cut%.pcap: truncated dump file")
     local c = srv:connect()

@@ -5,7 +5,6 @@
 -- key log, a dumpcap capture of the encrypted side.
 local t = require "echokit_test"
 local socket = require "socket"
-local cjson = require "cjson"
 local peers = require "peers"
 
 local BODY = "hello over TLS\n"
@@ -63,23 +62,6 @@ local function fetch(port, ca, what)
   assert.equal(BODY, r.out)
 end
 
-local function tshark(argv)
-  local cmd = { "tshark" }
-  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
-  local r = peers.assert_ok(peers.run(cmd, 60), "tshark " .. table.concat(argv, " "))
-  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
-  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
-  return r.out
-end
-
--- The events file, decoded: a list of tables.
-local function events(path)
-  local out = {}
-  for line in io.lines(path) do out[#out + 1] = cjson.decode(line) end
-  assert(#out > 0, "no events in " .. path)
-  return out
-end
-
 local function find(evs, pred)
   local out = {}
   for _, e in ipairs(evs) do
@@ -108,7 +90,7 @@ describe("debug proxy, tls=mitm", function()
       "no hexdump of the request in:\n" .. t.clip(proxy:stderr(), 4000))
     proxy:stop()
 
-    local evs = events(dir .. "/ev.jsonl")
+    local evs = peers.debug_events(dir .. "/ev.jsonl")
     local tls = find(evs, function(e) return e.event == "tls" end)
     assert.equal(2, #tls)
     local side = {}
@@ -125,7 +107,7 @@ describe("debug proxy, tls=mitm", function()
     assert.equal("text", data[1].encoding)
     assert.matches("^GET / HTTP/1%.1\r\nHost: localhost:%d+\r\n", data[1].data)
 
-    local out = tshark({ "-r", dir .. "/plain.pcap", "-d", "tcp.port==" .. up.port .. ",http",
+    local out = peers.tshark({ "-r", dir .. "/plain.pcap", "-d", "tcp.port==" .. up.port .. ",http",
                          "-Y", "http", "-T", "fields", "-e", "http.request.method",
                          "-e", "http.request.uri", "-e", "http.response.code" })
     assert.matches("GET\t/\t\n", out)
@@ -221,7 +203,7 @@ describe("debug proxy, tls=mitm", function()
                            "-e", "http.request.method", "-e", "http.request.uri" }) do
         argv[#argv + 1] = a
       end
-      return tshark(argv)
+      return peers.tshark(argv)
     end
     -- the wire carried ciphertext: no HTTP without the keys, the request with them
     assert.equal("", get({}))
@@ -280,7 +262,7 @@ describe("debug proxy, tls=passthrough", function()
     proxy2:await_log("%] client hello: TLSv1%.3, sni localhost, alpn h2,http/1%.1$")
     proxy:stop()
 
-    local evs = events(dir .. "/ev.jsonl")
+    local evs = peers.debug_events(dir .. "/ev.jsonl")
     local hello = find(evs, function(e) return e.event == "client_hello" end)
     assert.equal(1, #hello)
     assert.same({ "TLSv1.3", "localhost", "h2,http/1.1", false },

@@ -85,63 +85,58 @@ local function create(srv, name, upstream, listen)
   return p
 end
 
+-- Where toxiproxy-node-client is installed (at set-up time, by scripts/deps.sh
+-- test through scripts/npm-deps.sh); nil, the test marked pending, when it is
+-- not and ECHOKIT_SKIP_NPM=1 says to skip it knowingly.
+local function node_client_prefix()
+  local prefix = os.getenv("ECHOKIT_NPM_PREFIX") or (t.src .. "/build/npm")
+  local pkg = prefix .. "/node_modules/toxiproxy-node-client/package.json"
+  local f = io.open(pkg)
+  if f then
+    f:close()
+    return prefix
+  end
+  if os.getenv("ECHOKIT_SKIP_NPM") == "1" then
+    pending("ECHOKIT_SKIP_NPM=1: the toxiproxy-node-client check is skipped")
+    return nil
+  end
+  error("toxiproxy-node-client is not installed (" .. pkg .. "): run scripts/deps.sh test " ..
+        "(or scripts/npm-deps.sh " .. prefix .. "), or set ECHOKIT_SKIP_NPM=1 to skip " ..
+        "this check knowingly")
+end
+
+-- Runs tests/toxiproxy/<script> under node with the client from `prefix`
+-- and the given arguments (bounded by timeout); it must exit 0 having printed
+-- its TAP plan ("1..N").
+local function run_node_test(prefix, script, ...)
+  local args = {}
+  for i, a in ipairs { ... } do args[i] = peers.shq(a) end
+  local cmd = string.format("cd %s && NODE_PATH=%s/node_modules timeout %d node " ..
+                            "tests/toxiproxy/%s %s 2>&1", peers.shq(t.src), peers.shq(prefix),
+                            math.floor(t.T(60)), script, table.concat(args, " "))
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local _, _, status = p:close()
+  assert(status == 0 and out:find("\n1%.%.%d+\n"), "the Node client test failed:\n" .. out)
+end
+
 describe("control API", function()
   after_each(peers.teardown)
 
   it("is driven by toxiproxy's Node client (toxiproxy-node-client)", function()
-    -- Installed at set-up time by scripts/deps.sh test (scripts/npm-deps.sh).
-    local prefix = os.getenv("ECHOKIT_NPM_PREFIX") or (t.src .. "/build/npm")
-    local pkg = prefix .. "/node_modules/toxiproxy-node-client/package.json"
-    local f = io.open(pkg)
-    if f then f:close() end
-    if not f then
-      if os.getenv("ECHOKIT_SKIP_NPM") == "1" then
-        pending("ECHOKIT_SKIP_NPM=1: the toxiproxy-node-client check is skipped")
-        return
-      end
-      error("toxiproxy-node-client is not installed (" .. pkg .. "): run scripts/deps.sh test " ..
-            "(or scripts/npm-deps.sh " .. prefix .. "), or set ECHOKIT_SKIP_NPM=1 to skip " ..
-            "this check knowingly")
-    end
+    local prefix = node_client_prefix()
+    if not prefix then return end
     local srv, up = setup()
-    local cmd = string.format("cd %s && NODE_PATH=%s/node_modules timeout %d node " ..
-                              "tests/toxiproxy/client_test.js http://%s %d %g 2>&1",
-                              t.src, prefix, math.floor(t.T(60)), srv.admin, up:port(), t.slow)
-    local p = io.popen(cmd)
-    local out = p:read("a")
-    local _, _, status = p:close()
-    assert(status == 0 and out:find("\n1%.%.%d+\n"), "the Node client test failed:\n" .. out)
+    run_node_test(prefix, "client_test.js", "http://" .. srv.admin, up:port(), t.slow)
   end)
 
   it("takes echokit's aimed faults from toxiproxy's Node client as extensions", function()
-    local prefix = os.getenv("ECHOKIT_NPM_PREFIX") or (t.src .. "/build/npm")
-    local f = io.open(prefix .. "/node_modules/toxiproxy-node-client/package.json")
-    if f then f:close() end
-    if not f then
-      if os.getenv("ECHOKIT_SKIP_NPM") == "1" then
-        pending("ECHOKIT_SKIP_NPM=1: the toxiproxy-node-client check is skipped")
-        return
-      end
-      error("toxiproxy-node-client is not installed under " .. prefix .. ": run scripts/deps.sh test")
-    end
+    local prefix = node_client_prefix()
+    if not prefix then return end
     local srv, up = setup()
-    local dir = peers.tmpdir()
-    os.execute("mkdir -p " .. peers.shq(dir .. "/static"))
-    peers.write_file(dir .. "/static/y", "static file\n")
-    local web = peers.start_http(dir)
-    local cmd = string.format("cd %s && NODE_PATH=%s/node_modules timeout %d node " ..
-                              "tests/toxiproxy/aimed_test.js http://%s %d %d %g 2>&1",
-                              t.src, prefix, math.floor(t.T(60)), srv.admin, up:port(), web.port,
-                              t.slow)
-    local p = io.popen(cmd)
-    local out = p:read("a")
-    local _, _, status = p:close()
-    assert(status == 0 and out:find("\n1%.%.%d+\n"), "the Node client test failed:\n" .. out)
-    local log = t.eventually(function()
-      local l = peers.helper_stderr(web)
-      return l:find("GET /static/y", 1, true) and l, l
-    end, 5, "the upstream logging GET /static/y")
-    assert.is_nil(log:find("/api/", 1, true), "the upstream saw an /api/ request:\n" .. log)
+    local web = peers.start_static_http()
+    run_node_test(prefix, "aimed_test.js", "http://" .. srv.admin, up:port(), web.port, t.slow)
+    peers.assert_no_api_request(web)
   end)
 
   it("answers malformed aimed faults with a 400 that says what is wrong", function()

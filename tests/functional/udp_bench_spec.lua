@@ -44,14 +44,7 @@ local function start_py(mode)
   return listening(peers.spawn({ "python3", path, mode }), "python echo")
 end
 
--- Runs udp_loadgen; returns its exit code, its line parsed, and the line.
-local function loadgen(args, timeout)
-  local r = peers.run({ LOADGEN, table.unpack(args) }, timeout or 30)
-  assert(r.how == "exited", "udp_loadgen: " .. tostring(r.how) .. "\n" .. t.clip(r.err))
-  local line = r.out:match("label=[^\n]*")
-  assert(line, "udp_loadgen printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
-  return r.code, t.parse_kv(line), line
-end
+local function loadgen(args, timeout) return peers.loadgen(LOADGEN, args, timeout) end
 
 local function single(s, extra)
   local args = { "--port", tostring(s.port), "--pid", tostring(s.pid), "--duration", "0.5",

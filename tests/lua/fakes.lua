@@ -115,4 +115,98 @@ function Loop:turn(c, handler)
   end
 end
 
+---------------------------------------------------------------------------
+-- A proxy's runtime (for echokit.toxics)
+---------------------------------------------------------------------------
+-- A fake `echokit` module for a proxy handler: a clock the test sets
+-- (rt.clock) or runs on with rt:advance(to); connections that record each
+-- write and the clock at it; echokit.connect makes the upstream connection,
+-- kept as rt.last_server.
+--
+--   local rt = fakes.proxy_runtime()
+--   package.loaded["echokit"] = rt.echokit
+--   local client, server, h = rt:open(handler, rt:conn("client"))
+local Runtime = {}
+Runtime.__index = Runtime
+
+function M.proxy_runtime()
+  local rt = setmetatable({ clock = 0, timers = {} }, Runtime)
+  rt.echokit = {
+    now = function() return rt.clock end,
+    log = function() end,
+    timer = function(seconds, fn)
+      local tm = { at = rt.clock + seconds, fn = fn }
+      function tm.cancel(self)
+        local was = not self.done
+        self.done = true
+        return was
+      end
+      rt.timers[#rt.timers + 1] = tm
+      return tm
+    end,
+    -- the upstream is of the kind of the client opened last
+    connect = function(_, handler)
+      local s = rt:conn("server", rt.flows)
+      s.handler = handler
+      rt.last_server = s
+      return s
+    end,
+  }
+  return rt
+end
+
+function Runtime:reset() self.clock, self.timers = 0, {} end
+
+-- Runs timers in time order, also those set on the way, until the clock
+-- reaches `to` (bounded).
+function Runtime:advance(to)
+  for _ = 1, 100000 do
+    local best
+    for _, tm in ipairs(self.timers) do
+      if not tm.done and tm.at <= to and (not best or tm.at < best.at) then best = tm end
+    end
+    if not best then break end
+    self.clock = math.max(self.clock, best.at)
+    best.done = true
+    best.fn(best)
+  end
+  self.clock = math.max(self.clock, to)
+end
+
+-- A connection recording its writes ({ data, at }) and how it ended
+-- (c.ended: "shutdown", "close" or "reset"); its write returns false while
+-- c.full is set. `flow`: a UDP flow, on which shutdown is an error.
+function Runtime:conn(name, flow)
+  local rt = self
+  local c = { name = name, writes = {}, paused = false, ended = nil, flow = flow }
+  function c.write(this, data)
+    this.writes[#this.writes + 1] = { data = data, at = rt.clock }
+    return not this.full
+  end
+  function c.pause(this) this.paused = true end
+  function c.resume(this) this.paused = false end
+  function c.shutdown(this)
+    if flow then error("shutdown: not supported on a UDP flow") end
+    this.ended = this.ended or "shutdown"
+  end
+  function c.close(this) this.ended = this.ended or "close" end
+  function c.reset(this) this.ended = "reset" end
+  function c.data(this)
+    local out = {}
+    for i, w in ipairs(this.writes) do out[i] = w.data end
+    return table.concat(out)
+  end
+  return c
+end
+
+-- Connects `client` through handler h (a fresh set of timers); returns the
+-- client, the upstream connection h opened (nil if none) and h.
+function Runtime:open(h, client)
+  self.timers = {}
+  self.last_server = nil
+  self.flows = client.flow
+  h.on_connect(client)
+  return client, self.last_server, h
+end
+
 return M

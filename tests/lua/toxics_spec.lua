@@ -3,81 +3,20 @@
 -- them and when. Deterministic checks of ordering, timing, slice sizes,
 -- pacing, back-pressure and changes of the set while data is held.
 
--- Fake runtime ------------------------------------------------------------
-local clock, timers = 0, {}
-
-local fake = {}
-function fake.now() return clock end
-function fake.log() end
-function fake.timer(seconds, fn)
-  local t = { at = clock + seconds, fn = fn }
-  function t.cancel(self)
-    local was = not self.done
-    self.done = true
-    return was
-  end
-  timers[#timers + 1] = t
-  return t
-end
-
--- Runs timers in time order until the clock reaches `to` (bounded).
-local function advance(to)
-  for _ = 1, 100000 do
-    local best
-    for _, t in ipairs(timers) do
-      if not t.done and t.at <= to and (not best or t.at < best.at) then best = t end
-    end
-    if not best then break end
-    clock = math.max(clock, best.at)
-    best.done = true
-    best.fn(best)
-  end
-  clock = math.max(clock, to)
-end
-
-local function new_conn(name)
-  local c = { name = name, writes = {}, paused = false, ended = nil }
-  function c.write(self, data)
-    self.writes[#self.writes + 1] = { data = data, at = clock }
-    return not self.full
-  end
-  function c.pause(self) self.paused = true end
-  function c.resume(self) self.paused = false end
-  function c.shutdown(self) self.ended = self.ended or "shutdown" end
-  function c.close(self) self.ended = self.ended or "close" end
-  function c.reset(self) self.ended = "reset" end
-  function c.data(self)
-    local out = {}
-    for i, w in ipairs(self.writes) do out[i] = w.data end
-    return table.concat(out)
-  end
-  return c
-end
-
-local last_server
-function fake.connect(_, handler)
-  local s = new_conn("server")
-  s.handler = handler
-  last_server = s
-  return s
-end
-
-package.loaded["echokit"] = fake
+local fakes = require "fakes"
+local rt = fakes.proxy_runtime()
+package.loaded["echokit"] = rt.echokit
 local toxics = require "echokit.toxics"
 
 -- A proxied connection through `set`: client, server, handler.
 local function open(set)
-  timers = {}
-  local h = toxics.handler { upstream = "127.0.0.1:1", toxics = set }
-  local client = new_conn("client")
-  h.on_connect(client)
-  return client, last_server, h
+  return rt:open(toxics.handler { upstream = "127.0.0.1:1", toxics = set }, rt:conn("client"))
 end
 
 local function from_server(server, data) server.handler.on_data(server, data) end
 
 describe("echokit.toxics", function()
-  before_each(function() clock, timers = 0, {} end)
+  before_each(function() rt:reset() end)
 
   it("latency with jitter: every chunk delayed within bounds, order kept", function()
     math.randomseed(7)
@@ -86,11 +25,11 @@ describe("echokit.toxics", function()
     local client, server = open(set)
     local sent = {}
     for i = 1, 200 do
-      clock = i * 0.001
+      rt.clock = i * 0.001
       sent[i] = string.format("%03d;", i)
       from_server(server, sent[i])
     end
-    advance(10)
+    rt:advance(10)
     assert.equal(table.concat(sent), client:data())
     local i = 0
     for _, w in ipairs(client.writes) do
@@ -111,7 +50,7 @@ describe("echokit.toxics", function()
     local client, server = open(set)
     local data = string.rep("abcdefghij", 100)
     from_server(server, data)
-    advance(100)
+    rt:advance(100)
     assert.equal(data, client:data())
     local sizes = {}
     for i, w in ipairs(client.writes) do
@@ -133,10 +72,10 @@ describe("echokit.toxics", function()
     assert(set:add { type = "bandwidth", attributes = { rate = 100 } })  -- 100 KB/s
     local client, server = open(set)
     from_server(server, string.rep("x", 50000))
-    advance(0.25)
+    rt:advance(0.25)
     local early = #client:data()
     assert(early >= 20000 and early <= 30000, early .. " bytes after 0.25 s at 100 KB/s")
-    advance(10)
+    rt:advance(10)
     assert.equal(50000, #client:data())
     assert.near(0.5, client.writes[#client.writes].at, 1e-9)
   end)
@@ -148,7 +87,7 @@ describe("echokit.toxics", function()
     local chunk = string.rep("y", 64 * 1024)
     for _ = 1, 20 do from_server(server, chunk) end       -- 1.25 MiB held
     assert.is_true(server.paused)
-    advance(2)
+    rt:advance(2)
     assert.is_false(server.paused)
     assert.equal(20 * #chunk, #client:data())
   end)
@@ -170,15 +109,15 @@ describe("echokit.toxics", function()
     assert(set:add { name = "b", type = "latency", attributes = { latency = 0.5 } })
     local client, server = open(set)
     from_server(server, "one;")
-    clock = 0.1
+    rt.clock = 0.1
     from_server(server, "two;")
     assert.equal("", client:data())
     assert(set:remove("a"))                   -- "one;two;" move on to b: out at 0.6
-    clock = 0.2
+    rt.clock = 0.2
     from_server(server, "three;")             -- through b only: out at 0.7
-    advance(0.65)
+    rt:advance(0.65)
     assert.equal("one;two;", client:data())
-    advance(1)
+    rt:advance(1)
     assert.equal("one;two;three;", client:data())
   end)
 
@@ -190,7 +129,7 @@ describe("echokit.toxics", function()
     assert(set:add { type = "latency", attributes = { latency = 1 } })
     from_server(server, "later;")
     assert.equal("now;", client:data())
-    advance(1)
+    rt:advance(1)
     assert.equal("now;later;", client:data())
   end)
 
@@ -203,7 +142,7 @@ describe("echokit.toxics", function()
     assert(set:update("latency_downstream", { toxicity = 1 }))
     from_server(server, "slow")
     assert.equal("fast", client:data())
-    advance(1)
+    rt:advance(1)
     assert.equal("fastslow", client:data())
   end)
 
@@ -215,7 +154,7 @@ describe("echokit.toxics", function()
     from_server(server, "0123456")
     from_server(server, "789abcdef")
     assert.is_nil(client.ended)
-    advance(1)
+    rt:advance(1)
     assert.equal("0123456789", client:data())
     assert.equal("close", client.ended)
     assert.equal("close", server.ended)
@@ -225,10 +164,10 @@ describe("echokit.toxics", function()
     local set = toxics.set()
     assert(set:add { type = "limit_data", attributes = { bytes = 0 } })
     local client, server = open(set)
-    advance(1)
+    rt:advance(1)
     assert.is_nil(client.ended)                 -- nothing arrived yet: nothing happens
     from_server(server, "x")
-    advance(1)
+    rt:advance(1)
     assert.equal("", client:data())
     assert.equal("close", client.ended)
     assert.equal("close", server.ended)
@@ -242,7 +181,7 @@ describe("echokit.toxics", function()
       local client, server, h = open(set)
       server.handler.on_connect(server)
       h.on_data(client, "dropped")
-      advance(10)
+      rt:advance(10)
       assert.equal("", server:data())
       assert.is_nil(server.ended)
       if how == "eof" then h.on_eof(client) else h.on_close(client, nil) end
@@ -256,12 +195,12 @@ describe("echokit.toxics", function()
     assert(set:add { type = "timeout", stream = "upstream", attributes = { timeout = 1 } })
     local client, server, h = open(set)
     for i = 1, 5 do
-      advance(i * 0.8)
+      rt:advance(i * 0.8)
       h.on_data(client, "chunk")
     end
-    advance(4.0 + 0.99)                          -- the last chunk came at 4.0
+    rt:advance(4.0 + 0.99)                          -- the last chunk came at 4.0
     assert.is_nil(client.ended)
-    advance(4.0 + 1.01)
+    rt:advance(4.0 + 1.01)
     assert.equal("close", client.ended)
     assert.equal("close", server.ended)
     assert.equal("", server:data())
@@ -291,9 +230,9 @@ describe("echokit.toxics", function()
     local client, server = open(set)
     from_server(server, "bye")
     server.handler.on_eof(server)
-    advance(0.29)
+    rt:advance(0.29)
     assert.is_nil(client.ended)
-    advance(0.31)
+    rt:advance(0.31)
     assert.equal("shutdown", client.ended)
     assert.equal("bye", client:data())
   end)
@@ -328,7 +267,7 @@ describe("echokit.toxics", function()
     from_server(server, "last words")
     server.handler.on_eof(server)
     server.handler.on_close(server, nil)
-    advance(1)
+    rt:advance(1)
     assert.equal("last words", client:data())
     assert.equal("close", client.ended)              -- after the delayed bytes
     assert.equal(1, set:count())
@@ -348,14 +287,14 @@ describe("echokit.toxics", function()
     client, server, h = open(set)
     assert(set:add { type = "reset_peer", stream = "upstream" })
     from_server(server, "held in the latency")
-    assert.equal(1, #timers)
+    assert.equal(1, #rt.timers)
     h.on_data(client, "x")
     assert.equal(0, set:count())
     assert.equal("reset", client.ended)
     assert.equal("reset", server.ended)
     -- The timer of the torn-down pair was cancelled.
-    for _, t in ipairs(timers) do assert(t.done, "a timer outlived its pair") end
-    advance(1)
+    for _, t in ipairs(rt.timers) do assert(t.done, "a timer outlived its pair") end
+    rt:advance(1)
     assert.equal("", client:data())
   end)
 
@@ -383,14 +322,11 @@ end)
 -- A connection from `host` (conn:peer()) with TLS server name `sni` (nil: a
 -- plain connection); `datagram` marks a flow of datagrams.
 local function open_as(set, host, sni, datagram)
-  timers = {}
-  last_server = nil
-  local h = toxics.handler { upstream = "127.0.0.1:1", toxics = set, datagram = datagram }
-  local client = new_conn("client")
+  local client = rt:conn("client")
   client.peer = function() return host, 5000 end
   client.tls = function() return sni and { sni = sni } or nil end
-  h.on_connect(client)
-  return client, last_server, h
+  return rt:open(toxics.handler { upstream = "127.0.0.1:1", toxics = set, datagram = datagram },
+                 client)
 end
 
 -- n chunks "001;" ... through the upstream direction.
@@ -412,7 +348,7 @@ local function binomial(n, p)
 end
 
 describe("echokit.toxics: aimed faults", function()
-  before_each(function() clock, timers = 0, {} end)
+  before_each(function() rt:reset() end)
 
   it("client= applies a toxic to clients in the range only (IPv4 and IPv6)", function()
     local set = toxics.set()
@@ -427,10 +363,10 @@ describe("echokit.toxics: aimed faults", function()
     assert.equal("", sa:data())
     assert.equal("b", sb:data())
     assert.equal("", sc:data())
-    advance(1)
+    rt:advance(1)
     assert.equal("a", sa:data())
     assert.equal("", sc:data())
-    advance(2)
+    rt:advance(2)
     assert.equal("c", sc:data())
   end)
 
@@ -491,9 +427,9 @@ describe("echokit.toxics: aimed faults", function()
     assert.not_equal("a\nb\nbad line\nc\n", got)
     h.on_data(client, "slow\nfast\n")
     local before = #server:data()
-    advance(0.5)
+    rt:advance(0.5)
     assert.equal(before, #server:data())   -- "fast" waits behind "slow" (a byte stream)
-    advance(1)
+    rt:advance(1)
     assert.equal("slow\nfast\n", server:data():sub(-10))
   end)
 
@@ -548,10 +484,10 @@ describe("echokit.toxics: aimed faults", function()
     assert.is_nil(server)
     assert.is_true(client.paused)
     h.on_data(client, "early")
-    advance(0.49)
-    assert.is_nil(last_server)
-    advance(0.5)
-    server = last_server
+    rt:advance(0.49)
+    assert.is_nil(rt.last_server)
+    rt:advance(0.5)
+    server = rt.last_server
     assert.equal("early", server:data())
     assert.is_false(client.paused)
     h.on_data(client, "+late")
@@ -563,8 +499,8 @@ describe("echokit.toxics: aimed faults", function()
     assert(set:add { type = "slow_open", attributes = { delay = 0.5 } })
     local client, _, h = open_as(set, "127.0.0.1")
     h.on_close(client, "reset by peer")
-    advance(1)
-    assert.is_nil(last_server)
+    rt:advance(1)
+    assert.is_nil(rt.last_server)
     assert.equal(0, set:count())
   end)
 
@@ -573,10 +509,10 @@ describe("echokit.toxics: aimed faults", function()
       local set = toxics.set()
       assert(set:add { type = "limit_time", attributes = { duration = 1, mode = mode } })
       local client, server = open_as(set, "127.0.0.1")
-      local t0 = clock
-      advance(t0 + 0.99)
+      local t0 = rt.clock
+      rt:advance(t0 + 0.99)
       assert.is_nil(client.ended)
-      advance(t0 + 1.0)
+      rt:advance(t0 + 1.0)
       local want = mode == "fin" and "close" or "reset"
       assert.equal(want, client.ended)
       assert.equal(want, server.ended)
@@ -612,16 +548,23 @@ describe("echokit.toxics: aimed faults", function()
   end)
 end)
 
+-- A datagram flow through one toxic of `kind` on the upstream direction, the
+-- random generator seeded with `seed` first (nil: left as it is): client,
+-- server, handler.
+local function datagram_toxic(seed, kind, attributes)
+  if seed then math.randomseed(seed) end
+  local set = toxics.set()
+  assert(set:add { type = kind, stream = "upstream", attributes = attributes })
+  return open_as(set, "127.0.0.1", nil, true)
+end
+
 describe("echokit.toxics: datagram faults (one chunk = one datagram)", function()
-  before_each(function() clock, timers = 0, {} end)
+  before_each(function() rt:reset() end)
 
   local N = 2000
 
   it("loss drops each chunk with its probability", function()
-    math.randomseed(11)
-    local set = toxics.set()
-    assert(set:add { type = "loss", stream = "upstream", attributes = { probability = 0.3 } })
-    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local client, server, h = datagram_toxic(11, "loss", { probability = 0.3 })
     send_numbered(h, client, N)
     local got = numbers(server:data())
     local lo, hi = binomial(N, 0.7)
@@ -631,10 +574,7 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
   end)
 
   it("duplicate sends a chunk twice with its probability", function()
-    math.randomseed(12)
-    local set = toxics.set()
-    assert(set:add { type = "duplicate", stream = "upstream", attributes = { probability = 0.2 } })
-    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local client, server, h = datagram_toxic(12, "duplicate", { probability = 0.2 })
     send_numbered(h, client, N)
     local got = numbers(server:data())
     local lo, hi = binomial(N, 0.2)
@@ -644,14 +584,11 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
   end)
 
   it("reorder holds one back behind the next, or releases it after hold", function()
-    math.randomseed(13)
-    local set = toxics.set()
-    assert(set:add { type = "reorder", stream = "upstream", attributes = { probability = 0.25, hold = 0.1 } })
-    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local client, server, h = datagram_toxic(13, "reorder", { probability = 0.25, hold = 0.1 })
     send_numbered(h, client, N)
     local got = numbers(server:data())
     -- one may still be held at the end
-    advance(1)
+    rt:advance(1)
     got = numbers(server:data())
     assert.equal(N, #got)
     local swaps = 0
@@ -670,21 +607,15 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
     assert(swaps >= lo and swaps <= hi, swaps .. " swaps of " .. N)
 
     -- no next datagram: the held one leaves after `hold`
-    math.randomseed(1)
-    set = toxics.set()
-    assert(set:add { type = "reorder", stream = "upstream", attributes = { probability = 1, hold = 0.1 } })
-    client, server, h = open_as(set, "127.0.0.1", nil, true)
+    client, server, h = datagram_toxic(1, "reorder", { probability = 1, hold = 0.1 })
     h.on_data(client, "only")
     assert.equal("", server:data())
-    advance(clock + 0.1)
+    rt:advance(rt.clock + 0.1)
     assert.equal("only", server:data())
   end)
 
   it("corrupt flips one byte of a chunk with its probability; sizes kept", function()
-    math.randomseed(14)
-    local set = toxics.set()
-    assert(set:add { type = "corrupt", stream = "upstream", attributes = { probability = 0.1 } })
-    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local client, server, h = datagram_toxic(14, "corrupt", { probability = 0.1 })
     local sent = {}
     for i = 1, N do
       sent[i] = string.format("%05d-payload", i)
@@ -706,9 +637,7 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
   end)
 
   it("truncate cuts each chunk to N bytes", function()
-    local set = toxics.set()
-    assert(set:add { type = "truncate", stream = "upstream", attributes = { bytes = 4 } })
-    local client, server, h = open_as(set, "127.0.0.1", nil, true)
+    local client, server, h = datagram_toxic(nil, "truncate", { bytes = 4 })
     h.on_data(client, "abcdefgh")
     h.on_data(client, "xy")
     h.on_data(client, "")
@@ -723,10 +652,10 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
                        attributes = { latency = 0.1, jitter = jitter } })
       local client, server, h = open_as(set, "127.0.0.1", nil, datagram)
       for i = 1, 200 do
-        clock = i * 0.01                       -- 10 ms apart
+        rt.clock = i * 0.01                       -- 10 ms apart
         h.on_data(client, string.format("%03d;", i))
       end
-      advance(10)
+      rt:advance(10)
       local got = numbers(server:data())
       assert.equal(200, #got)
       local swaps = 0
@@ -754,7 +683,7 @@ describe("echokit.toxics: datagram faults (one chunk = one datagram)", function(
 end)
 
 describe("echokit.toxics: updates of aimed toxics", function()
-  before_each(function() clock, timers = 0, {} end)
+  before_each(function() rt:reset() end)
 
   it("an update with the same match keeps the stub and its partial message", function()
     local set = toxics.set()

@@ -143,7 +143,8 @@ local function build_argv(o)
   -- In a slow run (sanitizers, valgrind) code runs several to tens of times
   -- slower: the default 1 s CPU budget per callback would stop handlers that
   -- are fine natively. Tests of the budget itself give --cpu-budget explicitly.
-  if M.slow > 1 and not budget then
+  -- (Not for a subcommand, `echokit replay ...`, which has options of its own.)
+  if M.slow > 1 and not budget and (o.opts or {})[1] ~= "replay" then
     argv[#argv + 1] = "--cpu-budget"
     argv[#argv + 1] = tostring(M.slow)
   end

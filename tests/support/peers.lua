@@ -82,6 +82,41 @@ local function assert_ok(r, what)
   return r
 end
 
+-- Runs tshark with argv (bounded: timeout, default 60 s) and returns its
+-- output; it must exit 0 and write nothing to stderr but its one remark
+-- when run as root.
+local function tshark(argv, timeout)
+  local cmd = { "tshark" }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = a end
+  local r = run(cmd, timeout or 60)
+  assert_ok(r, "tshark " .. table.concat(argv, " "))
+  local err = r.err:gsub('Running as user "root" and group "root"%. This could be dangerous%.\n?', "")
+  assert(err == "", "tshark wrote to stderr:\n" .. t.clip(err))
+  return r.out
+end
+
+-- Runs a bench/ load generator (loadgen, udp_loadgen: `bin`) with args;
+-- returns its exit code, its "label=..." result line parsed, the line and
+-- its stderr.
+local function loadgen(bin, args, timeout)
+  local name = bin:match("[^/]*$")
+  local r = run({ bin, table.unpack(args) }, timeout or 30)
+  assert(r.how == "exited", name .. ": " .. tostring(r.how) .. "\n" .. t.clip(r.err))
+  local line = r.out:match("label=[^\n]*")
+  assert(line, name .. " printed no result line:\n" .. t.clip(r.out) .. "\n" .. t.clip(r.err))
+  return r.code, t.parse_kv(line), line, r.err
+end
+
+-- The debug handler's events file (events=, one JSON object a line),
+-- decoded: a list of tables; fails if there is none.
+local function debug_events(path)
+  local cjson = require "cjson"
+  local out = {}
+  for line in t.read_file(path):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  assert(#out > 0, "no events in " .. path)
+  return out
+end
+
 local function sha256(path)
   local r = run({ "sha256sum", path }, 30)
   assert_ok(r, "sha256sum " .. path)
@@ -110,6 +145,15 @@ local function front(srv)
   return srv
 end
 
+-- echokit -H chaos with handler arguments `args` (upstream= and the
+-- toxics) and t.start options `o`, stopped before its upstream (front).
+local function start_chaos(args, o)
+  o = o or {}
+  o.handler = "chaos"
+  o.args = args
+  return front(t.start(o))
+end
+
 -- The servers marked with front first, then t.teardown (stops the other
 -- echokit servers, checks every exit and log), then the helpers; a failure of
 -- any is reported.
@@ -132,6 +176,41 @@ local function closed_port()
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
+end
+
+-- Connects from `src` (default 127.0.0.1) to 127.0.0.1:port with Python,
+-- sends `data` (default "hi\n"), reads until the peer ends the stream and
+-- returns how it ended: "EOF" or "ECONNRESET" (luasocket reports a reset as
+-- "closed"; Python tells them apart), the seconds from the connect, and for
+-- an EOF the bytes read.
+local STREAM_END = [[
+import socket, sys, time
+s = socket.socket()
+s.settimeout(float(sys.argv[3]))
+s.bind((sys.argv[1], 0))
+t0 = time.monotonic()
+n = 0
+try:
+    # a reset at once may come before connect() returns
+    s.connect(("127.0.0.1", int(sys.argv[2])))
+    s.sendall(sys.argv[4].encode())
+    while True:
+        d = s.recv(65536)
+        if not d: print("EOF %d after %.3f" % (n, time.monotonic() - t0)); break
+        n += len(d)
+except ConnectionResetError:
+    print("ECONNRESET after %.3f" % (time.monotonic() - t0))
+except socket.timeout:
+    print("TIMEOUT")
+]]
+local function stream_end(port, src, data)
+  local path = tmpfile(STREAM_END)
+  local r = run({ PYTHON, path, src or "127.0.0.1", tostring(port), tostring(t.T(5)),
+                  data or "hi\n" }, 15)
+  assert_ok(r, "python client")
+  local how, n, after = r.out:match("^(%u+) ?(%d*) after ([%d.]+)")
+  assert(how, "python client printed: " .. r.out)
+  return how, tonumber(after), tonumber(n)
 end
 
 local function addr_of(srv) return "127.0.0.1:" .. srv:port() end
@@ -171,6 +250,25 @@ local function start_http(dir, cert, key)
   return h
 end
 
+-- start_http serving a directory that holds only /static/y ("static file\n"),
+-- for the aimed-fault tests that hit /api/* and let /static/y pass.
+local function start_static_http()
+  local dir = tmpdir()
+  os.execute("mkdir -p " .. shq(dir .. "/static"))
+  write_file(dir .. "/static/y", "static file\n")
+  return start_http(dir)
+end
+
+-- Waits (bounded) until h (start_static_http) has logged GET /static/y, then
+-- checks that no /api/ request ever reached it.
+local function assert_no_api_request(h)
+  local log = t.eventually(function()
+    local l = helper_stderr(h)
+    return l:find("GET /static/y", 1, true) and l, l
+  end, 5, "the upstream logging GET /static/y")
+  assert(not log:find("/api/", 1, true), "the upstream saw an /api/ request:\n" .. log)
+end
+
 return {
   tmpdir = tmpdir,
   write_file = write_file,
@@ -181,12 +279,19 @@ return {
   wait_helper = wait_helper,
   run = run,
   assert_ok = assert_ok,
+  tshark = tshark,
+  debug_events = debug_events,
+  loadgen = loadgen,
   sha256 = sha256,
   cleanup = cleanup,
   front = front,
+  start_chaos = start_chaos,
   teardown = teardown,
   closed_port = closed_port,
   addr_of = addr_of,
+  stream_end = stream_end,
   start_redis = start_redis,
   start_http = start_http,
+  start_static_http = start_static_http,
+  assert_no_api_request = assert_no_api_request,
 }

@@ -8,24 +8,13 @@
 // ECHO_PORT is a line echo server, HTTP_PORT Python's http.server (whose
 // request log the calling spec checks: it must never see /api/).
 "use strict";
-const net = require("net");
 const http = require("http");
-const { Toxiproxy, ToxiproxyError } = require("toxiproxy-node-client");
+const { Toxiproxy } = require("toxiproxy-node-client");
+const { ok, split, rejects, roundTrip: rt, run } = require("./tap");
 
 const [admin, echoPort, httpPort, slowArg] = process.argv.slice(2);
 const slow = Number(slowArg || 1);
-let step = 0;
-
-function ok(cond, what) {
-  step++;
-  if (!cond) throw new Error(`step ${step} failed: ${what}`);
-  console.log(`ok ${step} - ${what}`);
-}
-
-function split(listen) {
-  const [host, port] = listen.split(":");
-  return { host, port: Number(port) };
-}
+const roundTrip = (listen, localAddress) => rt(listen, { localAddress, slow });
 
 // GET path through listen: resolves { status, body }.
 function get(listen, path) {
@@ -39,40 +28,6 @@ function get(listen, path) {
     req.on("timeout", () => req.destroy(new Error("timeout")));
     req.on("error", reject);
   });
-}
-
-// Round trip of one line from localAddress; resolves with seconds, rejects
-// with the socket error.
-function roundTrip(listen, localAddress, limit = 5) {
-  const { host, port } = split(listen);
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const s = net.connect({ host, port, localAddress });
-    let got = "";
-    const timer = setTimeout(() => { s.destroy(); reject(new Error("timeout")); }, limit * 1000 * slow);
-    s.on("connect", () => s.write("ping\n"));
-    s.on("data", (d) => {
-      got += d;
-      if (got === "ping\n") {
-        clearTimeout(timer);
-        s.destroy();
-        resolve(Number(process.hrtime.bigint() - t0) / 1e9);
-      }
-    });
-    s.on("error", (e) => { clearTimeout(timer); reject(e); });
-    s.on("close", () => { clearTimeout(timer); reject(new Error(`closed after ${JSON.stringify(got)}`)); });
-  });
-}
-
-async function rejects(promise, what, pattern) {
-  try {
-    await promise;
-  } catch (e) {
-    const msg = e.message;
-    ok(e instanceof ToxiproxyError && (!pattern || pattern.test(msg)), `${what} (rejected: ${msg})`);
-    return;
-  }
-  ok(false, `${what}: expected an error`);
 }
 
 async function main() {
@@ -141,10 +96,6 @@ async function main() {
 
   await web.remove();
   await echo.remove();
-  console.log(`1..${step}`);
 }
 
-main().catch((e) => {
-  console.log(`not ok ${step + 1} - ${e.stack || e}`);
-  process.exit(1);
-});
+run(main);

@@ -9,52 +9,13 @@
 // to a round trip measured here without toxics, plus a margin scaled by SLOW
 // (the test harness's factor, 1 unless running under valgrind).
 "use strict";
-const net = require("net");
-const { Toxiproxy, ToxiproxyError } = require("toxiproxy-node-client");
+const { Toxiproxy } = require("toxiproxy-node-client");
+const { ok, rejects, roundTrip: rt, run } = require("./tap");
 
 const [admin, upstreamPort, slowArg] = process.argv.slice(2);
 const slow = Number(slowArg || 1);
 const upstream = `127.0.0.1:${upstreamPort}`;
-let step = 0;
-
-function ok(cond, what) {
-  step++;
-  if (!cond) throw new Error(`step ${step} failed: ${what}`);
-  console.log(`ok ${step} - ${what}`);
-}
-
-// Round trip of one line through host:port; resolves with seconds taken, or
-// rejects with the socket error (bounded by `limit` seconds).
-function roundTrip(listen, limit = 5) {
-  const [host, port] = listen.split(":");
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const s = net.connect({ host, port: Number(port) });
-    let got = "";
-    const timer = setTimeout(() => { s.destroy(); reject(new Error("timeout")); }, limit * 1000);
-    s.on("connect", () => s.write("ping\n"));
-    s.on("data", (d) => {
-      got += d;
-      if (got === "ping\n") {
-        clearTimeout(timer);
-        s.destroy();
-        resolve(Number(process.hrtime.bigint() - t0) / 1e9);
-      }
-    });
-    s.on("error", (e) => { clearTimeout(timer); reject(e); });
-    s.on("close", () => { clearTimeout(timer); reject(new Error(`closed after ${JSON.stringify(got)}`)); });
-  });
-}
-
-async function rejects(promise, what) {
-  try {
-    await promise;
-  } catch (e) {
-    ok(e instanceof ToxiproxyError, `${what} (rejected: ${e.message})`);
-    return;
-  }
-  ok(false, `${what}: expected an error`);
-}
+const roundTrip = (listen) => rt(listen, { slow });
 
 async function main() {
   const toxiproxy = new Toxiproxy(admin);
@@ -142,10 +103,6 @@ async function main() {
   await populated.second.remove();
   await rejects(toxiproxy.get("second"), "a removed proxy is gone (404)");
   await after.remove();
-  console.log(`1..${step}`);
 }
 
-main().catch((e) => {
-  console.log(`not ok ${step + 1} - ${e.stack || e}`);
-  process.exit(1);
-});
+run(main);

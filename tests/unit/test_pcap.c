@@ -14,52 +14,8 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "inetsum.h"
 #include "pcap.h"
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-/* Bytes at even offsets weigh 256, odd ones 1 (each piece starts even). */
-static uint64_t sum_bytes(uint64_t acc, const uint8_t *p, size_t len)
-{
-    uint64_t even = 0, odd = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (i & 1)
-            odd += p[i];
-        else
-            even += p[i];
-    }
-    return acc + (even << 8) + odd;
-}
-
-static uint16_t fold(uint64_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return (uint16_t)acc;
-}
-
-/* The pseudo-header's sum (RFC 768 for IPv4, RFC 8200 8.1 for IPv6). */
-static uint64_t pseudo_sum(int v6, const uint8_t *src, const uint8_t *dst, size_t udplen)
-{
-    uint8_t ph[40] = {0};
-    if (v6) {
-        memcpy(ph, src, 16);
-        memcpy(ph + 16, dst, 16);
-        ph[34] = (uint8_t)(udplen >> 8);
-        ph[35] = (uint8_t)udplen;
-        ph[39] = IPPROTO_UDP;
-        return sum_bytes(0, ph, 40);
-    }
-    memcpy(ph, src, 4);
-    memcpy(ph + 4, dst, 4);
-    ph[9] = IPPROTO_UDP;
-    ph[10] = (uint8_t)(udplen >> 8);
-    ph[11] = (uint8_t)udplen;
-    return sum_bytes(0, ph, 12);
-}
 
 struct rec {
     int v6;
@@ -108,7 +64,7 @@ static int next(struct rec *r)
         CHECK(ip[0] == 0x45);
         CHECK_MSG(get16(ip + 2) == pktlen, "IPv4 total length %u, record %zu", get16(ip + 2),
                   pktlen);
-        CHECK_MSG(fold(sum_bytes(0, ip, 20)) == 0xffff, "IPv4 header checksum");
+        CHECK_MSG(sums_right(sum_bytes(0, ip, 20)), "IPv4 header checksum");
         CHECK(get16(ip + 6) == 0x4000); /* DF, not a fragment */
         CHECK(ip[9] == IPPROTO_UDP);
         memcpy(r->src, ip + 12, 4);
@@ -132,8 +88,8 @@ static int next(struct rec *r)
     r->dport = get16(udp + 2);
     r->csum = get16(udp + 6);
     CHECK_MSG(r->csum != 0, "UDP checksum left out");
-    CHECK_MSG(fold(sum_bytes(pseudo_sum(r->v6, r->src, r->dst, udplen), udp, udplen)) == 0xffff,
-              "UDP checksum of the record at %zu", file_off);
+    uint64_t ph = pseudo_sum(r->v6, r->src, r->dst, IPPROTO_UDP, udplen);
+    CHECK_MSG(sums_right(sum_bytes(ph, udp, udplen)), "UDP checksum of the record at %zu", file_off);
     r->payload = udp + 8;
     r->len = udplen - 8;
     file_off += 16 + pktlen;
@@ -189,12 +145,12 @@ int main(void)
      * chosen so the whole sum folds to 0xffff; the writer must send 0xffff. */
     uint8_t zero[10] = {'c', 'h', 'e', 'c', 'k', 's', 'u', 'm', 0, 0};
     uint8_t hdr[8] = {53000 >> 8, 53000 & 0xff, 0, 53, 0, 18, 0, 0};
-    uint16_t s = fold(sum_bytes(sum_bytes(pseudo_sum(0, c4.addr, s4.addr, 18), hdr, 8), zero, 10));
+    uint64_t ph = sum_bytes(pseudo_sum(0, c4.addr, s4.addr, IPPROTO_UDP, 18), hdr, 8);
+    uint16_t s = fold(sum_bytes(ph, zero, 10));
     uint16_t w = (uint16_t)~s;
     zero[8] = (uint8_t)(w >> 8);
     zero[9] = (uint8_t)w;
-    CHECK(fold(sum_bytes(sum_bytes(pseudo_sum(0, c4.addr, s4.addr, 18), hdr, 8), zero, 10)) ==
-          0xffff);
+    CHECK(sums_right(sum_bytes(ph, zero, 10)));
     CHECK(pcap_udp_datagram(&f, &u4, PCAP_CLIENT, zero, sizeof zero) == 0);
 
     CHECK(u4.datagrams[PCAP_CLIENT] == 4 && u4.datagrams[PCAP_SERVER] == 1);
