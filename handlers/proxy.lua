@@ -12,7 +12,8 @@
 -- UDP: each client flow (its peer address) gets its own upstream socket; the
 -- pipes relay datagram by datagram in C, and either side's idle timeout
 -- (--udp-idle-timeout) or an ICMP "port unreachable" ("refused") closes both.
--- reset=1: a reset of either side (an RST) resets the other too; by default
+-- An upstream that refuses (or cannot be reached) is logged per client, at
+-- most 10 lines a second. reset=1: a reset of either side (an RST) resets the other too; by default
 -- the other side gets a clean close after what was already relayed.
 local echokit = require "echokit"
 local args = ...
@@ -21,15 +22,45 @@ local opts = { reset = args.reset == "1" }
 if not upstream then
   error("proxy: give the upstream address: -- upstream=HOST:PORT (or [V6]:PORT, unix:/path)")
 end
+-- An address echokit.connect would refuse at the first client is a start-up
+-- error instead (a port from 1 to 65535; the host is resolved per client).
+if not upstream:match("^unix:") then
+  local port = upstream:gsub("^%a+://", ""):match("^[^:]*:(%d+)$") or
+               upstream:gsub("^%a+://", ""):match("^%[.*%]:(%d+)$") or
+               upstream:gsub("^%a+://", ""):match("^(%d+)$")
+  if not port or tonumber(port) < 1 or tonumber(port) > 65535 then
+    error(("proxy: upstream=%s: give HOST:PORT, [V6]:PORT or unix:/path, with a port " ..
+           "from 1 to 65535"):format(upstream), 0)
+  end
+end
 local connect_opts = require("echokit.upstream").options(args, "proxy")
+
+-- An upstream failing (refused, unreachable) is logged with the client's
+-- address, at most REPORTS lines a second: a flood of UDP peers, each a
+-- flow of its own, cannot flood the log. Those held back are counted in one
+-- line when the second is over.
+local REPORTS, shown, held = 10, 0, 0
+local function report(who, reason)
+  if shown >= REPORTS then held = held + 1; return end
+  if shown == 0 then
+    echokit.timer(1, function()
+      if held > 0 then
+        echokit.log("warn", "proxy: %d more upstream failure%s not logged (at most %d a second)",
+                    held, held == 1 and "" or "s", REPORTS)
+      end
+      shown, held = 0, 0
+    end)
+  end
+  shown = shown + 1
+  echokit.log("warn", "%s: upstream %s: %s", who, upstream, reason)
+end
 
 return {
   on_connect = function(client)
+    local who = tostring(client) -- "[conn 7 127.0.0.1:51514]", kept for after its close
     local up = echokit.connect(upstream, {
       on_close = function(up, reason)
-        if reason and (not up.connected or reason == "refused") then
-          echokit.log("warn", "%s: upstream %s: %s", tostring(client), upstream, reason)
-        end
+        if reason and (not up.connected or reason == "refused") then report(who, reason) end
       end,
       on_connect = function(up) up.connected = true end,
     }, connect_opts)

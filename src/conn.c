@@ -261,6 +261,15 @@ static void connect_failed(struct conn *c, int err)
     if (c->naddrs > 1 && (err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
                           err == EADDRNOTAVAIL || err == EAFNOSUPPORT)) {
         ev_io_stop(c->ctx->loop, &c->wio);
+        if ((c->flags & CONN_DGRAM) && c->fd >= 0 && c->ctx->udp) {
+            /* As udp_conn_detach: datagrams queued for this socket go
+             * before it closes; a later flush would send them on a closed
+             * descriptor, or one reused by then. (The error that brought us
+             * here is read already: the flush does not see it again.) */
+            udp_flush(c->ctx->udp);
+            if (c->flags & CONN_DEAD)
+                return; /* the flush ended a flow piped to it, and so c */
+        }
         close(c->fd);
         c->fd = -1;
         memmove(c->addrs, c->addrs + 1, (size_t)(c->naddrs - 1) * sizeof *c->addrs);
@@ -458,8 +467,13 @@ void conn_dgram_input(struct conn *c, const char *buf, size_t len)
 
 void conn_dgram_failed(struct conn *c, int err)
 {
-    if (!(c->flags & CONN_DEAD))
-        abort_errno(c, err);
+    if (c->flags & CONN_DEAD)
+        return;
+    abort_errno(c, err);
+    /* A failed send is seen by udp.c's flush, which may run after the
+     * reaper in the same prepare phase: the loop must not block before the
+     * reaper runs this flow's on_close (reaper_cb stops the idle again). */
+    ev_idle_start(c->ctx->loop, &c->ctx->wake);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
@@ -566,6 +580,7 @@ static struct conn *make(struct conn_ctx *ctx, int fd, size_t size, const struct
     list_push(&ctx->all, c);
     ctx->stats.open++;
     ctx->stats.total++;
+    ctx->stats.flows += (uint64_t)(dgram != 0);
     c->created = c->last_active = ev_now(ctx->loop);
     if (connecting) {
         c->flags |= CONN_CONNECTING;
@@ -636,6 +651,8 @@ static void start_connect(struct conn *c)
     ev_io_set(&c->wio, fd, EV_WRITE);
     /* Connected or not, the writable event finishes the job in one place. */
     ev_io_start(c->ctx->loop, &c->wio);
+    if (c->flags & CONN_DGRAM)
+        udp_conn_send_held(c); /* written while its name was resolved */
 }
 
 void conn_connect(struct conn *c, const struct net_addr *addrs, int n)
@@ -906,6 +923,8 @@ static void reap_one(struct conn_ctx *ctx, struct conn *c)
     c->flags |= CONN_REAPED;
     list_unlink(&ctx->reap, c);
     ctx->stats.open--;
+    if (c->flags & CONN_DGRAM)
+        ctx->stats.flows--;
     if (c->ops->on_close)
         c->ops->on_close(c, c->reason);
     if (ctx->on_reaped)
@@ -934,10 +953,19 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     reap(ctx);
     fair_drains(ctx);
     reap(ctx); /* what the drains closed */
-    if (!ctx->fair) {
+    /* Datagrams the on_close callbacks and drains wrote: udp.c's flush
+     * prepare, started during this phase, would wait for the next event
+     * (libev runs the prepare watchers that were active when the phase
+     * began). A flow the flush tears down is reaped at once, a few rounds
+     * at most; the rest are left to the next turn (conn_dgram_failed keeps
+     * the loop from blocking for them). */
+    for (int i = 0; i < 4 && ctx->udp && ctx->udp->nout; i++) {
+        udp_flush(ctx->udp);
+        reap(ctx);
+    }
+    if (!ctx->fair && !ctx->reap) {
         ev_idle_stop(loop, &ctx->wake);
-        if (!ctx->reap)
-            ev_prepare_stop(loop, w);
+        ev_prepare_stop(loop, w);
     }
 }
 

@@ -46,6 +46,7 @@ struct conn_ops {
 
 struct conn_stats {
     uint64_t open, total, bytes_in, bytes_out, errors;
+    uint64_t flows; /* of open: UDP flows (CONN_DGRAM), inbound and outbound */
 };
 
 /* Shared by every connection of a loop. */
@@ -147,6 +148,8 @@ struct conn {
     struct ssl_st *ssl;            /* TLS: owned; NULL for plain TCP */
     struct outq raw;               /* plaintext queued before conn_start_tls */
     struct udp_sock *usock;        /* a UDP listener's flow: the socket it shares */
+    unsigned held;                 /* outbound flow, name not resolved yet: datagrams
+                                    * held in out, each after its length (udp.c) */
 };
 
 void conn_ctx_init(struct conn_ctx *ctx, struct ev_loop *loop, char *rbuf, size_t rbuf_len);
@@ -170,7 +173,8 @@ struct conn *conn_new_dgram(struct conn_ctx *ctx, int fd, size_t size, const str
 
 /* An outbound UDP flow, not connected yet: conn_connect makes its
  * connected socket (at once: on_connect follows from the loop). Datagrams
- * written before it has a socket (a host name being resolved) are dropped. */
+ * written before it has a socket (a host name being resolved) are held,
+ * a bounded number (udp.h), and sent once it has one. */
 struct conn *conn_new_outbound_dgram(struct conn_ctx *ctx, size_t size, const struct conn_ops *ops);
 
 /* A datagram arrived for flow c (udp.c): counted, then tapped, relayed to

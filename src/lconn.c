@@ -813,11 +813,17 @@ static void not_for_flows(lua_State *L, struct lconn *lc, const char *method, co
         luaL_error(L, "%s: not supported on a UDP flow (%s)", method, why);
 }
 
-/* A flow's write is one datagram: it must fit in one. */
+/* A flow's write is one datagram: it must fit in one of the peer's family
+ * (an outbound flow whose name is not resolved yet: IPv6's, the larger). */
 static void check_datagram(lua_State *L, struct lconn *lc, size_t len)
 {
-    if (lc && (lc->c.flags & CONN_DGRAM) && len >= UDP_MAX_DGRAM)
-        luaL_argerror(L, 2, "a UDP datagram holds at most 65535 bytes");
+    if (!lc || !(lc->c.flags & CONN_DGRAM))
+        return;
+    int family = lc->c.peer_len ? lc->c.peer.sa.sa_family : AF_INET6;
+    size_t max = udp_max_payload(family);
+    if (len > max)
+        luaL_argerror(L, 2, lua_pushfstring(L, "a UDP datagram over %s holds at most %d bytes",
+                                            family == AF_INET ? "IPv4" : "IPv6", (int)max));
 }
 
 static int m_write(lua_State *L)

@@ -103,7 +103,7 @@ static int e_stats(lua_State *L)
     struct script *S = script_of(L);
     const struct conn_stats *st = &S->ctx->stats;
     lua_createtable(L, 0, 13);
-    set_int(L, "connections_open", (lua_Integer)st->open);
+    set_int(L, "connections_open", (lua_Integer)(st->open - st->flows)); /* flows: udp_flows */
     set_int(L, "connections_total", (lua_Integer)st->total);
     set_int(L, "bytes_in", (lua_Integer)st->bytes_in);
     set_int(L, "bytes_out", (lua_Integer)st->bytes_out);
@@ -119,7 +119,7 @@ static int e_stats(lua_State *L)
     set_int(L, "datagrams_out", (lua_Integer)us->dgrams_out);
     set_int(L, "datagrams_dropped",
             (lua_Integer)(us->drop_send + us->drop_trunc + us->drop_flows + us->drop_rcvbuf +
-                          us->drop_unread));
+                          us->drop_unread + us->drop_loop));
     set_int(L, "datagrams_dropped_flows", (lua_Integer)us->drop_flows);
     set_int(L, "datagrams_dropped_rcvbuf", (lua_Integer)us->drop_rcvbuf);
     return 1;

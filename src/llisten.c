@@ -114,7 +114,8 @@ static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls
  * on the event loop, where a name lookup would block every connection. A
  * malformed or non-numeric address or a bad handler raises (misuse); an
  * address that cannot be bound (taken, no permission) returns nil and the
- * reason. [-2, +1|2, e] */
+ * reason, and so does a call once shutdown has begun ("shutting down").
+ * [-2, +1|2, e] */
 int llisten_listen(lua_State *L)
 {
     const char *spec = luaL_checkstring(L, 1);
@@ -164,6 +165,13 @@ static int ll_new(lua_State *L, const char *spec, int fd, struct tls_server *tls
 {
     struct script *S = script_of(L);
     char err[ECHOKIT_ERR_LEN];
+    if (S->listen_closed) {
+        /* shutdown closed the listeners: one opened now (an on_close) would
+         * outlive the loop */
+        lua_pushnil(L);
+        lua_pushliteral(L, "shutting down");
+        return 2;
+    }
     struct llisten *ll = lua_newuserdatauv(L, sizeof *ll, 0);
     memset(ll, 0, sizeof *ll);
     ll->S = S;
@@ -265,6 +273,7 @@ void llisten_open(lua_State *L)
 
 void llisten_close_all(struct script *S)
 {
+    S->listen_closed = 1;
     while (S->listeners)
         ll_close(S->L, S->listeners);
 }

@@ -89,8 +89,10 @@ static int u_sendto(lua_State *L)
     }
     if (to.ss.ss_family != s->family)
         return luaL_error(L, "sendto: peer %s is not an address of this socket's family", spec);
-    if (len >= UDP_MAX_DGRAM)
-        return luaL_argerror(L, 2, "datagram larger than 65535 bytes");
+    if (len > udp_max_payload(s->family))
+        return luaL_argerror(L, 2, lua_pushfstring(L, "a UDP datagram over %s holds at most %d bytes",
+                                                   s->family == AF_INET ? "IPv4" : "IPv6",
+                                                   (int)udp_max_payload(s->family)));
     udp_sendto(s, data, len, &to);
     lua_pushboolean(L, 1);
     return 1;

@@ -133,8 +133,12 @@ static void begin_shutdown(struct app *a)
     ev_signal_stop(a->loop, &a->sigint); /* re-armed below for the second signal */
     ev_signal_start(a->loop, &a->sigint);
     if (a->ctx.stats.open) {
-        log_msg(LOG_INFO, "shutting down: %llu connection(s) open, %gs grace",
-                (unsigned long long)a->ctx.stats.open, a->grace);
+        /* the live ones: the UDP listeners' flows ended with them, and wait
+         * only for their on_close */
+        unsigned long long live = 0;
+        for (const struct conn *c = a->ctx.all; c; c = c->next)
+            live++;
+        log_msg(LOG_INFO, "shutting down: %llu connection(s) open, %gs grace", live, a->grace);
         ev_timer_set(&a->grace_timer, a->grace, 0);
         ev_timer_start(a->loop, &a->grace_timer);
     }

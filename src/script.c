@@ -329,12 +329,54 @@ void script_unref(lua_State *L, int *ref)
     *ref = LUA_NOREF;
 }
 
+/* Callback errors logged (each with its traceback) per second; past that
+ * they are counted, in one line when the second is over: an error per
+ * datagram (or per reconnecting client) cannot flood the log, and the first
+ * ones are still there in full. */
+#define SCRIPT_ERRORS_PER_SECOND 10
+
+static void errlog_flush(struct script *S)
+{
+    if (S->errlog.held)
+        log_msg(LOG_WARN, "%llu more callback error(s) not logged (at most %d a second)",
+                S->errlog.held, SCRIPT_ERRORS_PER_SECOND);
+    S->errlog.shown = 0;
+    S->errlog.held = 0;
+}
+
+static void errlog_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    ev_ref(loop); /* the expired timer was unref'd when started */
+    errlog_flush(container_of(w, struct script, errlog.timer));
+}
+
+/* Whether this callback error gets its line: the first SCRIPT_ERRORS_PER_
+ * SECOND of a second do. */
+static int errlog_allow(struct script *S)
+{
+    struct ev_loop *loop = S->ctx ? S->ctx->loop : NULL;
+    if (!loop || S->errlog.off)
+        return 1;
+    if (S->errlog.shown >= SCRIPT_ERRORS_PER_SECOND) {
+        S->errlog.held++;
+        return 0;
+    }
+    if (!S->errlog.shown++) {
+        ev_timer_init(&S->errlog.timer, errlog_cb, 1.0, 0.);
+        ev_timer_start(loop, &S->errlog.timer);
+        ev_unref(loop); /* a pending count keeps no loop running */
+    }
+    return 1;
+}
+
 void script_fail(struct script *S, const char *what, struct conn *c, const char *msg)
 {
     char label[200] = "";
     if (c)
         conn_label(c, label, sizeof label);
-    log_msg(LOG_ERROR, "%s%s%s: %s", label, c ? " " : "", what, msg);
+    if (errlog_allow(S))
+        log_msg(LOG_ERROR, "%s%s%s: %s", label, c ? " " : "", what, msg);
     metrics_add(&metrics_me->callback_errors, 1);
     if (strstr(msg, "not enough memory"))
         metrics_add(&metrics_me->memory_trips, 1);
@@ -657,6 +699,12 @@ void script_free(struct script *S)
         return;
     resolve_shutdown(&S->resolver);
     budget_teardown(S);
+    if (ev_is_active(&S->errlog.timer)) {
+        ev_ref(S->ctx->loop);
+        ev_timer_stop(S->ctx->loop, &S->errlog.timer);
+    }
+    errlog_flush(S);
+    S->errlog.off = 1;
     lua_close(S->L);
     pool_drain(S);
     free(S->reserve);

@@ -61,6 +61,13 @@ struct script {
     struct resolver resolver;   /* echokit.connect to host names */
     void (*on_stop)(struct script *S); /* echokit.stop() */
     struct llisten *listeners;  /* open echokit.listen listeners */
+    int listen_closed;          /* shutdown began: echokit.listen opens no more */
+    struct {                    /* callback errors logged in the current second */
+        ev_timer timer;         /* runs for that second (not keeping the loop up) */
+        unsigned shown;
+        unsigned long long held; /* not logged: counted in one line after it */
+        int off;                /* lua_close: no timer any more, every line logged */
+    } errlog;
     struct tls_server *tls;     /* the --tls-* certificates: conn:starttls's default */
     int reuseport;              /* echokit.listen sets SO_REUSEPORT (--workers) */
     void *data;
@@ -218,7 +225,8 @@ struct tls_server *ltls_server(lua_State *L, int idx, const char *who);
 void llisten_open(lua_State *L);
 int llisten_listen(lua_State *L);
 
-/* Closes every open echokit.listen listener (shutdown: stop accepting). */
+/* Closes every open echokit.listen listener (shutdown: stop accepting);
+ * from then on echokit.listen returns nil, "shutting down". */
 void llisten_close_all(struct script *S);
 
 /* Starts the control API (require "echokit.toxiproxy".serve(addr)), on the

@@ -396,9 +396,12 @@ static void set_accepting(struct server *srv, int on)
     srv->accepting = on;
 }
 
+/* --max-conns counts connections, not UDP flows (--max-flows bounds those):
+ * a datagram flood must not stop TCP clients from being accepted. */
 static int below_limit(const struct server *srv)
 {
-    return !srv->max_conns || srv->ctx->stats.open < srv->max_conns;
+    const struct conn_stats *st = &srv->ctx->stats;
+    return !srv->max_conns || st->open - st->flows < srv->max_conns;
 }
 
 static struct conn *flow_cb(struct udp_sock *s, const struct net_addr *peer)

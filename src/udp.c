@@ -34,7 +34,33 @@ static const char *const drop_what[UDP_DROP_KINDS] = {
     [UDP_DROP_TRUNC] = "over 65535 bytes",
     [UDP_DROP_FLOWS] = "new peers over --max-flows",
     [UDP_DROP_RCVBUF] = "by the kernel: receive buffer full",
+    [UDP_DROP_REFUSED] = "the kernel refused to send them (too large for the path, not "
+                         "permitted, or a bad destination)",
+    [UDP_DROP_LOOP] = "a reflection loop: from the listener's own address, port 0, or the "
+                      "port of a service that answers every datagram (7, 13, 17, 19, 37)",
+    [UDP_DROP_HELD] = "written while the peer's name was resolved, over 64 datagrams or "
+                      "256 KiB held",
 };
+
+/* A send error that ends a connected flow: the peer or the way to it is
+ * gone (an ICMP error the socket reported, ...). Any other one (EMSGSIZE,
+ * EINVAL, EACCES, EPERM: that datagram's own trouble) only drops it. */
+static int send_error_ends_flow(int err)
+{
+    switch (err) {
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case EHOSTDOWN:
+    case ENETDOWN:
+    case ENOTCONN:
+    case EPIPE:
+        return 1;
+    default:
+        return 0;
+    }
+}
 
 /* A second after a line about drops: one more line if more came. */
 static void drop_log_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -112,6 +138,10 @@ void udp_ctx_free(struct conn_ctx *ctx)
     struct udp_ctx *u = ctx->udp;
     if (!u)
         return;
+    /* a socket still open (a listener userdata that lua_close collects
+     * later) must not reach u through s->u once u is freed */
+    while (u->socks)
+        udp_sock_close(u->socks);
     udp_flush(u);
     ev_prepare_stop(ctx->loop, &u->flush);
     for (int k = 0; k < UDP_DROP_KINDS; k++)
@@ -326,6 +356,43 @@ static int recv_batch(struct udp_ctx *u, int fd, uint32_t *ovfl)
     return n;
 }
 
+/* Source ports a datagram is never answered to: 0 (nothing can be sent
+ * there) and the inetd services that answer every datagram (echo 7,
+ * daytime 13, qotd 17, chargen 19, time 37), as inetd's check_loop: two
+ * such servers, or one and us, would answer each other forever. */
+#define REFLECTOR_PORTS ((1ull << 0) | (1ull << 7) | (1ull << 13) | (1ull << 17) | \
+                         (1ull << 19) | (1ull << 37))
+
+/* Whether sa, a wildcard-bound socket's peer on its own port, is this host:
+ * a loopback address (other addresses of the host are not known here
+ * without the datagram's destination: a listener bound to one address is
+ * checked exactly). */
+static int self_addr(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        uint32_t own = ((const struct sockaddr_in *)&s->self.ss)->sin_addr.s_addr;
+        uint32_t a = ((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+        return own == htonl(INADDR_ANY) ? (ntohl(a) >> 24) == 127 : a == own;
+    }
+    const struct in6_addr *own = &((const struct sockaddr_in6 *)&s->self.ss)->sin6_addr;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_UNSPECIFIED(own) ? IN6_IS_ADDR_LOOPBACK(a) : !memcmp(a, own, sizeof *a);
+}
+
+/* A datagram answering which would start a reflection loop (RFC 862's
+ * classic): from the socket's own address (a spoofed source: we would
+ * answer ourselves forever), or from a reflector port. The port is looked
+ * at first: for nearly every datagram that is all. */
+static inline int reflected(const struct udp_sock *s, const struct sockaddr *sa)
+{
+    /* sin_port and sin6_port are at the same place */
+    uint16_t port = ((const struct sockaddr_in *)sa)->sin_port;
+    if (port == ((const struct sockaddr_in *)&s->self.ss)->sin_port)
+        return self_addr(s, sa);
+    uint16_t p = ntohs(port);
+    return p < 64 && (REFLECTOR_PORTS >> p & 1);
+}
+
 /* A datagram that did not fit: dropped, counted, reported. */
 static int truncated(struct udp_ctx *u, const struct mmsghdr *m)
 {
@@ -365,6 +432,11 @@ static void sock_readable(struct ev_loop *loop, ev_io *w, int revents)
             size_t len = m[i].msg_len;
             const struct net_addr *peer = &u->from[i];
             u->stats.dgrams_in++;
+            if (reflected(s, (const struct sockaddr *)&peer->ss)) {
+                u->stats.drop_loop++;
+                note_drop(u, UDP_DROP_LOOP, 1, peer);
+                continue;
+            }
             if (s->on_datagram) {
                 s->on_datagram(s, buf, len, peer);
                 continue;
@@ -400,8 +472,16 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
     }
     s->u = u;
     s->fd = fd;
-    struct net_addr self;
-    s->family = net_local_addr(fd, &self) == 0 ? self.ss.ss_family : AF_INET;
+    s->next = u->socks;
+    if (s->next)
+        s->next->pprev = &s->next;
+    s->pprev = &u->socks;
+    u->socks = s;
+    if (net_local_addr(fd, &s->self) < 0) {
+        memset(&s->self, 0, sizeof s->self);
+        s->self.ss.ss_family = AF_INET;
+    }
+    s->family = s->self.ss.ss_family;
     if (!s->seed) {
         if (getrandom(&s->seed, sizeof s->seed, GRND_NONBLOCK) != sizeof s->seed)
             s->seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(ev_time() * 1e6);
@@ -417,10 +497,11 @@ int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err)
 
 void udp_sock_close(struct udp_sock *s)
 {
-    if (!s->u || s->fd < 0)
-        return;
-    ev_io_stop(s->u->ctx->loop, &s->io);
-    udp_flush(s->u);
+    struct udp_ctx *u = s->u;
+    if (!u)
+        return; /* never started, closed already, or its context is gone */
+    ev_io_stop(u->ctx->loop, &s->io);
+    udp_flush(u);
     /* Aborting a flow removes it (moving others back): look at a slot again
      * until it is empty. */
     for (size_t i = 0; i < s->cap;) {
@@ -434,6 +515,12 @@ void udp_sock_close(struct udp_sock *s)
     s->cap = s->used = 0;
     close(s->fd);
     s->fd = -1;
+    *s->pprev = s->next;
+    if (s->next)
+        s->next->pprev = s->pprev;
+    s->next = NULL;
+    s->pprev = NULL;
+    s->u = NULL;
 }
 
 void udp_conn_readable(struct conn *c)
@@ -540,9 +627,19 @@ void udp_flush(struct udp_ctx *u)
             if (r < 0 && errno == EINTR)
                 continue;
             err[k] = r < 0 ? errno : EIO;
+            if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS) {
+                /* The socket's buffer is full: the rest of its run would
+                 * be refused too, one system call each. */
+                u->stats.drop_send += (uint64_t)(j - k);
+                note_drop(u, UDP_DROP_SEND, (uint64_t)(j - k), NULL);
+                for (int x = k + 1; x < j; x++)
+                    err[x] = err[k];
+                k = j;
+                continue;
+            }
             u->stats.drop_send++;
-            if (err[k] == EAGAIN || err[k] == EWOULDBLOCK || err[k] == ENOBUFS)
-                note_drop(u, UDP_DROP_SEND, 1, NULL);
+            if (!send_error_ends_flow(err[k]))
+                note_drop(u, UDP_DROP_REFUSED, 1, NULL);
             k++;
         }
         i = j;
@@ -555,11 +652,72 @@ void udp_flush(struct udp_ctx *u)
         struct conn *c = cs[i];
         if (!c)
             continue;
-        if (err[i] && err[i] != EAGAIN && err[i] != EWOULDBLOCK && err[i] != ENOBUFS &&
-            !c->usock && !(c->flags & CONN_DEAD))
+        if (err[i] && send_error_ends_flow(err[i]) && !c->usock && !(c->flags & CONN_DEAD))
             conn_dgram_failed(c, err[i]);
         conn_unref(c);
     }
+}
+
+/* A datagram for an outbound flow that has no socket yet (its peer's name
+ * is being resolved): kept in the flow's output queue after its length,
+ * within UDP_HELD_MAX / UDP_HELD_BYTES, else dropped and counted. Returns 1. */
+static int hold(struct udp_ctx *u, struct conn *c, const void *data, size_t len)
+{
+    uint32_t n = (uint32_t)len;
+    if (c->held >= UDP_HELD_MAX || c->out.len + sizeof n + len > UDP_HELD_BYTES ||
+        outq_append(&c->out, &n, sizeof n) < 0) {
+        u->stats.drop_send++;
+        note_drop(u, UDP_DROP_HELD, 1, NULL);
+        return 1;
+    }
+    if (len && outq_append(&c->out, data, len) < 0) {
+        /* out of memory with a length queued and not its datagram: what is
+         * held can no longer be read back, and goes too */
+        u->stats.drop_send += c->held + 1;
+        note_drop(u, UDP_DROP_HELD, c->held + 1, NULL);
+        outq_clear(&c->out);
+        c->held = 0;
+        return 1;
+    }
+    c->held++;
+    return 1;
+}
+
+void udp_conn_send_held(struct conn *c)
+{
+    if (!c->held)
+        return;
+    size_t n = c->out.len, off = 0;
+    char *buf = malloc(n);
+    if (buf) {
+        for (const struct outq_block *b = c->out.head; b; b = b->next) {
+            memcpy(buf + off, b->data + b->start, b->end - b->start);
+            off += b->end - b->start;
+        }
+    }
+    unsigned held = c->held;
+    outq_clear(&c->out);
+    c->held = 0;
+    struct udp_ctx *u = c->ctx->udp;
+    if (!buf) {
+        if (u) {
+            u->stats.drop_send += held;
+            note_drop(u, UDP_DROP_HELD, held, NULL);
+        }
+        return;
+    }
+    /* a flow closed while resolving still sends what it wrote before */
+    unsigned closing = c->flags & CONN_CLOSING;
+    c->flags &= ~(unsigned)CONN_CLOSING;
+    for (size_t at = 0; at + sizeof(uint32_t) <= n && !(c->flags & CONN_DEAD);) {
+        uint32_t len;
+        memcpy(&len, buf + at, sizeof len);
+        at += sizeof len;
+        udp_conn_write(c, buf + at, len);
+        at += len;
+    }
+    c->flags |= closing;
+    free(buf);
 }
 
 int udp_conn_write(struct conn *c, const void *data, size_t len)
@@ -573,6 +731,8 @@ int udp_conn_write(struct conn *c, const void *data, size_t len)
             return -1;
     }
     int fd = c->usock ? c->usock->fd : c->fd;
+    if (u && fd < 0 && !c->usock && len < UDP_MAX_DGRAM)
+        return hold(u, c, data, len); /* resolving the peer's name */
     if (!u || fd < 0 || len >= UDP_MAX_DGRAM) {
         /* no socket yet (resolving), out of memory, or too big to send */
         if (u)

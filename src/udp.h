@@ -15,7 +15,8 @@
  * grouped by socket, each socket's datagrams in their order), when the queue
  * fills and before the loop polls again. A datagram the
  * kernel refuses (EAGAIN, ENOBUFS: the socket buffer is full) is dropped and
- * counted, never fatal. */
+ * counted with the rest of that socket's run, never fatal; one refused for
+ * itself (EMSGSIZE, EPERM...) is dropped alone. */
 #include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,18 +30,40 @@
 /* The largest datagram taken in: a bigger one (IPv6 jumbogram) arrives
  * truncated, and is dropped and counted. */
 #define UDP_MAX_DGRAM 65536
+/* The largest payload a datagram carries: 65,535 bytes less the IP header
+ * (20, IPv4) and the UDP header (8); IPv6's header is not counted in its
+ * length, only the UDP one. */
+#define UDP_MAX_PAYLOAD4 65507
+#define UDP_MAX_PAYLOAD6 65527
+
+static inline size_t udp_max_payload(int family)
+{
+    return family == AF_INET ? UDP_MAX_PAYLOAD4 : UDP_MAX_PAYLOAD6;
+}
 
 struct udp_stats {
     uint64_t dgrams_in, dgrams_out;
-    uint64_t drop_send;   /* the kernel refused them (socket buffer full) */
+    uint64_t drop_send;   /* the kernel refused them (socket buffer full, too
+                           * large for the path, not permitted...), or over
+                           * the bound held while a name was resolved */
     uint64_t drop_trunc;  /* larger than UDP_MAX_DGRAM */
     uint64_t drop_flows;  /* from new peers over --max-flows */
     uint64_t drop_rcvbuf; /* by the kernel: a listener's receive buffer was full */
     uint64_t drop_unread; /* for a paused flow, or a serve not in receive() */
+    uint64_t drop_loop;   /* that would start a reflection loop (udp.c reflected) */
 };
 
 /* The kinds of drops, each logged at most once a second. */
-enum { UDP_DROP_SEND, UDP_DROP_TRUNC, UDP_DROP_FLOWS, UDP_DROP_RCVBUF, UDP_DROP_KINDS };
+enum {
+    UDP_DROP_SEND,
+    UDP_DROP_TRUNC,
+    UDP_DROP_FLOWS,
+    UDP_DROP_RCVBUF,
+    UDP_DROP_REFUSED, /* a send the kernel refused for that datagram alone */
+    UDP_DROP_HELD,    /* written while the peer's name was resolved, over the bound */
+    UDP_DROP_LOOP,    /* from the socket's own address or a reflector's port */
+    UDP_DROP_KINDS
+};
 
 struct udp_sock;
 
@@ -72,6 +95,7 @@ struct udp_ctx {
     } out[UDP_BATCH];
     struct net_addr raw[UDP_BATCH]; /* udp_sendto's peers */
     int nout;
+    struct udp_sock *socks; /* the started sockets: closed by udp_ctx_free */
     char *arena;           /* the queued datagrams' bytes */
     size_t arena_used;
     ev_prepare flush;      /* sends the queue before the loop polls */
@@ -85,6 +109,9 @@ struct udp_ctx {
 
 /* The loop's datagram context, made on first use. NULL when out of memory. */
 struct udp_ctx *udp_ctx_get(struct conn_ctx *ctx);
+/* Closes every socket still started (udp_sock_close: their flows end), sends
+ * what is queued and frees the context. A socket closed here may still be
+ * closed again later (a listener's __gc at lua_close): that finds nothing. */
 void udp_ctx_free(struct conn_ctx *ctx);
 
 /* A UDP socket that takes datagrams from any peer (a listener). */
@@ -92,8 +119,10 @@ struct udp_sock {
     ev_io io;
     int fd;
     int family;           /* AF_INET or AF_INET6 */
+    struct net_addr self; /* as bound (a wildcard address: any) */
     uint32_t rxq_ovfl;    /* the kernel's drop count last seen (SO_RXQ_OVFL) */
-    struct udp_ctx *u;
+    struct udp_ctx *u;    /* NULL until started, and once closed */
+    struct udp_sock *next, **pprev; /* in u->socks while started */
     /* flows by peer address: open addressing, cap a power of 2, at most
      * half full */
     struct conn **flows;
@@ -118,7 +147,7 @@ int udp_bind(const struct net_addr *addr, int reuseport, char *err);
 int udp_sock_start(struct udp_sock *s, struct conn_ctx *ctx, int fd, char *err);
 
 /* Sends what is queued, aborts every flow of s ("shutdown") and closes its
- * socket. Idempotent; s may be started again. */
+ * socket. Idempotent (s->u is NULL after it); s may be started again. */
 void udp_sock_close(struct udp_sock *s);
 
 /* A flow of s for peer (size >= sizeof(struct conn) as conn_new), entered
@@ -134,7 +163,15 @@ int udp_connect_fd(const struct net_addr *addr);
  * closed. */
 int udp_sendto(struct udp_sock *s, const void *data, size_t len, const struct net_addr *peer);
 
+/* Datagrams an outbound flow holds while its host name is resolved: past
+ * either bound they are dropped and counted. */
+#define UDP_HELD_MAX 64
+#define UDP_HELD_BYTES (256 * 1024)
+
 /* The conn layer's side (conn.c): */
+/* An outbound flow has its socket now: the datagrams held for it are
+ * queued, in order. */
+void udp_conn_send_held(struct conn *c);
 /* conn_write on a flow: queues one datagram (len 0 is an empty one).
  * Returns 1, or -1 if the flow is closed; a datagram that cannot be sent
  * (out of memory, no socket yet) is dropped and counted. */

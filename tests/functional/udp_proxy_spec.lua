@@ -86,6 +86,31 @@ print("ok")
     assert.equal(3, #px:log_matching("tap down"))
   end)
 
+  it("drops a datagram too large for the upstream's family (IPv6 client, IPv4 upstream), counted and logged; the flow carries on",
+    function()
+      local up = udp_echo()
+      local px = peers.front(t.start{ handler = "proxy", listen = { "udp://[::1]:0" },
+        args = { upstream = "udp://127.0.0.1:" .. up:addr().port }, opts = { "--verbose" } })
+      local r = peers.run({ "/usr/bin/python3", "-c", [[
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[2]))
+s.connect(("::1", int(sys.argv[1])))
+s.send(b"before")
+assert s.recv(70000) == b"before"
+s.send(b"y" * 65520)  # fits IPv6 (65,527), not IPv4 (65,507)
+s.send(b"after")
+r = s.recv(70000)
+assert r == b"after", "%d bytes came back" % len(r)
+print("ok")
+]], tostring(px:addr().port), tostring(t.T(5)) }, 30)
+      peers.assert_ok(r, "python through the proxy")
+      px:await_log("udp: dropped 1 datagram%(s%): the kernel refused to send them")
+      -- the upstream flow was not torn down by it
+      assert.equal(0, #px:log_matching("Message too long"))
+      assert.equal(0, #px:log_matching("%] closed %("))
+    end)
+
   it("closes both flows when they have been idle for --udp-idle-timeout", function()
     local up = udp_echo()
     local px = proxy_to("udp://127.0.0.1:" .. up:addr().port,
@@ -112,6 +137,47 @@ print("ok")
       return #px:log_matching(": refused") >= 2
     end, 5, "a second refusal")
     assert(px:alive())
+  end)
+
+  it("answers a flow's first datagram when the upstream is a host name (held while it resolves)",
+    function()
+      local up = udp_echo()
+      local px = proxy_to("udp://localhost:" .. up:addr().port)
+      local a = client(px)
+      assert.equal("first", ask(a, "first"))
+      assert.equal("second", ask(a, "second"))
+      local b = client(px) -- a second flow resolves again
+      assert.equal("b first", ask(b, "b first"))
+    end)
+
+  it("an upstream without a port is a start-up error (exit 2), not a failure per client", function()
+    for _, bad in ipairs({ "udp://127.0.0.1:", "127.0.0.1", "udp://[::1]:", "udp://127.0.0.1:70000" }) do
+      local r = t.run{ handler = "proxy", listen = { "udp://127.0.0.1:0" }, args = { upstream = bad } }
+      assert.equal(2, r.code, bad .. ": " .. r.stderr)
+      assert.matches("upstream=" .. bad:gsub("%p", "%%%0") .. ": give HOST:PORT", r.stderr)
+    end
+  end)
+
+  it("logs each refused flow with its client's address, at most 10 a second, the rest counted", function()
+    local port = closed_udp_port()
+    local px = proxy_to("udp://127.0.0.1:" .. port)
+    local n = 30
+    local cs = {}
+    for i = 1, n do
+      cs[i] = client(px)
+      assert(cs[i]:send("anyone?"))
+    end
+    px:await_log("proxy: %d+ more upstream failures? not logged %(at most 10 a second%)", 5)
+    local lines = px:log_matching("upstream udp://127%.0%.0%.1:" .. port .. ": refused")
+    assert.truthy(#lines >= 1 and #lines < n, #lines .. " lines")
+    assert.matches("%[conn %d+ 127%.0%.0%.1:%d+%]: upstream", lines[1])
+    t.eventually(function()
+      local full, held = #px:log_matching(": refused"), 0
+      for _, l in ipairs(px:log_matching("more upstream failure")) do
+        held = held + tonumber(l:match("(%d+) more upstream failure"))
+      end
+      return full + held == n, ("%d logged, %d counted"):format(full, held)
+    end, 5, "every refusal logged or counted")
   end)
 
   it("answers dig through the proxy to dnsmasq", function()

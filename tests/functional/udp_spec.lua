@@ -76,6 +76,12 @@ print("ok")
       assert.equal("six", ask(client(srv), "six"))
     end)
 
+    it("over IPv6 a flow writes up to 65,527 bytes, and one more raises", function()
+      local srv = udp_start{ handler = FLOWS, listen = { "udp://[::1]:0" } }
+      assert.matches("^false .*a UDP datagram over IPv6 holds at most 65527 bytes",
+        ask(client(srv), "try big"))
+    end)
+
     it("echoes 10 clients x 1,000 datagrams, each reply to its own client", function()
       local srv = udp_start{}
       local r = peers.run({ "/usr/bin/python3", PEERS, "many", "127.0.0.1",
@@ -133,7 +139,7 @@ print("ok")
       assert.matches("^false .*receive: not supported on a UDP flow", ask(a, "try receive"))
       assert.matches("^false .*pipe: not supported between a UDP flow and a stream",
         ask(a, "try pipe"))
-      assert.matches("^false .*a UDP datagram holds at most 65535 bytes", ask(a, "try big"))
+      assert.matches("^false .*a UDP datagram over IPv4 holds at most 65507 bytes", ask(a, "try big"))
       assert.matches("^false .*starttls: not supported on a UDP flow", ask(a, "try starttls"))
       assert.equal("still here", ask(a, "still here"))
     end)
@@ -284,6 +290,7 @@ print(s.recv(100).decode())
       assert(a:send("boom"))
       srv:await_log("raw boom on purpose")
       assert.equal("127.0.0.1:" .. port .. " on", ask(a, "on"))
+      assert.matches("^false .*a UDP datagram over IPv4 holds at most 65507 bytes", ask(a, "big"))
     end)
   end)
 

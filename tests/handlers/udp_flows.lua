@@ -25,7 +25,10 @@ local commands = {
       s.udp_flows, s.connections_open)
   end,
   ["try starttls"] = function(flow) return pcall(flow.starttls, flow) end,
-  ["try big"] = function(flow) return pcall(flow.write, flow, string.rep("x", 65536)) end,
+  -- one byte over the family's largest payload (IPv4 65,507, IPv6 65,527)
+  ["try big"] = function(flow)
+    return pcall(flow.write, flow, string.rep("x", flow:peer():find(":") and 65528 or 65508))
+  end,
   bye = function(flow)
     flow:write("bye")
     flow:close()

@@ -4,6 +4,10 @@ return {
   on_datagram = function(sock, data, peer)
     if data == "bad peer" then sock:sendto("x", "not an address") end
     if data == "boom" then error("raw boom on purpose") end
+    if data == "big" then -- IPv4 carries 65,507 bytes at most: this one raises
+      local ok, err = pcall(sock.sendto, sock, string.rep("x", 65508), peer)
+      return sock:sendto(tostring(ok) .. " " .. err, peer)
+    end
     sock:sendto(peer .. " " .. data, peer)
   end,
 }
