@@ -36,23 +36,12 @@ end
 local connect_opts = require("echokit.upstream").options(args, "proxy")
 
 -- An upstream failing (refused, unreachable) is logged with the client's
--- address, at most REPORTS lines a second: a flood of UDP peers, each a
+-- address, at most 10 lines a second: a flood of UDP peers, each a
 -- flow of its own, cannot flood the log. Those held back are counted in one
 -- line when the second is over.
-local REPORTS, shown, held = 10, 0, 0
+local limited = require("echokit.loglimit").new(10, "proxy", "upstream failure", "logged")
 local function report(who, reason)
-  if shown >= REPORTS then held = held + 1; return end
-  if shown == 0 then
-    echokit.timer(1, function()
-      if held > 0 then
-        echokit.log("warn", "proxy: %d more upstream failure%s not logged (at most %d a second)",
-                    held, held == 1 and "" or "s", REPORTS)
-      end
-      shown, held = 0, 0
-    end)
-  end
-  shown = shown + 1
-  echokit.log("warn", "%s: upstream %s: %s", who, upstream, reason)
+  limited("warn", "%s: upstream %s: %s", who, upstream, reason)
 end
 
 return {

@@ -69,23 +69,12 @@ echokit.log("info", "replay: %d conversation%s with server %s from %s", #selecte
 local last = 0 -- the conversation served last (round robin)
 local TRIM = 64 * 1024
 
--- At most REPORTS mismatch reports (each up to ~1 KB of hexdump) a second:
+-- At most 10 mismatch reports (each up to ~1 KB of hexdump) a second:
 -- a client that keeps reconnecting with the wrong bytes cannot flood the
 -- log. Those held back are counted in one line when the second is over.
-local REPORTS, shown, held = 10, 0, 0
+local limited = require("echokit.loglimit").new(10, "replay", "report")
 local function report(conn, text)
-  if shown >= REPORTS then held = held + 1; return end
-  if shown == 0 then
-    echokit.timer(1, function()
-      if held > 0 then
-        echokit.log("warn", "replay: %d more report%s not shown (at most %d a second)", held,
-                    held == 1 and "" or "s", REPORTS)
-      end
-      shown, held = 0, 0
-    end)
-  end
-  shown = shown + 1
-  echokit.log("warn", "replay: %s %s", tostring(conn), text)
+  limited("warn", "replay: %s %s", tostring(conn), text)
 end
 
 -- A recorded answer in slices, each sent once the queue is back under high
