@@ -646,6 +646,19 @@ static int accept_body(lua_State *L)
     return 0;
 }
 
+/* A connection or flow a listener took: its handle, and references to the
+ * listener's own callbacks (h) if it has them, counted as accepted. Returns
+ * script_invoke's result: < 0 if that failed (c is torn down then). */
+static int adopt(struct script *S, struct lconn *lc, const struct handler *h, int listener)
+{
+    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
+    lc->listener = listener;
+    metrics_add(&metrics_me->accepted, 1);
+    metrics_gauge_add(&metrics_me->open, 1);
+    struct accepting a = {lc, h};
+    return script_invoke(S, accept_body, &a, "accept", &lc->c);
+}
+
 void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const struct handler *h,
                   struct tls_server *tls, int listener)
 {
@@ -656,12 +669,7 @@ void lconn_accept(struct script *S, int fd, const struct net_addr *peer, const s
         return;
     }
     struct lconn *lc = lconn_of(c);
-    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
-    lc->listener = listener;
-    metrics_add(&metrics_me->accepted, 1);
-    metrics_gauge_add(&metrics_me->open, 1);
-    struct accepting a = {lc, h};
-    if (script_invoke(S, accept_body, &a, "accept", c) < 0)
+    if (adopt(S, lc, h, listener) < 0)
         return; /* torn down with the error */
     if (tls) {
         SSL *ssl = tls_server_ssl(tls);
@@ -683,12 +691,7 @@ struct conn *lconn_flow(struct script *S, struct udp_sock *sock, const struct ne
     if (!c)
         return NULL;
     struct lconn *lc = lconn_of(c);
-    lconn_prepare(lc, S, h ? &lc->own : &S->handler);
-    lc->listener = listener;
-    metrics_add(&metrics_me->accepted, 1);
-    metrics_gauge_add(&metrics_me->open, 1);
-    struct accepting a = {lc, h};
-    if (script_invoke(S, accept_body, &a, "accept", c) < 0)
+    if (adopt(S, lc, h, listener) < 0)
         return c; /* torn down with the error */
     start(lc);
     return c; /* torn down if on_connect failed or closed it: the caller looks */
