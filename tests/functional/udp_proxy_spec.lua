@@ -2,35 +2,12 @@
 -- C, replies routed to the right client, idle expiry, an upstream port that
 -- answers with ICMP port unreachable, and real DNS (dig -> echokit -> dnsmasq).
 local t = require "echokit_test"
-local socket = require "socket"
 local peers = require "peers"
 
 local PEERS = t.src .. "/tests/support/udp_peers.py"
 
--- A UDP port on 127.0.0.1 where nothing listens (bound once, then released).
-local function closed_udp_port()
-  local s = assert(socket.udp())
-  assert(s:setsockname("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
-local function client(srv)
-  local a = srv:addr()
-  local u = assert(socket.udp())
-  assert(u:setpeername(a.host, a.port))
-  u:settimeout(t.T(5))
-  srv.clients[#srv.clients + 1] = u
-  return u
-end
-
-local function ask(u, d)
-  assert(u:send(d))
-  local r, err = u:receive()
-  assert(r, string.format("no answer to %q: %s", d, tostring(err)))
-  return r
-end
+local closed_udp_port = peers.closed_udp_port
+local client, ask = t.udp_client, t.udp_ask
 
 local function proxy_to(upstream, opts)
   return peers.front(t.start{ handler = "proxy", listen = { "udp://127.0.0.1:0" },

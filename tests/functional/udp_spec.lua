@@ -8,26 +8,7 @@ local peers = require "peers"
 local PEERS = t.src .. "/tests/support/udp_peers.py"
 local FLOWS = "tests/handlers/udp_flows.lua"
 
--- A luasocket UDP client connected to srv's listener i (from src if given);
--- closed after the test.
-local function client(srv, i, src)
-  local a = srv:addr(i)
-  assert(a.kind == "udp", "listener is not UDP")
-  local u = assert(a.v6 and socket.udp6() or socket.udp())
-  if src then assert(u:setsockname(src, 0)) end
-  assert(u:setpeername(a.host, a.port))
-  u:settimeout(t.T(5))
-  srv.clients[#srv.clients + 1] = u
-  return u
-end
-
--- One datagram out, its answer back (bounded).
-local function ask(u, d)
-  assert(u:send(d))
-  local r, err = u:receive()
-  assert(r, string.format("no answer to %q: %s", d, tostring(err)))
-  return r
-end
+local client, ask = t.udp_client, t.udp_ask
 
 local function udp_start(o)
   o.listen = o.listen or { "udp://127.0.0.1:0" }

@@ -3,7 +3,6 @@
 -- dig and a Python client (dns_queries.py) to ask it or a proxy in front
 -- of it. Started per test through peers (reaped by peers.teardown).
 local t = require "echokit_test"
-local socket = require "socket"
 local peers = require "peers"
 
 local M = {}
@@ -11,14 +10,7 @@ local M = {}
 M.NAME = "example.test"
 M.ADDRESS = "192.0.2.1"
 
--- A UDP port on 127.0.0.1 where nothing listens (bound once, then released).
-function M.closed_udp_port()
-  local s = assert(socket.udp())
-  assert(s:setsockname("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+M.closed_udp_port = peers.closed_udp_port
 
 -- dig @127.0.0.1 -p port example.test A +short, one try of `wait` seconds
 -- (scaled, whole seconds as dig wants). Returns the run (peers.run).

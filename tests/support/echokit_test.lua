@@ -703,4 +703,25 @@ function M.pid_gone(pid)
   return stat:match("^%d+ %b() (%a)") == "Z"
 end
 
+-- A luasocket UDP client connected to srv's UDP listener i (from src if
+-- given); closed after the test.
+function M.udp_client(srv, i, src)
+  local a = srv:addr(i)
+  assert(a.kind == "udp", "listener is not UDP")
+  local u = assert(a.v6 and socket.udp6() or socket.udp())
+  if src then assert(u:setsockname(src, 0)) end
+  assert(u:setpeername(a.host, a.port))
+  u:settimeout(M.T(5))
+  srv.clients[#srv.clients + 1] = u
+  return u
+end
+
+-- One datagram out, its answer back (bounded by the client's timeout).
+function M.udp_ask(u, d)
+  assert(u:send(d))
+  local r, err = u:receive()
+  assert(r, string.format("no answer to %q: %s", d, tostring(err)))
+  return r
+end
+
 return M

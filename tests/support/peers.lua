@@ -178,6 +178,15 @@ local function closed_port()
   return tonumber(port)
 end
 
+-- A UDP port on 127.0.0.1 where nothing listens (bound once, then released).
+local function closed_udp_port()
+  local s = assert(socket.udp())
+  assert(s:setsockname("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
 -- Connects from `src` (default 127.0.0.1) to 127.0.0.1:port with Python,
 -- sends `data` (default "hi\n"), reads until the peer ends the stream and
 -- returns how it ended: "EOF" or "ECONNRESET" (luasocket reports a reset as
@@ -288,6 +297,7 @@ return {
   start_chaos = start_chaos,
   teardown = teardown,
   closed_port = closed_port,
+  closed_udp_port = closed_udp_port,
   addr_of = addr_of,
   stream_end = stream_end,
   start_redis = start_redis,
