@@ -311,6 +311,9 @@ end
 -- matching message goes to the toxic's data.
 local function framed_in(self, data)
   local framer = self.framer
+  -- a read the matcher proves holds no matching message: on without framing
+  local miss = framer.miss
+  if miss and miss(framer, data) then return self:send(data) end
   local raw, n = framer:push(data)
   local stops, msgs = framer.stops, framer.msgs
   local m, fn = self.matcher, self.def.data
