@@ -335,19 +335,22 @@ end
 local function lines_miss(pat)
   if find(pat, "%f", 1, true) or byte(pat, #pat) == 36 then return nil end
   local anchored = byte(pat, 1) == 94
+  -- "^P" matching at a line's start is P matching in data: one search
+  -- over the whole read first, a search per line only when P is found
+  local body = anchored and sub(pat, 2) or pat
+  local max = M.MAX_LINE
   return function(fr, data)
     local total = #data
-    if fr.held ~= "" or fr.broken or total > M.MAX_LINE or byte(data, total) ~= 10 then
+    if fr.held ~= "" or fr.broken or total > max or byte(data, total) ~= 10 then
       return false
     end
-    if anchored then
+    if find(data, body) then
+      if not anchored then return false end
       local pos = 1
       while pos <= total do
         if find(data, pat, pos) then return false end
         pos = find(data, "\n", pos, true) + 1
       end
-    elseif find(data, pat) then
-      return false
     end
     fr.fed = fr.fed + total
     fr.base = fr.base + total
