@@ -28,6 +28,9 @@
 --     from there: its entries have msg = nil, which never matches.
 --   An HTTP request that cannot match by its head passes on as its body
 --   arrives (entries with msg = nil, then the request at its end).
+--   framer.miss(framer, data), when not nil: true when no message of data
+--     can match (a `bytes` pattern that finds nothing in a read of whole
+--     lines): data then passes as it is, instead of through push
 --   framer:rest() -> the bytes held (the end of the stream came, or the
 --     toxic goes), emptied
 --
@@ -322,10 +325,44 @@ local function quick_lines(data, stops, msgs)
   return n
 end
 
-local function lines_framer()
+-- framer:miss(data), for a `bytes` pattern without fn: true when data is
+-- whole lines, short enough for quick_lines, nothing is held, and the
+-- pattern finds nothing in data (from each line's start when it begins
+-- with "^"); data is then counted as passed, no line cut out or framed.
+-- A line is a run of data's bytes, so a match in a line is a match in
+-- data; a pattern that looks past a line's ends ("$" at its end, a
+-- frontier %f) has no miss (nil): such reads are framed.
+local function lines_miss(pat)
+  if find(pat, "%f", 1, true) or byte(pat, #pat) == 36 then return nil end
+  local anchored = byte(pat, 1) == 94
+  -- "^P" matching at a line's start is P matching in data: one search
+  -- over the whole read first, a search per line only when P is found
+  local body = anchored and sub(pat, 2) or pat
+  local max = M.MAX_LINE
+  return function(fr, data)
+    local total = #data
+    if fr.held ~= "" or fr.broken or total > max or byte(data, total) ~= 10 then
+      return false
+    end
+    if find(data, body) then
+      if not anchored then return false end
+      local pos = 1
+      while pos <= total do
+        if find(data, pat, pos) then return false end
+        pos = find(data, "\n", pos, true) + 1
+      end
+    end
+    fr.fed = fr.fed + total
+    fr.base = fr.base + total
+    return true
+  end
+end
+
+local function lines_framer(pat)
   local p = framing.lines { max = M.MAX_LINE }
   local f = new_framer(function(_, q) return q:next() end, buffered, p)
   f.quick = quick_lines
+  if pat then f.miss = lines_miss(pat) end
   return f
 end
 
@@ -375,7 +412,7 @@ function Matcher:framer(direction)
   end
   if k == "resp" then return resp_framer(direction == "downstream") end
   if k == "websocket" then return websocket_framer(direction) end
-  if k == "lines" then return lines_framer() end
+  if k == "lines" then return lines_framer(not self.fn and self.pattern) end
   return nil
 end
 
@@ -514,6 +551,7 @@ function M.compile(spec)
       m = setmetatable({ kind = k[1], check = check, fn = spec.fn }, Matcher)
       -- an http matcher that reads headers needs the parser's request
       m.headers = key == "http" and spec.http.header ~= nil and next(spec.http.header) ~= nil
+      if key == "bytes" then m.pattern = spec.bytes end
     end
   end
   if not m then

@@ -338,7 +338,13 @@ end
 
 function Stub:_in(data)
   if not self.active then return self:send(data) end
-  if self.framer then return framed_in(self, data) end
+  local framer = self.framer
+  if framer then
+    -- a read the matcher proves holds no matching message: on unframed
+    local miss = framer.miss
+    if miss and miss(framer, data) then return self:send(data) end
+    return framed_in(self, data)
+  end
   local m = self.matcher
   if m and not m:test(self, data, self.dir:src()) then return self:send(data) end
   if self.def.data then
@@ -406,7 +412,7 @@ function Dir:emit(stub, data)
   local i = stub and stub.index + 1 or 1
   local nxt = self.stubs[i]
   if nxt then return nxt:_in(data) end
-  local dst = self:dst()
+  local dst = self.pair[self.dst_key] -- self:dst(), inlined: it runs for every read
   if not dst then
     -- the server is not connected yet (slow_open): kept for it
     local early = self.pair.early

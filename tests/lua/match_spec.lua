@@ -210,6 +210,42 @@ describe("echokit.match", function()
     assert.same({ false, true, false, true, true }, hits(m, msgs))
   end)
 
+  it("bytes: a read miss() passes holds no line the pattern matches; a read with one is framed", function()
+    local reads = { "NEVER\n", "a NEVER\n", "x\nNEVER y\n", "x\r\n", "abc\n", "a\nb\nc\n",
+                    " x\n", "x \n", "NEVER", "\n" }
+    local pats = { "^NEVER", "NEVER", "^x$", "x$", "%f[%s]x", "^%s", "\r", "c\n", "^a.*c" }
+    for _, pat in ipairs(pats) do
+      local m = assert(match.compile { bytes = pat })
+      for _, r in ipairs(reads) do
+        local f = m:framer("upstream")
+        local missed = f.miss ~= nil and f.miss(f, r)
+        local any = false
+        for _, e in ipairs(frame(m, "upstream", { r })) do
+          if e[2] ~= nil and m:test({}, e[1], nil, e[2]) then any = true end
+        end
+        assert(not (missed and any), string.format("%q missed in %q, which has a match", pat, r))
+      end
+    end
+    -- the reads it can prove: whole lines, nothing held, no $ or %f in the pattern
+    local m = assert(match.compile { bytes = "^NEVER" })
+    local f = m:framer("upstream")
+    assert.is_true(f.miss(f, "a NEVER\nb\n"))
+    assert.is_false(f.miss(f, "b\nNEVER\n"))
+    assert.is_false(f.miss(f, "NEV"))
+    assert.is_nil(assert(match.compile { bytes = "x$" }):framer("upstream").miss)
+    assert.is_nil(assert(match.compile { bytes = "%f[%w]x" }):framer("upstream").miss)
+    assert.is_nil(assert(match.compile { bytes = "x", fn = function() return true end })
+                    :framer("upstream").miss)
+    -- bytes held from a partial line: the next read is framed, not missed
+    local raw, n = f:push("NEV")
+    assert.equal(0, n)
+    assert.is_false(f.miss(f, "ER\n"))
+    raw, n = f:push("ER\n")
+    assert.equal(1, n)
+    assert.equal("NEVER\n", raw)
+    assert.is_true(m:test({}, raw, nil, f.msgs[1]))
+  end)
+
   it("a function sees each chunk; with a protocol it sees the message too", function()
     local seen = {}
     local m = assert(match.compile(function(_, data) seen[#seen + 1] = data; return data == "b" end))
