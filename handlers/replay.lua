@@ -82,6 +82,11 @@ end
 -- most a slice more than high water.
 local SLICE = 16 * 1024
 local function send(conn, data)
+  if #data <= SLICE then -- the common case: one write, no slicing
+    local ok, err = conn:send(data)
+    if not ok and err ~= "closed" then report(conn, "answer not sent: " .. tostring(err)) end
+    return ok and true or false
+  end
   for i = 1, #data, SLICE do
     local ok, err = conn:send(#data <= SLICE and data or data:sub(i, i + SLICE - 1))
     if not ok then
@@ -113,16 +118,30 @@ return {
     last = idx
     local msgs = selected[idx].messages
     for i, m in ipairs(msgs) do
-      local wait = replay.delay(msgs, i, speed)
       if m.from == "server" then
+        local wait = speed ~= 0 and replay.delay(msgs, i, speed) or 0
         if wait > 0 and not echokit.sleep(wait) then return end
         if not send(conn, m.data) then return end
       else
-        while true do
+        local matched = false
+        if pos > #buf and not eof then
+          -- Fast path: nothing left over, so the next chunk starts this
+          -- message; when it is the whole recorded message and no more,
+          -- it matches in every mode, with no copy or join. Otherwise it
+          -- is the input the general path below decides on.
+          local d = conn:receiveany()
+          if d == m.data then
+            matched = true
+          else
+            if d then buf = d else buf, eof = "", true end
+            pos = 1
+          end
+        end
+        while not matched do
           local st, a, b = replay.consume(mode, m.data, buf, pos, eof)
           if st == "ok" then
             pos = a
-            break
+            matched = true
           elseif st == "more" then
             -- joined once per decision, not once per chunk (see gather)
             buf, eof = replay.gather(mode, m.data, buf:sub(pos), receive)
@@ -137,7 +156,7 @@ return {
               m.data, a, echokit.hexdump))
             if eof or on_mismatch == "close" then return end
             pos = b
-            break
+            matched = true
           end
         end
       end
