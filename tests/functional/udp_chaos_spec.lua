@@ -164,7 +164,7 @@ describe("chaos over UDP", function()
   it("closes both flows when they have been idle for --udp-idle-timeout", function()
     local up = udp_echo()
     local px = chaos("udp://127.0.0.1:" .. up:addr().port, { latency = 0.01 },
-                     { "--udp-idle-timeout", "0.3", "--verbose" })
+                     { "--udp-idle-timeout", tostring(t.T(0.3)), "--verbose" })
     local u = client(px)
     assert(u:send("x"))
     assert.equal("x", u:receive())

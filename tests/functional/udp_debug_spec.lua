@@ -15,7 +15,7 @@ describe("debug proxy over UDP", function()
     local events = peers.tmpfile()
     local px = peers.front(t.start{ handler = "debug", listen = { "udp://127.0.0.1:0" },
       args = { upstream = "udp://127.0.0.1:" .. port, pcap = pcap, events = events },
-      opts = { "--udp-idle-timeout", "0.5" } })
+      opts = { "--udp-idle-timeout", tostring(t.T(0.5)) } })
     local n = dns.queries(px:addr().port, 5, 1, 2)
     assert.equal(5, n.answered)
     -- the flows end by idleness: the close event counts the datagrams

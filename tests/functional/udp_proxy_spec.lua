@@ -91,7 +91,7 @@ print("ok")
   it("closes both flows when they have been idle for --udp-idle-timeout", function()
     local up = udp_echo()
     local px = proxy_to("udp://127.0.0.1:" .. up:addr().port,
-      { "--udp-idle-timeout", "0.3", "--verbose" })
+      { "--udp-idle-timeout", tostring(t.T(0.3)), "--verbose" })
     local a = client(px)
     assert.equal("x", ask(a, "x"))
     px:await_log("closed %(timeout%)")

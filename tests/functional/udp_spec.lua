@@ -95,7 +95,7 @@ print("ok")
     end)
 
     it("closes a flow idle for --udp-idle-timeout with reason timeout", function()
-      local srv = udp_start{ handler = FLOWS, opts = { "--udp-idle-timeout", "0.3" } }
+      local srv = udp_start{ handler = FLOWS, opts = { "--udp-idle-timeout", tostring(t.T(0.3)) } }
       local a = client(srv)
       assert.equal("true 1", ask(a, "count"))
       local id = ask(a, "id"):match("^true (%d+)$")
@@ -278,7 +278,7 @@ print(s.recv(100).decode())
   describe("serve", function()
     it("receive() returns each datagram whole, and nil, timeout when the flow expires", function()
       local srv = udp_start{ handler = "tests/handlers/udp_serve.lua",
-                             opts = { "--udp-idle-timeout", "0.3" } }
+                             opts = { "--udp-idle-timeout", tostring(t.T(0.3)) } }
       local a = client(srv)
       assert.equal("serve one", ask(a, "one"))
       assert.equal("serve two\nlines", ask(a, "two\nlines"))
