@@ -253,24 +253,24 @@ int net_listen(const struct net_addr *addr, int backlog, char *err)
     return net_listen_opt(addr, backlog, 0, err);
 }
 
-int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char *err)
+int net_bind(const struct net_addr *addr, int type, int reuseport, const char *scheme, char *err)
 {
     char name[160];
     net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
     int family = addr->ss.ss_family;
-    /* Before the socket exists: a refusal leaves nothing to close. */
-    if (family == AF_UNIX && net_unix_claim(addr, err) < 0)
-        return -1;
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "%s: socket: %s", name, strerror(errno));
+        snprintf(err, ECHOKIT_ERR_LEN, "%s%s: socket: %s", scheme, name, strerror(errno));
         return -1;
     }
     int one = 1;
     if (family != AF_UNIX) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        /* TCP only: on UDP it would let a second socket take the port */
+        if (type == SOCK_STREAM)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-            snprintf(err, ECHOKIT_ERR_LEN, "%s: SO_REUSEPORT: %s", name, strerror(errno));
+            snprintf(err, ECHOKIT_ERR_LEN, "%s%s: SO_REUSEPORT: %s", scheme, name,
+                     strerror(errno));
             close(fd);
             return -1;
         }
@@ -278,11 +278,22 @@ int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     }
     if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "%s: bind: %s", name, strerror(errno));
+        snprintf(err, ECHOKIT_ERR_LEN, "%s%s: bind: %s", scheme, name, strerror(errno));
         close(fd);
         return -1;
     }
-    if (listen(fd, backlog) < 0) {
+    return fd;
+}
+
+int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char *err)
+{
+    /* Before the socket exists: a refusal leaves nothing to close. */
+    if (addr->ss.ss_family == AF_UNIX && net_unix_claim(addr, err) < 0)
+        return -1;
+    int fd = net_bind(addr, SOCK_STREAM, reuseport, "", err);
+    if (fd >= 0 && listen(fd, backlog) < 0) {
+        char name[160];
+        net_addr_format((const struct sockaddr *)&addr->ss, addr->len, name, sizeof name);
         snprintf(err, ECHOKIT_ERR_LEN, "%s: listen: %s", name, strerror(errno));
         close(fd);
         return -1;

@@ -47,6 +47,12 @@ int net_listen(const struct net_addr *addr, int backlog, char *err);
  * and the kernel spreads new connections over them. Ignored for unix paths. */
 int net_listen_opt(const struct net_addr *addr, int backlog, int reuseport, char *err);
 
+/* A non-blocking, close-on-exec socket of type (SOCK_STREAM, SOCK_DGRAM)
+ * bound to addr: SO_REUSEADDR for TCP, SO_REUSEPORT if asked, IPv6 sockets
+ * IPv6-only. Errors name the address after scheme ("udp://" or ""). Returns
+ * the fd, or -1 with err filled. */
+int net_bind(const struct net_addr *addr, int type, int reuseport, const char *scheme, char *err);
+
 /* accept4() non-blocking + close-on-exec, TCP_NODELAY on TCP sockets.
  * Returns the fd, or -1 with errno set (EAGAIN when nothing is pending). */
 int net_accept(int lfd, struct net_addr *peer);

@@ -161,25 +161,7 @@ int udp_bind(const struct net_addr *addr, int reuseport, char *err)
         snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: UDP needs an IP address", name);
         return -1;
     }
-    int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: socket: %s", name, strerror(errno));
-        return -1;
-    }
-    int one = 1;
-    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: SO_REUSEPORT: %s", name, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0) {
-        snprintf(err, ECHOKIT_ERR_LEN, "udp://%s: bind: %s", name, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return net_bind(addr, SOCK_DGRAM, reuseport, "udp://", err);
 }
 
 int udp_connect_fd(const struct net_addr *addr)
