@@ -36,12 +36,8 @@ describe("udp flows and --max-conns", function()
   it("do not count: with --max-conns 5 and 5 UDP peers a TCP client still gets its echo", function()
     local srv = t.start{ listen = { "127.0.0.1:0", "udp://127.0.0.1:0" },
                          opts = { "--max-conns", "5" } }
-    local u = srv:addr(2)
     for i = 1, 5 do
-      local c = udp_client(u.host, u.port)
-      srv.clients[#srv.clients + 1] = c
-      assert(c:send("peer " .. i))
-      assert.equal("peer " .. i, c:receive())
+      assert.equal("peer " .. i, t.udp_ask(t.udp_client(srv, 2), "peer " .. i))
     end
     local c = srv:connect(1)
     t.send_all(c, "tcp still served\n")
@@ -216,12 +212,8 @@ describe("the shutdown line", function()
 
   it("counts the connections still open, not the UDP flows the listeners' close ended", function()
     local srv = t.start{ listen = { "127.0.0.1:0", "udp://127.0.0.1:0" } }
-    local u = srv:addr(2)
     for i = 1, 3 do
-      local c = udp_client(u.host, u.port)
-      srv.clients[#srv.clients + 1] = c
-      assert(c:send("flow " .. i))
-      assert.equal("flow " .. i, c:receive())
+      assert.equal("flow " .. i, t.udp_ask(t.udp_client(srv, 2), "flow " .. i))
     end
     local c = srv:connect(1)
     t.send_all(c, "tcp\n")
